@@ -1,0 +1,62 @@
+/*
+ * CLibBPF: the only C that Swift's Datapath layer calls. libbpf's API is mostly callable
+ * from Swift as is; this shim covers what Swift cannot express: option structs built
+ * with LIBBPF_OPTS, variadic print callbacks, and BTF walks through static inlines.
+ * Every symbol carries the clb_ prefix.
+ */
+#ifndef CLIBBPF_H
+#define CLIBBPF_H
+
+#include <stddef.h>
+#include <linux/bpf.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+/* The datapath ABI shared with the BPF programs (the one and only copy). */
+#include "../../../bpf/include/swiftlane/abi.h"
+
+/* Opens a BPF ELF object held in memory. Maps declared LIBBPF_PIN_BY_NAME are pinned
+ * under (and reused from) pin_root. Returns NULL with errno set on failure. */
+struct bpf_object *clb_object_open_mem(const void *bytes, size_t size, const char *name,
+				       const char *pin_root);
+
+/* Receives every libbpf log line (already formatted) while installed; NULL restores
+ * libbpf's default printing to stderr. level is enum libbpf_print_level. */
+typedef void (*clb_print_sink)(int level, const char *message);
+void clb_set_print_sink(clb_print_sink sink);
+
+/* Sets a `const volatile` global of the object's .rodata by its name before load.
+ * Returns 0, -ENOENT if no such variable, -EINVAL if the size differs. */
+int clb_rodata_set(struct bpf_object *object, const char *variable, const void *value,
+		   size_t size);
+
+/* 1 if programs of prog_type may call helper on this kernel, 0 if not, <0 on error. */
+int clb_probe_helper(enum bpf_prog_type prog_type, enum bpf_func_id helper);
+
+/* 1 if the kernel accepts a program of prog_type with this expected attach type (e.g.
+ * BPF_CGROUP_INET4_GETPEERNAME, 5.8+), 0 if not. */
+int clb_probe_attach_type(enum bpf_prog_type prog_type, enum bpf_attach_type attach_type);
+
+/* The filesystem magic (statfs f_type) of path, or -errno. */
+long clb_filesystem_magic(const char *path);
+
+/* Info about a pinned map / link / program by fd; 0 or -errno. */
+int clb_map_info(int fd, struct bpf_map_info *info);
+int clb_link_info(int fd, struct bpf_link_info *info);
+int clb_prog_info(int fd, struct bpf_prog_info *info);
+
+/* Legacy cgroup detach of a program (by fd) from a cgroup (by fd); 0 or -errno. */
+int clb_prog_detach_cgroup(int prog_fd, int cgroup_fd, enum bpf_attach_type type);
+
+/* The C compiler's view of every shared struct, for the Swift layout test: field i of
+ * the table (NULL past the end). */
+struct clb_abi_field {
+	const char *type;
+	const char *field;
+	size_t offset;
+	size_t size;
+	size_t type_size;
+};
+const struct clb_abi_field *clb_abi_field_at(size_t index);
+
+#endif

@@ -1,0 +1,192 @@
+#include "CLibBPF.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/vfs.h>
+#include <bpf/btf.h>
+
+struct bpf_object *clb_object_open_mem(const void *bytes, size_t size, const char *name,
+				       const char *pin_root)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = name, .pin_root_path = pin_root);
+	struct bpf_object *object = bpf_object__open_mem(bytes, size, &opts);
+	long err = libbpf_get_error(object);
+
+	if (err) {
+		errno = (int)-err;
+		return NULL;
+	}
+	return object;
+}
+
+static clb_print_sink print_sink;
+
+static int clb_print(enum libbpf_print_level level, const char *format, va_list args)
+{
+	char stack_buffer[1024];
+	char *message = stack_buffer;
+	va_list copy;
+	int length;
+
+	va_copy(copy, args);
+	length = vsnprintf(stack_buffer, sizeof(stack_buffer), format, copy);
+	va_end(copy);
+	if (length < 0)
+		return length;
+	/* Verifier logs arrive as one huge %s: format those into a heap buffer. */
+	if ((size_t)length >= sizeof(stack_buffer)) {
+		message = malloc((size_t)length + 1);
+		if (!message)
+			return -ENOMEM;
+		vsnprintf(message, (size_t)length + 1, format, args);
+	}
+	if (print_sink)
+		print_sink((int)level, message);
+	if (message != stack_buffer)
+		free(message);
+	return length;
+}
+
+void clb_set_print_sink(clb_print_sink sink)
+{
+	print_sink = sink;
+	libbpf_set_print(sink ? clb_print : NULL);
+}
+
+int clb_rodata_set(struct bpf_object *object, const char *variable, const void *value,
+		   size_t size)
+{
+	struct bpf_map *map = bpf_object__find_map_by_name(object, ".rodata");
+	struct btf *btf = bpf_object__btf(object);
+	const struct btf_var_secinfo *info;
+	const struct btf_type *section;
+	size_t data_size = 0;
+	char *data;
+	int id, i;
+
+	if (!map || !btf)
+		return -ENOENT;
+	id = btf__find_by_name_kind(btf, ".rodata", BTF_KIND_DATASEC);
+	if (id < 0)
+		return -ENOENT;
+	section = btf__type_by_id(btf, (__u32)id);
+	data = (char *)bpf_map__initial_value(map, &data_size);
+	if (!data)
+		return -ENOENT;
+	info = btf_var_secinfos(section);
+	for (i = 0; i < btf_vlen(section); i++, info++) {
+		const struct btf_type *var = btf__type_by_id(btf, info->type);
+		const char *name = btf__name_by_offset(btf, var->name_off);
+
+		if (!name || strcmp(name, variable) != 0)
+			continue;
+		if (info->size != size || info->offset + size > data_size)
+			return -EINVAL;
+		memcpy(data + info->offset, value, size);
+		return 0;
+	}
+	return -ENOENT;
+}
+
+int clb_probe_helper(enum bpf_prog_type prog_type, enum bpf_func_id helper)
+{
+	return libbpf_probe_bpf_helper(prog_type, helper, NULL);
+}
+
+int clb_probe_attach_type(enum bpf_prog_type prog_type, enum bpf_attach_type attach_type)
+{
+	/* r0 = 1; exit */
+	struct bpf_insn program[] = {
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = attach_type);
+	int fd = bpf_prog_load(prog_type, "sl_probe", "GPL", program, 2, &opts);
+
+	if (fd < 0)
+		return 0;
+	close(fd);
+	return 1;
+}
+
+long clb_filesystem_magic(const char *path)
+{
+	struct statfs info;
+
+	if (statfs(path, &info) != 0)
+		return -errno;
+	return (long)info.f_type;
+}
+
+static int clb_info(int fd, void *info, __u32 size)
+{
+	__u32 length = size;
+
+	memset(info, 0, size);
+	return bpf_obj_get_info_by_fd(fd, info, &length) ? -errno : 0;
+}
+
+int clb_map_info(int fd, struct bpf_map_info *info)
+{
+	return clb_info(fd, info, sizeof(*info));
+}
+
+int clb_link_info(int fd, struct bpf_link_info *info)
+{
+	return clb_info(fd, info, sizeof(*info));
+}
+
+int clb_prog_info(int fd, struct bpf_prog_info *info)
+{
+	return clb_info(fd, info, sizeof(*info));
+}
+
+int clb_prog_detach_cgroup(int prog_fd, int cgroup_fd, enum bpf_attach_type type)
+{
+	return bpf_prog_detach2(prog_fd, cgroup_fd, type) ? -errno : 0;
+}
+
+#define CLB_FIELD(T, F) { #T, #F, offsetof(struct T, F), sizeof(((struct T *)0)->F), sizeof(struct T) }
+
+static const struct clb_abi_field abi_fields[] = {
+	CLB_FIELD(sl_service_key, addr),
+	CLB_FIELD(sl_service_key, port),
+	CLB_FIELD(sl_service_key, proto),
+	CLB_FIELD(sl_service_key, scope),
+	CLB_FIELD(sl_service_key, revision),
+	CLB_FIELD(sl_service_key, slot),
+	CLB_FIELD(sl_service_value, backend_id),
+	CLB_FIELD(sl_service_value, rev_nat_id),
+	CLB_FIELD(sl_service_value, count),
+	CLB_FIELD(sl_service_value, revision),
+	CLB_FIELD(sl_service_value, flags),
+	CLB_FIELD(sl_service_value, kind),
+	CLB_FIELD(sl_service_value, pad0),
+	CLB_FIELD(sl_service_value, affinity_timeout),
+	CLB_FIELD(sl_service_value, pad1),
+	CLB_FIELD(sl_backend, addr),
+	CLB_FIELD(sl_backend, port),
+	CLB_FIELD(sl_backend, proto),
+	CLB_FIELD(sl_backend, flags),
+	CLB_FIELD(sl_revnat, addr),
+	CLB_FIELD(sl_revnat, port),
+	CLB_FIELD(sl_revnat, pad),
+	CLB_FIELD(sl_sock_revnat_key, cookie),
+	CLB_FIELD(sl_sock_revnat_key, addr),
+	CLB_FIELD(sl_sock_revnat_key, port),
+	CLB_FIELD(sl_sock_revnat_key, pad),
+	CLB_FIELD(sl_sock_revnat_value, addr),
+	CLB_FIELD(sl_sock_revnat_value, port),
+	CLB_FIELD(sl_sock_revnat_value, pad),
+	CLB_FIELD(sl_sock_revnat_value, rev_nat_id),
+};
+
+const struct clb_abi_field *clb_abi_field_at(size_t index)
+{
+	return index < sizeof(abi_fields) / sizeof(abi_fields[0]) ? &abi_fields[index] : NULL;
+}

@@ -1,0 +1,168 @@
+import Foundation
+import Logging
+import Yams
+
+/// Swiftlane's configuration file (mounted from a ConfigMap in a cluster). Keys and
+/// defaults are documented in docs/configuration.md; this type is their source of truth.
+public struct SwiftlaneConfiguration: Equatable, Sendable {
+    /// The node this proxy runs on (endpoint locality, topology). `NODE_NAME` overrides.
+    public var nodeName: String = ProcessInfo.processInfo.hostName
+    /// Where Services and EndpointSlices come from.
+    public var source: Source = .directory(Directory(path: "/etc/swiftlane/manifests"))
+    /// cgroup v2 directory the socket programs attach to; nil = autodetected root.
+    public var cgroupPath: String?
+    /// bpffs directory for pinned maps and links.
+    public var bpfPinPath: String = "/sys/fs/bpf/swiftlane"
+    /// trace, debug, info, notice, warning, error, critical.
+    public var logLevel: Logger.Level = .info
+
+    public enum Source: Equatable, Sendable {
+        case directory(Directory)
+    }
+
+    public struct Directory: Equatable, Sendable {
+        public var path: String
+        /// How often the directory is re-read for changes, in milliseconds.
+        public var pollIntervalMilliseconds: Int = 250
+
+        public init(path: String, pollIntervalMilliseconds: Int = 250) {
+            self.path = path
+            self.pollIntervalMilliseconds = pollIntervalMilliseconds
+        }
+    }
+
+    public init() {}
+
+    /// A configuration error naming the key and the bad value.
+    public struct Invalid: Error, CustomStringConvertible, Equatable {
+        public var key: String
+        public var message: String
+        public var description: String { "config key \(key): \(message)" }
+    }
+
+    /// Parses YAML text. Unknown keys are errors (a typo must not silently fall back to
+    /// a default); `environment["NODE_NAME"]` overrides `nodeName`.
+    public static func parse(yaml text: String, environment: [String: String] = ProcessInfo.processInfo.environment,
+                             relativeTo baseDirectory: String? = nil) throws -> SwiftlaneConfiguration {
+        var config = SwiftlaneConfiguration()
+        let root: Node
+        do {
+            root = try Yams.compose(yaml: text) ?? Node.mapping([:])
+        } catch {
+            throw Invalid(key: "(file)", message: "not valid YAML: \(error)")
+        }
+        guard let mapping = root.mapping else { throw Invalid(key: "(file)", message: "the top level must be a mapping") }
+        var reader = KeyReader(mapping: mapping, prefix: "")
+        if let name = try reader.string("nodeName") {
+            guard !name.isEmpty else { throw Invalid(key: "nodeName", message: "must not be empty") }
+            config.nodeName = name
+        }
+        if let path = try reader.string("cgroupPath") { config.cgroupPath = resolve(path, baseDirectory) }
+        if let path = try reader.string("bpfPinPath") {
+            guard path.hasPrefix("/") else { throw Invalid(key: "bpfPinPath", message: "must be an absolute path, got \"\(path)\"") }
+            config.bpfPinPath = path
+        }
+        if let level = try reader.string("logLevel") {
+            guard let parsed = Logger.Level(rawValue: level) else {
+                throw Invalid(key: "logLevel", message: "\"\(level)\" is not one of trace, debug, info, notice, warning, error, critical")
+            }
+            config.logLevel = parsed
+        }
+        if let sourceNode = try reader.mapping("source") {
+            var sourceReader = KeyReader(mapping: sourceNode, prefix: "source.")
+            if let directoryNode = try sourceReader.node("directory") {
+                var directory: Directory
+                if let path = directoryNode.scalar?.string {
+                    directory = Directory(path: resolve(path, baseDirectory))
+                } else if let nested = directoryNode.mapping {
+                    var directoryReader = KeyReader(mapping: nested, prefix: "source.directory.")
+                    guard let path = try directoryReader.string("path") else {
+                        throw Invalid(key: "source.directory.path", message: "is required")
+                    }
+                    directory = Directory(path: resolve(path, baseDirectory))
+                    if let interval = try directoryReader.int("pollIntervalMilliseconds") {
+                        guard (10...60_000).contains(interval) else {
+                            throw Invalid(key: "source.directory.pollIntervalMilliseconds", message: "\(interval) is outside 10...60000")
+                        }
+                        directory.pollIntervalMilliseconds = interval
+                    }
+                    try directoryReader.rejectUnknown()
+                } else {
+                    throw Invalid(key: "source.directory", message: "must be a path or a mapping with `path`")
+                }
+                config.source = .directory(directory)
+            } else {
+                throw Invalid(key: "source", message: "must name a source: `directory`")
+            }
+            try sourceReader.rejectUnknown()
+        }
+        try reader.rejectUnknown()
+        if let override = environment["NODE_NAME"], !override.isEmpty { config.nodeName = override }
+        return config
+    }
+
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> SwiftlaneConfiguration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw Invalid(key: "(file)", message: "cannot read \(path): \(error.localizedDescription)")
+        }
+        return try parse(yaml: text, environment: environment, relativeTo: (path as NSString).deletingLastPathComponent)
+    }
+
+    private static func resolve(_ path: String, _ base: String?) -> String {
+        guard !path.hasPrefix("/"), let base, !base.isEmpty else { return path }
+        return (base as NSString).appendingPathComponent(path)
+    }
+}
+
+/// Reads keys out of a YAML mapping, remembering which were used so the rest can be
+/// reported as unknown.
+private struct KeyReader {
+    let mapping: Node.Mapping
+    let prefix: String
+    var used = Set<String>()
+
+    init(mapping: Node.Mapping, prefix: String) {
+        self.mapping = mapping
+        self.prefix = prefix
+    }
+
+    mutating func node(_ key: String) throws -> Node? {
+        used.insert(key)
+        guard let value = mapping[key] else { return nil }
+        if case .scalar(let scalar) = value, scalar.string == "null" || scalar.string == "~" { return nil }
+        return value
+    }
+
+    mutating func string(_ key: String) throws -> String? {
+        guard let value = try node(key) else { return nil }
+        guard let scalar = value.scalar else {
+            throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "must be a string")
+        }
+        return scalar.string
+    }
+
+    mutating func int(_ key: String) throws -> Int? {
+        guard let text = try string(key) else { return nil }
+        guard let value = Int(text) else {
+            throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "\"\(text)\" is not an integer")
+        }
+        return value
+    }
+
+    mutating func mapping(_ key: String) throws -> Node.Mapping? {
+        guard let value = try node(key) else { return nil }
+        guard let nested = value.mapping else {
+            throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "must be a mapping")
+        }
+        return nested
+    }
+
+    func rejectUnknown() throws {
+        for key in mapping.keys.compactMap({ $0.string }) where !used.contains(key) {
+            throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "unknown key")
+        }
+    }
+}

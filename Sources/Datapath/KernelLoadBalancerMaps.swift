@@ -1,0 +1,81 @@
+import CLibBPF
+import Glibc
+import Reconciler
+
+/// The pinned load-balancer maps as a `LoadBalancerMaps`: what the reconciler writes
+/// lands in the kernel, in the order given.
+public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable {
+    public let services: BPFMap<sl_service_key, sl_service_value>
+    public let backends: BPFMap<UInt32, sl_backend>
+    public let revNats: BPFMap<UInt32, sl_revnat>
+    public let sockRevNats: BPFMap<sl_sock_revnat_key, sl_sock_revnat_value>
+    public let counters: BPFMap<UInt32, UInt64>
+
+    /// Opens the maps pinned under `pinPath` (no program is loaded).
+    public init(pinPath: String) throws {
+        func path(_ name: String) -> String { pinPath + "/" + name }
+        services = try BPFMap(pinnedAt: path(SL_MAP_NAME_SERVICES), name: SL_MAP_NAME_SERVICES)
+        backends = try BPFMap(pinnedAt: path(SL_MAP_NAME_BACKENDS), name: SL_MAP_NAME_BACKENDS)
+        revNats = try BPFMap(pinnedAt: path(SL_MAP_NAME_REVNAT), name: SL_MAP_NAME_REVNAT)
+        sockRevNats = try BPFMap(pinnedAt: path(SL_MAP_NAME_SOCK_REVNAT), name: SL_MAP_NAME_SOCK_REVNAT)
+        counters = try BPFMap(pinnedAt: path(SL_MAP_NAME_COUNTERS), name: SL_MAP_NAME_COUNTERS)
+    }
+
+    public func apply(_ ops: [MapOp]) throws {
+        for (index, op) in ops.enumerated() {
+            do {
+                try apply(op)
+            } catch {
+                throw MapApplyError(appliedCount: index, op: op, underlying: error)
+            }
+        }
+    }
+
+    private func apply(_ op: MapOp) throws {
+        do {
+            switch op {
+            case .upsertBackend(let id, let backend): try backends.update(id, sl_backend(backend))
+            case .deleteBackend(let id): try backends.delete(id)
+            case .upsertRevNat(let id, let entry): try revNats.update(id, sl_revnat(entry))
+            case .deleteRevNat(let id): try revNats.delete(id)
+            case .upsertSlot(let key, let entry):
+                try services.update(sl_service_key(key.frontend, revision: key.revision, slot: key.slot), sl_service_value(entry))
+            case .deleteSlot(let key):
+                try services.delete(sl_service_key(key.frontend, revision: key.revision, slot: key.slot))
+            case .upsertMaster(let key, let entry): try services.update(sl_service_key(key), sl_service_value(entry))
+            case .deleteMaster(let key): try services.delete(sl_service_key(key))
+            }
+        }
+    }
+
+    /// Reads every map back. Entries that do not decode (foreign writes, corruption) are
+    /// left out, so the reconciler rewrites what it needs and never trusts them.
+    public func readState() throws -> MapState {
+        var state = MapState()
+        for (key, value) in services.entries() {
+            guard let frontend = key.frontendKey else { continue }
+            if key.slot == 0 && key.revision == 0 {
+                if let master = value.masterEntry { state.masters[frontend] = master }
+            } else {
+                state.slots[SlotKey(frontend: frontend, revision: key.revision, slot: key.slot)] =
+                    SlotEntry(backendID: value.backend_id, revNatID: value.rev_nat_id)
+            }
+        }
+        for (id, value) in backends.entries() {
+            if let backend = value.backendAddress { state.backends[id] = backend }
+        }
+        for (id, value) in revNats.entries() {
+            if let entry = value.revNatEntry { state.revNats[id] = entry }
+        }
+        return state
+    }
+
+    /// The per-CPU outcome counters summed across CPUs, by reason name.
+    public func outcomeCounters() -> [String: UInt64] {
+        var result: [String: UInt64] = [:]
+        for (index, name) in OutcomeReason.names.enumerated() {
+            result[name] = counters.perCPUSum(UInt32(index))
+        }
+        return result
+    }
+}

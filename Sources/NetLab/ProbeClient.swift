@@ -1,0 +1,451 @@
+import Foundation
+import Glibc
+
+// MARK: - Reports
+
+/// Outcome of `ProbeClient.tcp`: one connection per attempt, each reading the server's
+/// greeting line.
+public struct TCPProbeReport: Codable, Equatable, Sendable {
+    public var target: String
+    public var attempts: Int = 0
+    /// Connected and got a greeting.
+    public var ok: Int = 0
+    /// Failed attempts by errno name (ECONNREFUSED, ENETUNREACH, ETIMEDOUT, …) or by
+    /// "EOF" / "NO_GREETING" when the connection worked but the greeting did not arrive.
+    public var failures: [String: Int] = [:]
+    /// Successful attempts by backend name (from the greeting).
+    public var backends: [String: Int] = [:]
+    /// Connections whose getpeername() differed from the target (a missing
+    /// getpeername rewrite shows up here).
+    public var peerNameMismatches: Int = 0
+    /// Client addresses as the backends reported them (sorted, unique).
+    public var seenClientAddresses: [String] = []
+    /// Outcome of each attempt in order: the backend name or the failure name (first
+    /// `ProbeClient.sequenceLimit` attempts only).
+    public var sequence: [String] = []
+    /// Time from connect() to an established connection, successful attempts only.
+    public var connectLatency: LatencyStats = LatencyStats(samples: [])
+    /// First failure, as text, for error messages.
+    public var firstError: String?
+
+    public init(target: String) { self.target = target }
+}
+
+/// Outcome of `ProbeClient.udp`: one new socket and one request/reply per attempt.
+public struct UDPProbeReport: Codable, Equatable, Sendable {
+    public var target: String
+    public var connected: Bool
+    public var attempts: Int = 0
+    public var ok: Int = 0
+    /// Attempts without a reply within the timeout.
+    public var timeouts: Int = 0
+    /// Attempts that failed with an errno (connect/send/recv), by errno name.
+    public var errors: [String: Int] = [:]
+    public var backends: [String: Int] = [:]
+    /// Replies whose source address (recvfrom) differed from the target: a missing
+    /// recvmsg rewrite.
+    public var replySourceMismatches: Int = 0
+    /// Connected sockets only: getpeername() differed from the target.
+    public var peerNameMismatches: Int = 0
+    public var seenClientAddresses: [String] = []
+    /// Outcome of each attempt in order: the backend name, the errno name, or ETIMEDOUT
+    /// for a missing reply (first `ProbeClient.sequenceLimit` attempts only).
+    public var sequence: [String] = []
+    /// Request-to-reply time, successful attempts only.
+    public var roundTripLatency: LatencyStats = LatencyStats(samples: [])
+    public var firstError: String?
+
+    public init(target: String, connected: Bool) {
+        self.target = target
+        self.connected = connected
+    }
+}
+
+/// State of a `hold` run: what was established first, and what survived later.
+public struct HoldReport: Codable, Equatable, Sendable {
+    public var target: String
+    public var requested: Int
+    /// Connections that connected and received a greeting.
+    public var established: Int = 0
+    /// Establishment failures by errno name.
+    public var failures: [String: Int] = [:]
+    /// Established connections by backend name.
+    public var backends: [String: Int] = [:]
+    /// Set after the second phase: connections whose "ping" came back.
+    public var survived: Int?
+    /// Survivors by backend name.
+    public var survivedBackends: [String: Int]?
+    /// Lost connections by reason (errno name, "EOF", "ETIMEDOUT", "BAD_ECHO").
+    public var lost: [String: Int]?
+
+    public init(target: String, requested: Int) {
+        self.target = target
+        self.requested = requested
+    }
+}
+
+/// Outcome of `ProbeClient.connectLoopLatency`.
+public struct ConnectLoopReport: Codable, Equatable, Sendable {
+    public enum Proto: String, Codable, Sendable, CaseIterable { case tcp, udp }
+    public var target: String
+    public var proto: Proto
+    public var iterations: Int
+    public var ok: Int = 0
+    public var failures: [String: Int] = [:]
+    /// Nanoseconds per connect() (TCP: until established; UDP: the syscall alone).
+    public var latency: LatencyStats = LatencyStats(samples: [])
+    /// Wall time of the measured loop, including close() and socket().
+    public var totalNs: UInt64 = 0
+
+    public init(target: String, proto: Proto, iterations: Int) {
+        self.target = target
+        self.proto = proto
+        self.iterations = iterations
+    }
+}
+
+// MARK: - Client
+
+/// Client probes, run in the client network namespace (and, for the datapath tests, in a
+/// cgroup with the socket hooks attached). They never block longer than their timeouts:
+/// a missing translation fails with ENETUNREACH (no default route) instead of hanging.
+public enum ProbeClient {
+    /// Reports keep the per-attempt `sequence` for at most this many attempts.
+    public static let sequenceLimit = 10_000
+
+    /// `count` sequential TCP connections to `target` (`ip:port` or `[v6]:port`), each
+    /// with a non-blocking connect bounded by `connectTimeoutMs`, a greeting read with the
+    /// same bound, then close. With `durationSeconds`, attempts continue until that much
+    /// time has passed (and `count` > 0 still caps them).
+    public static func tcp(
+        target: String,
+        count: Int = 10,
+        intervalMs: Int = 0,
+        durationSeconds: Double? = nil,
+        connectTimeoutMs: Int = 1000
+    ) throws -> TCPProbeReport {
+        let endpoint = try LabEndpoint(target)
+        var report = TCPProbeReport(target: endpoint.description)
+        var samples: [UInt64] = []
+        var clients = Set<String>()
+        let deadline = durationSeconds.map { Clock.nowNs() &+ UInt64($0 * 1e9) }
+        while true {
+            if let deadline {
+                if Clock.nowNs() >= deadline || (count > 0 && report.attempts >= count) { break }
+            } else if report.attempts >= count {
+                break
+            }
+            if report.attempts > 0 { Clock.sleepMs(intervalMs) }
+            report.attempts += 1
+            switch connectOnce(endpoint, timeoutMs: connectTimeoutMs) {
+            case .failure(let error):
+                record(&report.failures, error.name)
+                append(&report.sequence, error.name)
+                if report.firstError == nil { report.firstError = "connect \(endpoint): \(error.name)" }
+            case .success(let (fd, elapsed)):
+                defer { close(fd) }
+                if Sock.peer(fd) != endpoint { report.peerNameMismatches += 1 }
+                switch Sock.readLine(fd, timeoutMs: connectTimeoutMs) {
+                case .failure(let error):
+                    let name = error.name == "ETIMEDOUT" ? "NO_GREETING" : error.name
+                    record(&report.failures, name)
+                    append(&report.sequence, name)
+                    if report.firstError == nil { report.firstError = "greeting from \(endpoint): \(name)" }
+                case .success(let line):
+                    let (backend, client) = parseGreeting(line)
+                    report.ok += 1
+                    record(&report.backends, backend)
+                    append(&report.sequence, backend)
+                    clients.insert(client)
+                    samples.append(elapsed)
+                }
+            }
+        }
+        report.seenClientAddresses = clients.sorted()
+        report.connectLatency = LatencyStats(samples: samples)
+        return report
+    }
+
+    /// `count` UDP request/reply exchanges, each on a new socket. Connected mode calls
+    /// connect() then send()/recvfrom() and checks getpeername(); unconnected mode uses
+    /// sendto()/recvfrom(). Both check that the reply's source equals the target.
+    public static func udp(
+        target: String,
+        count: Int = 10,
+        connected: Bool = false,
+        timeoutMs: Int = 1000,
+        intervalMs: Int = 0
+    ) throws -> UDPProbeReport {
+        let endpoint = try LabEndpoint(target)
+        var report = UDPProbeReport(target: endpoint.description, connected: connected)
+        var samples: [UInt64] = []
+        var clients = Set<String>()
+        let destination = SockAddr(endpoint)
+        var buffer = [UInt8](repeating: 0, count: 2048)
+        for attempt in 0..<max(count, 0) {
+            if attempt > 0 { Clock.sleepMs(intervalMs) }
+            report.attempts += 1
+            let fd = socket(destination.family, Sock.dgram | Sock.cloexec, 0)
+            if fd < 0 { throw NetLabError.system(what: "socket", errno: errno) }
+            defer { close(fd) }
+            func fail(_ step: String, _ code: Int32) {
+                record(&report.errors, ErrnoName.name(code))
+                append(&report.sequence, ErrnoName.name(code))
+                if report.firstError == nil { report.firstError = "\(step) \(endpoint): \(ErrnoName.name(code))" }
+            }
+            let payload = Array("probe \(attempt)".utf8)
+            let start = Clock.nowNs()
+            if connected {
+                if destination.withSockaddr({ connect(fd, $0, $1) }) != 0 {
+                    fail("connect", errno)
+                    continue
+                }
+                if Sock.peer(fd) != endpoint { report.peerNameMismatches += 1 }
+                if payload.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) < 0 {
+                    fail("send", errno)
+                    continue
+                }
+            } else {
+                let sent = payload.withUnsafeBytes { bytes in
+                    destination.withSockaddr { sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), $0, $1) }
+                }
+                if sent < 0 {
+                    fail("sendto", errno)
+                    continue
+                }
+            }
+            let revents = Sock.wait(fd, events: Int16(POLLIN), timeoutMs: timeoutMs)
+            if revents == 0 {
+                report.timeouts += 1
+                append(&report.sequence, "ETIMEDOUT")
+                if report.firstError == nil { report.firstError = "no reply from \(endpoint) in \(timeoutMs) ms" }
+                continue
+            }
+            let (received, source) = SockAddr.fill { recvfrom(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT), $0, $1) }
+            if received < 0 {
+                // ICMP errors (port unreachable → ECONNREFUSED) surface here on connected sockets.
+                fail("recvfrom", errno)
+                continue
+            }
+            let elapsed = Clock.nowNs() &- start
+            if source.endpoint != endpoint { report.replySourceMismatches += 1 }
+            let (backend, client) = parseGreeting(String(decoding: buffer[0..<received], as: UTF8.self))
+            report.ok += 1
+            record(&report.backends, backend)
+            append(&report.sequence, backend)
+            clients.insert(client)
+            samples.append(elapsed)
+        }
+        report.seenClientAddresses = clients.sorted()
+        report.roundTripLatency = LatencyStats(samples: samples)
+        return report
+    }
+
+    /// Opens `connections` TCP connections and records the backend each reached, calls
+    /// `between` with that first report (the CLI prints it and waits for a line on stdin),
+    /// then sends "ping\n" on every connection and waits up to `echoTimeoutMs` for the
+    /// echo. The returned report tells how many survived.
+    public static func hold(
+        target: String,
+        connections: Int,
+        connectTimeoutMs: Int = 1000,
+        echoTimeoutMs: Int = 2000,
+        between: (HoldReport) throws -> Void = ProbeClient.printAndWaitForLine
+    ) throws -> HoldReport {
+        let endpoint = try LabEndpoint(target)
+        var report = HoldReport(target: endpoint.description, requested: connections)
+        Sock.ensureDescriptors(connections)
+        var open: [(fd: Int32, backend: String)] = []
+        defer { for entry in open { close(entry.fd) } }
+        for _ in 0..<max(connections, 0) {
+            switch connectOnce(endpoint, timeoutMs: connectTimeoutMs) {
+            case .failure(let error):
+                record(&report.failures, error.name)
+            case .success(let (fd, _)):
+                switch Sock.readLine(fd, timeoutMs: connectTimeoutMs) {
+                case .failure(let error):
+                    record(&report.failures, error.name == "ETIMEDOUT" ? "NO_GREETING" : error.name)
+                    close(fd)
+                case .success(let line):
+                    let backend = parseGreeting(line).backend
+                    record(&report.backends, backend)
+                    open.append((fd, backend))
+                }
+            }
+        }
+        report.established = open.count
+        try between(report)
+
+        // Phase two: ping everyone first, then collect echoes against one deadline so a
+        // silently dead connection costs one timeout, not one per connection.
+        var lost: [String: Int] = [:]
+        var survivedBackends: [String: Int] = [:]
+        var waiting: [Int32: (backend: String, received: [UInt8])] = [:]
+        let ping = Array("ping\n".utf8)
+        for entry in open {
+            let code = Sock.sendAll(entry.fd, ping, timeoutMs: echoTimeoutMs)
+            if code == 0 {
+                waiting[entry.fd] = (entry.backend, [])
+            } else {
+                record(&lost, ErrnoName.name(code))
+            }
+        }
+        let deadline = Clock.nowNs() &+ UInt64(echoTimeoutMs) &* 1_000_000
+        var chunk = [UInt8](repeating: 0, count: 256)
+        while !waiting.isEmpty {
+            let remaining = Clock.remainingMs(until: deadline)
+            if remaining <= 0 { break }
+            var fds = waiting.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&fds, nfds_t(fds.count), Int32(remaining))
+            if ready < 0 && errno == EINTR { continue }
+            if ready <= 0 { break }
+            for entry in fds where entry.revents != 0 {
+                guard var state = waiting[entry.fd] else { continue }
+                let count = recv(entry.fd, &chunk, chunk.count, Int32(MSG_DONTWAIT))
+                if count > 0 {
+                    state.received.append(contentsOf: chunk[0..<count])
+                    if state.received.count >= ping.count {
+                        waiting[entry.fd] = nil
+                        if state.received == ping {
+                            record(&survivedBackends, state.backend)
+                        } else {
+                            record(&lost, "BAD_ECHO")
+                        }
+                    } else {
+                        waiting[entry.fd] = state
+                    }
+                } else if count == 0 {
+                    waiting[entry.fd] = nil
+                    record(&lost, "EOF")
+                } else if errno != EAGAIN && errno != EINTR {
+                    waiting[entry.fd] = nil
+                    record(&lost, ErrnoName.name(errno))
+                }
+            }
+        }
+        for _ in waiting { record(&lost, "ETIMEDOUT") }
+        report.survivedBackends = survivedBackends
+        report.survived = survivedBackends.values.reduce(0, +)
+        report.lost = lost
+        return report
+    }
+
+    /// The CLI's pause between the two phases of `hold`: prints the first report as one
+    /// JSON line on stdout, then blocks until a line (or EOF) arrives on stdin.
+    public static func printAndWaitForLine(_ report: HoldReport) throws {
+        print(try ProbeJSON.encode(report))
+        fflush(stdout)
+        _ = readLine()
+    }
+
+    /// Benchmark loop. TCP: `iterations` × (socket, blocking connect until established,
+    /// close with RST so no TIME_WAIT piles up), timing each connect(). UDP: one socket
+    /// connect()ed `iterations` times to the same target, timing each connect() — there is
+    /// no packet, so this measures the syscall plus any cgroup connect hook. `warmup`
+    /// iterations run first and are not recorded.
+    public static func connectLoopLatency(
+        target: String,
+        proto: ConnectLoopReport.Proto,
+        iterations: Int = 1000,
+        warmup: Int = 100,
+        connectTimeoutMs: Int = 1000
+    ) throws -> ConnectLoopReport {
+        let endpoint = try LabEndpoint(target)
+        var report = ConnectLoopReport(target: endpoint.description, proto: proto, iterations: iterations)
+        let destination = SockAddr(endpoint)
+        var samples: [UInt64] = []
+        samples.reserveCapacity(max(iterations, 0))
+        switch proto {
+        case .tcp:
+            var timeout = timeval(tv_sec: connectTimeoutMs / 1000, tv_usec: (connectTimeoutMs % 1000) * 1000)
+            var measuredStart = Clock.nowNs()
+            for index in 0..<(max(warmup, 0) + max(iterations, 0)) {
+                if index == warmup { measuredStart = Clock.nowNs() }
+                let fd = socket(destination.family, Sock.stream | Sock.cloexec, 0)
+                if fd < 0 { throw NetLabError.system(what: "socket", errno: errno) }
+                // A blocking connect() honours SO_SNDTIMEO on Linux.
+                _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                let start = Clock.nowNs()
+                let status = destination.withSockaddr { connect(fd, $0, $1) }
+                let code = status == 0 ? 0 : errno
+                let elapsed = Clock.nowNs() &- start
+                Sock.closeWithReset(fd)
+                guard index >= warmup else { continue }
+                if status == 0 {
+                    report.ok += 1
+                    samples.append(elapsed)
+                } else {
+                    record(&report.failures, code == EINPROGRESS ? "ETIMEDOUT" : ErrnoName.name(code))
+                }
+            }
+            report.totalNs = Clock.nowNs() &- measuredStart
+        case .udp:
+            let fd = socket(destination.family, Sock.dgram | Sock.cloexec, 0)
+            if fd < 0 { throw NetLabError.system(what: "socket", errno: errno) }
+            defer { close(fd) }
+            var measuredStart = Clock.nowNs()
+            for index in 0..<(max(warmup, 0) + max(iterations, 0)) {
+                if index == warmup { measuredStart = Clock.nowNs() }
+                let start = Clock.nowNs()
+                let status = destination.withSockaddr { connect(fd, $0, $1) }
+                let code = status == 0 ? 0 : errno
+                let elapsed = Clock.nowNs() &- start
+                guard index >= warmup else { continue }
+                if status == 0 {
+                    report.ok += 1
+                    samples.append(elapsed)
+                } else {
+                    record(&report.failures, ErrnoName.name(code))
+                }
+            }
+            report.totalNs = Clock.nowNs() &- measuredStart
+        }
+        report.latency = LatencyStats(samples: samples)
+        return report
+    }
+
+    // MARK: - Internals
+
+    /// Non-blocking connect bounded by poll(); returns a blocking-mode fd and the
+    /// nanoseconds until established, or an errno name.
+    static func connectOnce(_ endpoint: LabEndpoint, timeoutMs: Int) -> Result<(Int32, UInt64), LineError> {
+        let destination = SockAddr(endpoint)
+        let fd = socket(destination.family, Sock.stream | Sock.cloexec | Sock.nonblock, 0)
+        if fd < 0 { return .failure(LineError(ErrnoName.name(errno))) }
+        let start = Clock.nowNs()
+        let status = destination.withSockaddr { connect(fd, $0, $1) }
+        if status != 0 {
+            let code = errno
+            guard code == EINPROGRESS else {
+                close(fd)
+                return .failure(LineError(ErrnoName.name(code)))
+            }
+            let revents = Sock.wait(fd, events: Int16(POLLOUT), timeoutMs: timeoutMs)
+            if revents == 0 {
+                close(fd)
+                return .failure(LineError("ETIMEDOUT"))
+            }
+            let pending = revents < 0 ? errno : Sock.pendingError(fd)
+            if pending != 0 {
+                close(fd)
+                return .failure(LineError(ErrnoName.name(pending)))
+            }
+        }
+        let elapsed = Clock.nowNs() &- start
+        return .success((fd, elapsed))
+    }
+
+    /// "<name> <peer-ip>" → (name, peer-ip); tolerant of a missing second field.
+    static func parseGreeting(_ line: String) -> (backend: String, client: String) {
+        let parts = line.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: " ", maxSplits: 1)
+        return (parts.first.map(String.init) ?? "?", parts.count > 1 ? String(parts[1]) : "?")
+    }
+
+    static func record(_ counts: inout [String: Int], _ key: String) {
+        counts[key, default: 0] += 1
+    }
+
+    static func append(_ sequence: inout [String], _ outcome: String) {
+        if sequence.count < sequenceLimit { sequence.append(outcome) }
+    }
+}

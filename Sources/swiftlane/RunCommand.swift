@@ -1,0 +1,50 @@
+import ArgumentParser
+import Controller
+import Datapath
+import Foundation
+import Logging
+import ServiceLifecycle
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the controller: install the datapath and keep it in step with the source.",
+        discussion: """
+            Loads the BPF programs (reusing the pinned maps of a previous run), attaches them \
+            to the configured cgroup, then watches the configured source and programs every \
+            change. SIGTERM/SIGINT stop the controller and leave the datapath serving.
+            """
+    )
+
+    @Option(name: .long, help: "Path of the YAML configuration file (see docs/configuration.md).")
+    var config: String
+
+    func run() async throws {
+        let configuration: SwiftlaneConfiguration
+        do {
+            configuration = try SwiftlaneConfiguration.load(path: config)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "swiftlane")
+        let datapath = try SocketLoadBalancer.install(
+            DatapathOptions(pinPath: configuration.bpfPinPath, cgroupPath: configuration.cgroupPath), logger: logger)
+        let syncer = try ProxySyncer(nodeName: configuration.nodeName, maps: datapath.maps, logger: logger)
+        let service: any Service
+        switch configuration.source {
+        case .directory(let directory):
+            service = DirectorySyncService(
+                source: DirectorySource(path: directory.path, logger: logger), syncer: syncer,
+                pollInterval: .milliseconds(directory.pollIntervalMilliseconds), logger: logger)
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}

@@ -1,0 +1,102 @@
+import Controller
+import Foundation
+import Logging
+import XCTest
+
+final class ConfigurationTests: XCTestCase {
+    func testAFullConfigurationParses() throws {
+        let config = try SwiftlaneConfiguration.parse(yaml: """
+            nodeName: node-a
+            source: {directory: {path: /srv/manifests, pollIntervalMilliseconds: 100}}
+            cgroupPath: /sys/fs/cgroup/kubepods
+            bpfPinPath: /sys/fs/bpf/lane
+            logLevel: debug
+            """, environment: [:])
+        XCTAssertEqual(config.nodeName, "node-a")
+        XCTAssertEqual(config.source, .directory(.init(path: "/srv/manifests", pollIntervalMilliseconds: 100)))
+        XCTAssertEqual(config.cgroupPath, "/sys/fs/cgroup/kubepods")
+        XCTAssertEqual(config.bpfPinPath, "/sys/fs/bpf/lane")
+        XCTAssertEqual(config.logLevel, .debug)
+    }
+
+    func testDefaultsApplyAndNodeNameComesFromTheEnvironment() throws {
+        let config = try SwiftlaneConfiguration.parse(yaml: "source: {directory: m}", environment: ["NODE_NAME": "from-env"], relativeTo: "/etc/swiftlane")
+        XCTAssertEqual(config.nodeName, "from-env")
+        XCTAssertEqual(config.source, .directory(.init(path: "/etc/swiftlane/m")), "relative paths resolve against the config's folder")
+        XCTAssertEqual(config.bpfPinPath, "/sys/fs/bpf/swiftlane")
+        XCTAssertNil(config.cgroupPath)
+    }
+
+    func testEveryInvalidValueIsReportedWithItsKey() {
+        let cases: [(yaml: String, key: String)] = [
+            ("nodename: a", "nodename"),
+            ("nodeName: ''", "nodeName"),
+            ("bpfPinPath: relative/path", "bpfPinPath"),
+            ("logLevel: loud", "logLevel"),
+            ("source: {directory: {pollIntervalMilliseconds: 100}}", "source.directory.path"),
+            ("source: {directory: {path: /m, pollIntervalMilliseconds: 5}}", "source.directory.pollIntervalMilliseconds"),
+            ("source: {directory: {path: /m, pollIntervalMilliseconds: soon}}", "source.directory.pollIntervalMilliseconds"),
+            ("source: {directory: {path: /m, extra: 1}}", "source.directory.extra"),
+            ("source: {ftp: x}", "source"),
+            ("source: [a]", "source"),
+            ("- just a list", "(file)"),
+            ("key: [unclosed", "(file)"),
+        ]
+        for (yaml, key) in cases {
+            XCTAssertThrowsError(try SwiftlaneConfiguration.parse(yaml: yaml, environment: [:]), yaml) { error in
+                XCTAssertEqual((error as? SwiftlaneConfiguration.Invalid)?.key, key, "\(yaml): \(error)")
+            }
+        }
+    }
+}
+
+final class DirectorySourceTests: XCTestCase {
+    private var directory: String!
+
+    override func setUpWithError() throws {
+        directory = NSTemporaryDirectory() + "swiftlane-dir-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private func write(_ name: String, _ text: String) throws {
+        try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)
+    }
+
+    private let service = """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: default}
+        spec: {clusterIP: 198.19.0.1, ports: [{name: http, port: 80}]}
+        """
+
+    func testItReadsYAMLJSONMultiDocumentAndListFilesAndIgnoresOthers() throws {
+        try write("a.yaml", service + "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+        try write("b.json", #"{"kind":"List","apiVersion":"v1","items":[{"kind":"EndpointSlice","apiVersion":"discovery.k8s.io/v1","metadata":{"name":"web-1","namespace":"default","labels":{"kubernetes.io/service-name":"web"}},"addressType":"IPv4","endpoints":[{"addresses":["198.18.0.11"]}],"ports":[{"name":"http","port":8080}]}]}"#)
+        try write("notes.txt", "not a manifest")
+        let source = DirectorySource(path: directory, logger: Logger(label: "test"))
+        XCTAssertTrue(try source.refresh())
+        let objects = source.objects()
+        XCTAssertEqual(objects.services.map(\.metadata.name), ["web"])
+        XCTAssertEqual(objects.endpointSlices.map(\.metadata.name), ["web-1"])
+        XCTAssertFalse(try source.refresh(), "nothing changed")
+    }
+
+    func testABrokenFileKeepsItsLastGoodObjectsAndReportsTheError() throws {
+        try write("web.yaml", service)
+        let source = DirectorySource(path: directory, logger: Logger(label: "test"))
+        try source.refresh()
+        try write("web.yaml", service.replacingOccurrences(of: "port: 80", with: "port: [eighty"))
+        try source.refresh()
+        XCTAssertEqual(source.objects().services.map(\.metadata.name), ["web"], "the broken file's last good objects remain")
+        XCTAssertNotNil(source.errors["web.yaml"])
+        XCTAssertEqual(source.parseFailures, 1)
+        try FileManager.default.removeItem(atPath: directory + "/web.yaml")
+        XCTAssertTrue(try source.refresh())
+        XCTAssertTrue(source.objects().services.isEmpty, "a deleted file withdraws its objects")
+        XCTAssertNil(source.errors["web.yaml"])
+    }
+}

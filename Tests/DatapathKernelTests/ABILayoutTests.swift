@@ -1,0 +1,81 @@
+import CLibBPF
+import XCTest
+
+/// The Swift importer and the C compiler must agree on every shared struct, field by
+/// field: the maps are raw bytes to the kernel, so a disagreement would corrupt them
+/// silently. (The header also `_Static_assert`s each size for the BPF side.)
+final class ABILayoutTests: XCTestCase {
+    /// Swift's view of each field: (type, field) → (offset, size), and each type's size.
+    private let swiftLayout: [String: (offset: Int?, size: Int)] = [
+        "sl_service_key.addr": (MemoryLayout<sl_service_key>.offset(of: \.addr), MemoryLayout.size(ofValue: sl_service_key().addr)),
+        "sl_service_key.port": (MemoryLayout<sl_service_key>.offset(of: \.port), 2),
+        "sl_service_key.proto": (MemoryLayout<sl_service_key>.offset(of: \.proto), 1),
+        "sl_service_key.scope": (MemoryLayout<sl_service_key>.offset(of: \.scope), 1),
+        "sl_service_key.revision": (MemoryLayout<sl_service_key>.offset(of: \.revision), 2),
+        "sl_service_key.slot": (MemoryLayout<sl_service_key>.offset(of: \.slot), 2),
+        "sl_service_value.backend_id": (MemoryLayout<sl_service_value>.offset(of: \.backend_id), 4),
+        "sl_service_value.rev_nat_id": (MemoryLayout<sl_service_value>.offset(of: \.rev_nat_id), 4),
+        "sl_service_value.count": (MemoryLayout<sl_service_value>.offset(of: \.count), 2),
+        "sl_service_value.revision": (MemoryLayout<sl_service_value>.offset(of: \.revision), 2),
+        "sl_service_value.flags": (MemoryLayout<sl_service_value>.offset(of: \.flags), 2),
+        "sl_service_value.kind": (MemoryLayout<sl_service_value>.offset(of: \.kind), 1),
+        "sl_service_value.pad0": (MemoryLayout<sl_service_value>.offset(of: \.pad0), 1),
+        "sl_service_value.affinity_timeout": (MemoryLayout<sl_service_value>.offset(of: \.affinity_timeout), 4),
+        "sl_service_value.pad1": (MemoryLayout<sl_service_value>.offset(of: \.pad1), 4),
+        "sl_backend.addr": (MemoryLayout<sl_backend>.offset(of: \.addr), 16),
+        "sl_backend.port": (MemoryLayout<sl_backend>.offset(of: \.port), 2),
+        "sl_backend.proto": (MemoryLayout<sl_backend>.offset(of: \.proto), 1),
+        "sl_backend.flags": (MemoryLayout<sl_backend>.offset(of: \.flags), 1),
+        "sl_revnat.addr": (MemoryLayout<sl_revnat>.offset(of: \.addr), 16),
+        "sl_revnat.port": (MemoryLayout<sl_revnat>.offset(of: \.port), 2),
+        "sl_revnat.pad": (MemoryLayout<sl_revnat>.offset(of: \.pad), 2),
+        "sl_sock_revnat_key.cookie": (MemoryLayout<sl_sock_revnat_key>.offset(of: \.cookie), 8),
+        "sl_sock_revnat_key.addr": (MemoryLayout<sl_sock_revnat_key>.offset(of: \.addr), 16),
+        "sl_sock_revnat_key.port": (MemoryLayout<sl_sock_revnat_key>.offset(of: \.port), 2),
+        "sl_sock_revnat_key.pad": (MemoryLayout<sl_sock_revnat_key>.offset(of: \.pad), MemoryLayout.size(ofValue: sl_sock_revnat_key().pad)),
+        "sl_sock_revnat_value.addr": (MemoryLayout<sl_sock_revnat_value>.offset(of: \.addr), 16),
+        "sl_sock_revnat_value.port": (MemoryLayout<sl_sock_revnat_value>.offset(of: \.port), 2),
+        "sl_sock_revnat_value.pad": (MemoryLayout<sl_sock_revnat_value>.offset(of: \.pad), 2),
+        "sl_sock_revnat_value.rev_nat_id": (MemoryLayout<sl_sock_revnat_value>.offset(of: \.rev_nat_id), 4),
+    ]
+
+    private let swiftSizes: [String: (size: Int, stride: Int)] = [
+        "sl_service_key": (MemoryLayout<sl_service_key>.size, MemoryLayout<sl_service_key>.stride),
+        "sl_service_value": (MemoryLayout<sl_service_value>.size, MemoryLayout<sl_service_value>.stride),
+        "sl_backend": (MemoryLayout<sl_backend>.size, MemoryLayout<sl_backend>.stride),
+        "sl_revnat": (MemoryLayout<sl_revnat>.size, MemoryLayout<sl_revnat>.stride),
+        "sl_sock_revnat_key": (MemoryLayout<sl_sock_revnat_key>.size, MemoryLayout<sl_sock_revnat_key>.stride),
+        "sl_sock_revnat_value": (MemoryLayout<sl_sock_revnat_value>.size, MemoryLayout<sl_sock_revnat_value>.stride),
+    ]
+
+    func testEverySharedStructHasTheSameLayoutInSwiftAndC() {
+        var index = 0
+        var checked = Set<String>()
+        while let field = clb_abi_field_at(index) {
+            let type = String(cString: field.pointee.type), name = String(cString: field.pointee.field)
+            let key = "\(type).\(name)"
+            guard let swift = swiftLayout[key] else {
+                XCTFail("\(key) is in the C table but not checked from Swift")
+                index += 1
+                continue
+            }
+            XCTAssertEqual(swift.offset, Int(field.pointee.offset), "offset of \(key)")
+            XCTAssertEqual(swift.size, Int(field.pointee.size), "size of \(key)")
+            let sizes = swiftSizes[type]
+            XCTAssertEqual(sizes?.size, Int(field.pointee.type_size), "size of \(type)")
+            XCTAssertEqual(sizes?.stride, Int(field.pointee.type_size), "stride of \(type): arrays of it must pack like C")
+            checked.insert(key)
+            index += 1
+        }
+        XCTAssertEqual(checked, Set(swiftLayout.keys), "every Swift-checked field is in the C table")
+    }
+
+    func testStructSizesMatchTheHeadersStaticAsserts() {
+        XCTAssertEqual(MemoryLayout<sl_service_key>.size, 24)
+        XCTAssertEqual(MemoryLayout<sl_service_value>.size, 24)
+        XCTAssertEqual(MemoryLayout<sl_backend>.size, 20)
+        XCTAssertEqual(MemoryLayout<sl_revnat>.size, 20)
+        XCTAssertEqual(MemoryLayout<sl_sock_revnat_key>.size, 32)
+        XCTAssertEqual(MemoryLayout<sl_sock_revnat_value>.size, 24)
+    }
+}

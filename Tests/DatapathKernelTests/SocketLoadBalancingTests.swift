@@ -1,0 +1,163 @@
+import Datapath
+import Foundation
+import NetLab
+import XCTest
+
+/// Real sockets through real cgroup hooks: a client in the lab's cgroup and client
+/// namespace (which has no route to the service range, so an untranslated connect fails
+/// locally with ENETUNREACH) talks to ClusterIPs served by probe servers in backend
+/// namespaces.
+final class SocketLoadBalancingTests: XCTestCase {
+    var harness: SocketLBHarness!
+
+    override func setUpWithError() throws {
+        try requireKernelBPF()
+        harness = try SocketLBHarness(label: name.filter { $0.isLetter }.suffix(20).description)
+    }
+
+    override func tearDown() {
+        harness?.tearDown()
+        harness = nil
+    }
+
+    private var lab: ClusterLab { harness.lab }
+
+    private func webService(vip: String) -> String {
+        LabManifests.documents(
+            LabManifests.service(name: "web", clusterIPs: [vip]),
+            LabManifests.slice(service: "web", addresses: lab.backends.map(\.ipv4)))
+    }
+
+    func testTCPConnectionsToAClusterIPReachEveryBackendInFairShares() throws {
+        let vip = lab.vipIPv4(10)
+        try harness.apply(webService(vip: vip))
+        let report = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 300)
+        XCTAssertEqual(report.ok, 300, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(Set(report.backends.keys), Set(lab.backends.map(\.name)))
+        // Uniform choice: 100 expected per backend, σ ≈ 8.2; ±40 is about 5σ, so a fair
+        // picker fails this less than once in a million runs while a skewed one fails.
+        for (backend, count) in report.backends {
+            XCTAssertTrue((60...140).contains(count), "\(backend) got \(count) of 300: \(report.backends)")
+        }
+        XCTAssertEqual(report.peerNameMismatches, 0, "getpeername() must return the ClusterIP")
+        let counters = harness.datapath.maps.outcomeCounters()
+        XCTAssertGreaterThanOrEqual(counters["sock_forward"] ?? 0, 300)
+        XCTAssertGreaterThanOrEqual(counters["sock_peer_rewritten"] ?? 0, 300)
+    }
+
+    func testGetpeernameOnAConnectedSocketReturnsTheClusterIP() throws {
+        let vip = lab.vipIPv4(11)
+        try harness.apply(webService(vip: vip))
+        let report = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 20)
+        XCTAssertEqual(report.ok, 20)
+        XCTAssertEqual(report.peerNameMismatches, 0)
+        // The backend saw the client's own address: no SNAT on the socket path.
+        XCTAssertEqual(report.seenClientAddresses, [lab.clientIPv4])
+    }
+
+    func testUDPRepliesThroughAClusterIPComeFromTheClusterIP() throws {
+        let vip = lab.vipIPv4(12)
+        try harness.apply(webService(vip: vip))
+        let target = harness.ipv4Target(vip, port: 53)
+        let unconnected = try harness.probe.udp(target: target, count: 60, connected: false)
+        XCTAssertEqual(unconnected.ok, 60, "errors: \(unconnected.errors) timeouts: \(unconnected.timeouts)")
+        XCTAssertEqual(unconnected.replySourceMismatches, 0, "recvfrom() must show VIP:53 as the source")
+        XCTAssertEqual(Set(unconnected.backends.keys), Set(lab.backends.map(\.name)))
+        let connected = try harness.probe.udp(target: target, count: 30, connected: true)
+        XCTAssertEqual(connected.ok, 30, "errors: \(connected.errors) timeouts: \(connected.timeouts)")
+        XCTAssertEqual(connected.peerNameMismatches, 0, "getpeername() on a connected UDP socket must show VIP:53")
+        XCTAssertEqual(connected.replySourceMismatches, 0)
+        XCTAssertGreaterThan(harness.datapath.maps.outcomeCounters()["sock_reply_rewritten"] ?? 0, 0)
+    }
+
+    func testDigResolvesThroughAClusterIPInFrontOfDnsmasq() throws {
+        let vip = lab.vipIPv4(13)
+        let dnsBackend = lab.backends[0]
+        let dnsmasq = try Dnsmasq.start(netns: dnsBackend.netns, listen: [dnsBackend.ipv4],
+                                        records: ["web.demo.swiftlane.test": "198.18.200.7"])
+        defer { dnsmasq.stop() }
+        try harness.apply(LabManifests.documents(
+            LabManifests.service(name: "dns", clusterIPs: [vip], ports: [("dns", 53, "UDP")]),
+            LabManifests.slice(service: "dns", addresses: [dnsBackend.ipv4], udpPort: 53)))
+        let answers = try Dig.query(netns: lab.clientNetns, cgroup: lab.clientCgroup.path, server: vip,
+                                    name: "web.demo.swiftlane.test")
+        XCTAssertEqual(answers, ["198.18.200.7"])
+    }
+
+    func testAServiceWithoutEndpointsRefusesConnectionsAtOnce() throws {
+        let vip = lab.vipIPv4(14)
+        try harness.apply(LabManifests.documents(
+            LabManifests.service(name: "empty", clusterIPs: [vip]),
+            LabManifests.slice(service: "empty", addresses: [])))
+        let report = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 10, connectTimeoutMs: 3000)
+        // Without the hook the client would get ENETUNREACH (no route); a SYN sent
+        // somewhere would time out. ECONNREFUSED can only come from the hook refusing.
+        XCTAssertEqual(report.failures, ["ECONNREFUSED": 10], "\(report)")
+        let udp = try harness.probe.udp(target: harness.ipv4Target(vip, port: 53), count: 5, connected: false)
+        XCTAssertEqual(udp.errors["ECONNREFUSED"], 5, "sendto() to a service without endpoints: \(udp)")
+        XCTAssertGreaterThanOrEqual(harness.datapath.maps.outcomeCounters()["sock_reject"] ?? 0, 15)
+    }
+
+    func testRemovingAServiceStopsTranslation() throws {
+        let vip = lab.vipIPv4(15)
+        try harness.apply(webService(vip: vip))
+        XCTAssertEqual(try harness.probe.tcp(target: harness.ipv4Target(vip), count: 5).ok, 5)
+        try harness.apply(LabManifests.slice(service: "unrelated", addresses: []))
+        let after = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 5)
+        XCTAssertEqual(after.failures, ["ENETUNREACH": 5], "the client namespace has no route: only translation reached the VIP")
+        XCTAssertTrue(try harness.datapath.maps.readState().masters.isEmpty)
+    }
+
+    func testChangingBackendsAffectsNewConnectionsWhileEstablishedOnesKeepWorking() throws {
+        let vip = lab.vipIPv4(16)
+        try harness.apply(webService(vip: vip))
+        let held = try harness.probe.startHold(target: harness.ipv4Target(vip), connections: 12)
+        XCTAssertEqual(held.established.established, 12)
+        let last = lab.backends[2]
+        try harness.apply(LabManifests.documents(
+            LabManifests.service(name: "web", clusterIPs: [vip]),
+            LabManifests.slice(service: "web", addresses: [last.ipv4])))
+        let fresh = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 30)
+        XCTAssertEqual(fresh.backends, [last.name: 30], "new connections use only the new backend set")
+        let final = try held.finish()
+        XCTAssertEqual(final.survived, 12, "established connections keep working: \(final)")
+    }
+
+    func testIPv6ClusterIPServesTCPAndUDP() throws {
+        let vip = lab.vipIPv6(20)
+        try harness.apply(LabManifests.documents(
+            LabManifests.service(name: "web6", clusterIPs: [vip], families: ["IPv6"]),
+            LabManifests.slice(service: "web6", family: "IPv6", addresses: lab.backends.map(\.ipv6))))
+        let tcp = try harness.probe.tcp(target: harness.ipv6Target(vip), count: 60)
+        XCTAssertEqual(tcp.ok, 60, "\(tcp.failures) \(tcp.firstError ?? "")")
+        XCTAssertEqual(Set(tcp.backends.keys), Set(lab.backends.map(\.name)))
+        XCTAssertEqual(tcp.peerNameMismatches, 0)
+        let udp = try harness.probe.udp(target: harness.ipv6Target(vip, port: 53), count: 30, connected: false)
+        XCTAssertEqual(udp.ok, 30, "\(udp.errors)")
+        XCTAssertEqual(udp.replySourceMismatches, 0)
+    }
+
+    func testADualStackServiceServesBothFamilies() throws {
+        let vip4 = lab.vipIPv4(21), vip6 = lab.vipIPv6(21)
+        try harness.apply(LabManifests.documents(
+            LabManifests.service(name: "dual", clusterIPs: [vip4, vip6], families: ["IPv4", "IPv6"]),
+            LabManifests.slice(service: "dual", family: "IPv4", addresses: lab.backends.map(\.ipv4)),
+            LabManifests.slice(service: "dual", family: "IPv6", addresses: [lab.backends[0].ipv6])))
+        XCTAssertEqual(try harness.probe.tcp(target: harness.ipv4Target(vip4), count: 30).ok, 30)
+        let v6 = try harness.probe.tcp(target: harness.ipv6Target(vip6), count: 10)
+        XCTAssertEqual(v6.backends, [lab.backends[0].name: 10])
+    }
+
+    func testEndpointsFromSeveralSlicesWithNamedPortsAreUnioned() throws {
+        let vip = lab.vipIPv4(22)
+        // Two slices of one service whose pods expose the named port on different numbers.
+        try lab.startProbeServer(on: lab.backends[2], tcpPort: 9090, udpPort: 9053)
+        try harness.apply(LabManifests.documents(
+            LabManifests.service(name: "multi", clusterIPs: [vip]),
+            LabManifests.slice(service: "multi", name: "multi-a", addresses: [lab.backends[0].ipv4, lab.backends[1].ipv4]),
+            LabManifests.slice(service: "multi", name: "multi-b", addresses: [lab.backends[2].ipv4], tcpPort: 9090, udpPort: 9053)))
+        let report = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 90)
+        XCTAssertEqual(report.ok, 90)
+        XCTAssertEqual(Set(report.backends.keys), Set(lab.backends.map(\.name)))
+    }
+}

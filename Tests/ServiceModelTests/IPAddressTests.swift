@@ -1,0 +1,170 @@
+import XCTest
+
+@testable import ServiceModel
+
+final class IPAddressTests: XCTestCase {
+    func testSloppyParsingAcceptsLeadingZerosAndPrintsCanonically() {
+        // A.1(6) examples plus the edges of Go 1.16's parseIPv4.
+        let cases: [(String, String)] = [
+            ("172.30.0.041", "172.30.0.41"),
+            ("10.180.00.001", "10.180.0.1"),
+            ("010.000.000.010", "10.0.0.10"),
+            ("0.0.0.0", "0.0.0.0"),
+            ("255.255.255.255", "255.255.255.255"),
+            ("1.2.3.0000004", "1.2.3.4"),
+        ]
+        for (input, expected) in cases {
+            let address = IPAddress(sloppy: input)
+            XCTAssertEqual(address?.description, expected, input)
+            XCTAssertEqual(address?.family, .v4, input)
+        }
+    }
+
+    func testSloppyParsingRejectsMalformedIPv4() {
+        for input in [
+            "", "1.2.3", "1.2.3.4.5", "1.2.3.256", "1..2.3", "1.2.3.4.", " 1.2.3.4", "1.2.3.4 ", "a.b.c.d",
+            "1.2.3.-4", "1.2.3.4/32", "1234", "1.2.3.4:80", "１.2.3.4",
+        ] {
+            XCTAssertNil(IPAddress(sloppy: input), input)
+        }
+    }
+
+    func testIPv6ParsingAcceptsEveryTextFormAndPrintsRFC5952() {
+        let cases: [(String, String)] = [
+            ("fd00::1", "fd00::1"),
+            ("FD00:0:0:0:0:0:0:1", "fd00::1"),
+            ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),  // first of two equal runs
+            ("2001:0db8:0000:0000:0000:ff00:0042:8329", "2001:db8::ff00:42:8329"),
+            ("2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"),  // a single zero group is not compressed
+            ("::", "::"),
+            ("::1", "::1"),
+            ("1::", "1::"),
+            ("1:2:3:4:5:6:7::", "1:2:3:4:5:6:7:0"),
+            ("fd00:10:96::2c", "fd00:10:96::2c"),
+            ("::1.2.3.4", "::102:304"),
+            ("64:ff9b::192.0.2.33", "64:ff9b::c000:221"),
+            ("1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5:6:102:304"),
+            ("::ffff:1.2.3.4", "::ffff:1.2.3.4"),
+            ("::ffff:0102:0304", "::ffff:1.2.3.4"),
+            ("::ffff:001.002.003.004", "::ffff:1.2.3.4"),  // the embedded quad is sloppy too
+            ("0:0:0:0:0:0:0:0", "::"),
+        ]
+        for (input, expected) in cases {
+            let address = IPAddress(sloppy: input)
+            XCTAssertEqual(address?.description, expected, input)
+            XCTAssertEqual(address?.family, .v6, input)
+        }
+    }
+
+    func testIPv6ParsingRejectsMalformedText() {
+        for input in [
+            ":", ":::", "1:::2", "1::2::3", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7", "12345::", "g::1", ":1::",
+            "1::2:", "1:2:3:4:5:6:7:8::", "::1.2.3", "::1.2.3.4:5", "1.2.3.4::", "fe80::1%eth0", "[::1]", "::1/128",
+            "1:2:3:4:5:6:7:1.2.3.4",
+        ] {
+            XCTAssertNil(IPAddress(sloppy: input), input)
+        }
+    }
+
+    func testIPv4MappedInputStaysIPv6() {
+        let mapped = ip("::ffff:10.0.0.1")
+        XCTAssertEqual(mapped.family, .v6)
+        XCTAssertNil(mapped.v4Value)
+        XCTAssertNotEqual(mapped, ip("10.0.0.1"))
+    }
+
+    func testV4ValueIsHostOrder() {
+        XCTAssertEqual(ip("10.0.0.1").v4Value, 0x0A00_0001)
+        XCTAssertEqual(IPAddress(v4: 0xC0A8_0102).description, "192.168.1.2")
+        XCTAssertNil(ip("fd00::1").v4Value)
+    }
+
+    func testMapped16WritesIPv4AsV4MappedAndRoundTrips() {
+        XCTAssertEqual(ip("1.2.3.4").mapped16, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4])
+        XCTAssertEqual(ip("fd00::1").mapped16, [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+        for text in [
+            "0.0.0.0", "10.180.0.1", "255.255.255.255", "::", "::1", "fd00:10:96::2c", "2001:db8::ff00:42:8329",
+        ] {
+            let address = ip(text)
+            XCTAssertEqual(IPAddress(mapped16: address.mapped16), address, text)
+        }
+        // The mapped form decodes to IPv4, whatever family produced it.
+        XCTAssertEqual(IPAddress(mapped16: ip("::ffff:1.2.3.4").mapped16), ip("1.2.3.4"))
+        XCTAssertNil(IPAddress(mapped16: [1, 2, 3, 4]))
+    }
+
+    func testOrderingPutsIPv4FirstThenNumeric() {
+        let sorted = ["fd00::1", "10.0.0.10", "::1", "10.0.0.9", "9.255.255.255"].map(ip).sorted()
+        XCTAssertEqual(sorted.map(\.description), ["9.255.255.255", "10.0.0.9", "10.0.0.10", "::1", "fd00::1"])
+    }
+
+    func testLoopbackAndUnspecifiedAreRecognised() {
+        XCTAssertTrue(ip("127.0.0.53").isLoopback)
+        XCTAssertTrue(ip("::1").isLoopback)
+        XCTAssertFalse(ip("10.0.0.1").isLoopback)
+        XCTAssertTrue(ip("0.0.0.0").isUnspecified)
+        XCTAssertTrue(ip("::").isUnspecified)
+    }
+
+    func testAddressesEncodeAsCanonicalStrings() throws {
+        let data = try JSONEncoder().encode([ip("010.0.0.1"), ip("FD00::0001")])
+        XCTAssertEqual(String(decoding: data, as: UTF8.self), #"["10.0.0.1","fd00::1"]"#)
+        XCTAssertEqual(try JSONDecoder().decode([IPAddress].self, from: data), [ip("10.0.0.1"), ip("fd00::1")])
+    }
+}
+
+final class CIDRTests: XCTestCase {
+    func testSloppyParsingTrimsAndCanonicalisesTheNetwork() {
+        let cases: [(String, String)] = [
+            ("203.0.113.000/025", "203.0.113.0/25"),  // A.1(6)
+            (" 198.51.100.0/24", "198.51.100.0/24"),  // A.2 padded source range
+            ("203.0.113.7/25\n", "203.0.113.0/25"),
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("1.2.3.4/32", "1.2.3.4/32"),
+            ("2001:db8:100::/48", "2001:db8:100::/48"),
+            ("2001:db8:100:ffff::1/48", "2001:db8:100::/48"),
+            ("fd00::1/127", "fd00::/127"),
+            ("::/0", "::/0"),
+        ]
+        for (input, expected) in cases {
+            XCTAssertEqual(CIDR(sloppy: input)?.description, expected, input)
+        }
+    }
+
+    func testSloppyParsingRejectsMalformedCIDRs() {
+        for input in [
+            "", "10.0.0.0", "10.0.0.0/", "10.0.0.0/33", "fd00::/129", "10.0.0.0/-1", "10.0.0.0/8/8", "/8",
+            "10.0.0.0/a", "bogus/8",
+        ] {
+            XCTAssertNil(CIDR(sloppy: input), input)
+        }
+    }
+
+    func testContainsChecksTheNetworkAndTheFamily() {
+        let v4 = cidr("203.0.113.0/25")
+        XCTAssertTrue(v4.contains(ip("203.0.113.0")))
+        XCTAssertTrue(v4.contains(ip("203.0.113.127")))
+        XCTAssertFalse(v4.contains(ip("203.0.113.128")))
+        XCTAssertFalse(v4.contains(ip("::ffff:203.0.113.1")))
+        XCTAssertTrue(cidr("0.0.0.0/0").contains(ip("1.2.3.4")))
+        XCTAssertFalse(cidr("0.0.0.0/0").contains(ip("::1")))
+        XCTAssertTrue(cidr("2001:db8:100::/48").contains(ip("2001:db8:100:abcd::1")))
+        XCTAssertFalse(cidr("2001:db8:100::/48").contains(ip("2001:db8:101::1")))
+        XCTAssertTrue(cidr("fd00::1/128").contains(ip("fd00::1")))
+    }
+
+    func testMatchAllFamilyAndHostNetworks() {
+        XCTAssertTrue(cidr("0.0.0.0/0").isMatchAll)
+        XCTAssertTrue(cidr("::/0").isMatchAll)
+        XCTAssertFalse(cidr("10.0.0.0/8").isMatchAll)
+        XCTAssertEqual(cidr("::/0").family, .v6)
+        XCTAssertEqual(CIDR(host: ip("198.51.100.10")).description, "198.51.100.10/32")
+        XCTAssertEqual(CIDR(host: ip("fd00::1")).description, "fd00::1/128")
+    }
+
+    func testOrderingIsByNetworkThenLength() {
+        let sorted = ["10.0.0.0/16", "fd00::/8", "10.0.0.0/8", "9.0.0.0/8"].map(cidr).sorted()
+        XCTAssertEqual(sorted.map(\.description), ["9.0.0.0/8", "10.0.0.0/8", "10.0.0.0/16", "fd00::/8"])
+    }
+}

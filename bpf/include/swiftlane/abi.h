@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Swiftlane datapath ABI: every struct, flag and reason code shared by the BPF programs
+ * (clang -target bpf) and the Swift controller (imported through the CLibBPF module).
+ * This is the only copy. Only __u8/__u16/__u32/__u64/__be16/__be32 fields, explicit
+ * padding, no bitfields; every struct's size is asserted here and its Swift
+ * MemoryLayout is asserted by Tests/DatapathKernelTests/ABILayoutTests.swift.
+ *
+ * Addresses: always 16 bytes in network byte order. IPv4 is stored v4-mapped
+ * (::ffff:a.b.c.d) so that one map serves both families and a dual-stack socket that
+ * connect()s to ::ffff:VIP finds the same entry as an IPv4 socket.
+ * Ports: network byte order (__be16).
+ */
+#ifndef SWIFTLANE_ABI_H
+#define SWIFTLANE_ABI_H
+
+#include <linux/types.h>
+
+#define SL_ABI_VERSION 1
+
+/* Pinned map names (bpfPinPath/<name>). The suffix is the layout version: a layout
+ * change gets a new name, so an old pin is never reused with a new layout. */
+#define SL_MAP_NAME_SERVICES "sl_services_v1"
+#define SL_MAP_NAME_BACKENDS "sl_backends_v1"
+#define SL_MAP_NAME_REVNAT "sl_revnat_v1"
+#define SL_MAP_NAME_SOCK_REVNAT "sl_sock_rnat_v1"
+#define SL_MAP_NAME_COUNTERS "sl_counters_v1"
+
+/* Default capacities (entries); the loader may override them from the config. The
+ * service map holds one master entry per frontend plus one slot per backend, and twice
+ * that for a service while its backend set flips. */
+#define SL_DEFAULT_SERVICES_MAX 262144
+#define SL_DEFAULT_BACKENDS_MAX 131072
+#define SL_DEFAULT_REVNAT_MAX 65536
+#define SL_DEFAULT_SOCK_REVNAT_MAX 262144
+
+/* sl_service_key.scope: which traffic an entry serves. Socket LB (traffic from this
+ * node's pods and processes) uses SL_SCOPE_DEFAULT; the node-originated set of an
+ * externalTrafficPolicy=Local frontend lives under SL_SCOPE_NODE. */
+enum sl_scope {
+	SL_SCOPE_DEFAULT = 0,
+	SL_SCOPE_NODE = 1,
+};
+
+/* sl_service_value.kind on master entries: the kind of frontend, for introspection. */
+enum sl_frontend_kind {
+	SL_KIND_CLUSTER_IP = 0,
+	SL_KIND_NODE_PORT = 1,
+	SL_KIND_EXTERNAL_IP = 2,
+	SL_KIND_LOAD_BALANCER = 3,
+};
+
+/* sl_service_value.flags on master entries. With neither REJECT nor DROP and count > 0
+ * the frontend forwards; count == 0 without DROP rejects. */
+enum sl_service_flags {
+	SL_SVC_F_REJECT = 1 << 0,   /* no usable endpoint: connect()/sendmsg() get ECONNREFUSED */
+	SL_SVC_F_DROP = 1 << 1,     /* traffic policy says drop (e.g. iTP=Local, no local endpoint) */
+	SL_SVC_F_AFFINITY = 1 << 2, /* sessionAffinity ClientIP; timeout in affinity_timeout */
+};
+
+/* Service map key. Master entry: revision 0, slot 0. Backend slot entries: the revision
+ * of the backend set they belong to, slot 1..count. A backend set is replaced by writing
+ * all slots of a new revision and then updating the master entry once. */
+struct sl_service_key {
+	__be32 addr[4];  /* frontend address, network order, IPv4 v4-mapped */
+	__be16 port;     /* frontend port, network order */
+	__u8 proto;      /* IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP */
+	__u8 scope;      /* enum sl_scope */
+	__u16 revision;  /* 0 on the master entry; never 0 on a slot entry */
+	__u16 slot;      /* 0 = master entry, 1..count = backend slots */
+};
+_Static_assert(sizeof(struct sl_service_key) == 24, "sl_service_key layout");
+
+/* Service map value. Slot entries use backend_id and rev_nat_id only. */
+struct sl_service_value {
+	__u32 backend_id;       /* slot: key in the backend map; master: 0 */
+	__u32 rev_nat_id;       /* key in the reverse-NAT map (same on master and slots); never 0 */
+	__u16 count;            /* master: number of slots in the active revision; 0 = no backend */
+	__u16 revision;         /* master: revision of the active backend set (never 0) */
+	__u16 flags;            /* master: enum sl_service_flags */
+	__u8 kind;              /* master: enum sl_frontend_kind */
+	__u8 pad0;
+	__u32 affinity_timeout; /* master: ClientIP affinity in seconds; 0 = no affinity */
+	__u32 pad1;
+};
+_Static_assert(sizeof(struct sl_service_value) == 24, "sl_service_value layout");
+
+/* Backend map value; key: __u32 backend id (never 0). */
+struct sl_backend {
+	__be32 addr[4]; /* network order, IPv4 v4-mapped */
+	__be16 port;    /* network order */
+	__u8 proto;     /* IPPROTO_* */
+	__u8 flags;     /* reserved, 0 */
+};
+_Static_assert(sizeof(struct sl_backend) == 20, "sl_backend layout");
+
+/* Reverse-NAT map value; key: __u32 rev-NAT id (never 0). The frontend a reply must
+ * appear to come from. */
+struct sl_revnat {
+	__be32 addr[4]; /* frontend address, network order, IPv4 v4-mapped */
+	__be16 port;    /* frontend port, network order */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct sl_revnat) == 20, "sl_revnat layout");
+
+/* Socket reverse-NAT (LRU): which frontend a socket addressed when it reached a backend,
+ * so recvmsg() and getpeername() can show the frontend instead of the backend. */
+struct sl_sock_revnat_key {
+	__u64 cookie;   /* bpf_get_socket_cookie() of the client socket */
+	__be32 addr[4]; /* backend address, network order, IPv4 v4-mapped */
+	__be16 port;    /* backend port, network order */
+	__u16 pad[3];
+};
+_Static_assert(sizeof(struct sl_sock_revnat_key) == 32, "sl_sock_revnat_key layout");
+
+struct sl_sock_revnat_value {
+	__be32 addr[4];   /* frontend address, network order, IPv4 v4-mapped */
+	__be16 port;      /* frontend port, network order */
+	__u16 pad;
+	__u32 rev_nat_id; /* the frontend's rev-NAT id when the entry was written */
+};
+_Static_assert(sizeof(struct sl_sock_revnat_value) == 24, "sl_sock_revnat_value layout");
+
+/* Per-CPU outcome counters (array of __u64 indexed by this enum). Names are exported
+ * as the "reason" label of swiftlane_datapath_outcomes_total; keep them in step with
+ * Datapath/OutcomeReason.swift, which a test checks against SL_REASON_MAX. */
+enum sl_reason {
+	SL_REASON_SOCK_FORWARD = 0,       /* connect/sendmsg translated to a backend */
+	SL_REASON_SOCK_NOT_SERVICE = 1,   /* destination is no frontend: left alone */
+	SL_REASON_SOCK_REJECT = 2,        /* frontend without usable backend: ECONNREFUSED */
+	SL_REASON_SOCK_DROP = 3,          /* frontend whose policy drops this traffic */
+	SL_REASON_SOCK_SLOT_MISSING = 4,  /* a slot of the active revision was not found twice */
+	SL_REASON_SOCK_BACKEND_MISSING = 5, /* slot names a backend id absent from the map */
+	SL_REASON_SOCK_REVNAT_FAILED = 6, /* socket reverse-NAT entry could not be written */
+	SL_REASON_SOCK_REPLY_REWRITTEN = 7, /* recvmsg source rewritten backend -> frontend */
+	SL_REASON_SOCK_PEER_REWRITTEN = 8,  /* getpeername rewritten backend -> frontend */
+	SL_REASON_SOCK_PROTO_UNSUPPORTED = 9, /* frontend lookup skipped: not TCP/UDP */
+	SL_REASON_MAX = 10,
+};
+
+#endif /* SWIFTLANE_ABI_H */

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every BPF map of Swiftlane, in one place. Each object that includes this header shares
+ * the maps through their pins (LIBBPF_PIN_BY_NAME under the loader's pin root), which is
+ * also how state survives a controller restart. Names and layouts come from abi.h.
+ */
+#ifndef SWIFTLANE_MAPS_H
+#define SWIFTLANE_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "abi.h"
+
+/* Frontends (master entries) and backend slots, see struct sl_service_key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sl_service_key);
+	__type(value, struct sl_service_value);
+	__uint(max_entries, SL_DEFAULT_SERVICES_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_services_v1 SEC(".maps");
+
+/* Backend id -> address. Ids are stable and reference-counted by the controller. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct sl_backend);
+	__uint(max_entries, SL_DEFAULT_BACKENDS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_backends_v1 SEC(".maps");
+
+/* Rev-NAT id -> frontend address, for replies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct sl_revnat);
+	__uint(max_entries, SL_DEFAULT_REVNAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_revnat_v1 SEC(".maps");
+
+/* (socket cookie, backend) -> frontend, written on connect/sendmsg. LRU because sockets
+ * close without telling us; an evicted entry only costs a reply shown with the backend's
+ * address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sl_sock_revnat_key);
+	__type(value, struct sl_sock_revnat_value);
+	__uint(max_entries, SL_DEFAULT_SOCK_REVNAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_sock_rnat_v1 SEC(".maps");
+
+/* Outcome counters by enum sl_reason, per CPU so the hot path never contends. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, SL_REASON_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_counters_v1 SEC(".maps");
+
+static __always_inline void sl_count(__u32 reason)
+{
+	__u64 *value = bpf_map_lookup_elem(&sl_counters_v1, &reason);
+
+	if (value)
+		*value += 1;
+}
+
+#endif /* SWIFTLANE_MAPS_H */

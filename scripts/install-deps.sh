@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and running Swiftlane needs on a Debian/Ubuntu machine, and
+# mounts bpffs. Idempotent: installs only what is missing. Needs root.
+set -euo pipefail
+
+packages=(
+  libbpf-dev libelf-dev zlib1g-dev libcurl4-openssl-dev pkg-config  # build: libbpf, libcurl
+  clang llvm                                                      # BPF objects (Swift's clang works too)
+  iproute2 bpftool                                                # namespaces, veth, inspection
+  dnsmasq-base bind9-dnsutils                                     # DNS server and dig for demo/tests
+)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Swiftlane mounts bpffs itself when it starts; tests and tools expect it too.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  mount -t bpf bpf /sys/fs/bpf
+fi
