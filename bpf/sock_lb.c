@@ -54,76 +54,102 @@ static __always_inline int sl_addr_is_v4_mapped(const __be32 addr[4])
 	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0x0000ffff);
 }
 
+/* A slot number in 1..count. Services with one backend skip the random draw: a helper
+ * call costs tens of ns on kernels with return-thunk mitigations. */
+static __always_inline __u16 sl_random_slot(__u16 count)
+{
+	return count == 1 ? 1 : (bpf_get_prandom_u32() % count) + 1;
+}
+
 /* Picks a backend slot of the active revision. The controller writes a new revision's
  * slots before flipping the master entry and deletes the old ones after, so a reader that
  * raced with a flip and misses its slot re-reads the master once and finds the new
- * revision complete. */
-static __always_inline const struct sl_backend *
-sl_pick_backend(struct sl_service_key *key, const struct sl_service_value *master, __u32 *rev_nat_id)
+ * revision complete. The slot carries the backend's address. */
+static __always_inline const struct sl_service_value *
+sl_pick_slot(struct sl_service_key *key, const struct sl_service_value *master)
 {
 	const struct sl_service_value *slot;
-	const struct sl_backend *backend;
-	__u32 backend_id;
 
 	key->revision = master->revision;
-	key->slot = (bpf_get_prandom_u32() % master->count) + 1;
+	key->slot = sl_random_slot(master->count);
 	slot = bpf_map_lookup_elem(&sl_services_v1, key);
-	if (!slot) {
-		key->revision = 0;
-		key->slot = 0;
-		master = bpf_map_lookup_elem(&sl_services_v1, key);
-		if (!master || master->count == 0)
-			return NULL;
-		key->revision = master->revision;
-		key->slot = (bpf_get_prandom_u32() % master->count) + 1;
-		slot = bpf_map_lookup_elem(&sl_services_v1, key);
-		if (!slot) {
-			sl_count(SL_REASON_SOCK_SLOT_MISSING);
-			return NULL;
-		}
-	}
-	backend_id = slot->backend_id;
-	*rev_nat_id = slot->rev_nat_id;
-	backend = bpf_map_lookup_elem(&sl_backends_v1, &backend_id);
-	if (!backend)
-		sl_count(SL_REASON_SOCK_BACKEND_MISSING);
-	return backend;
+	if (slot)
+		return slot;
+	key->revision = 0;
+	key->slot = 0;
+	master = bpf_map_lookup_elem(&sl_services_v1, key);
+	if (!master || master->count == 0)
+		return NULL;
+	key->revision = master->revision;
+	key->slot = sl_random_slot(master->count);
+	slot = bpf_map_lookup_elem(&sl_services_v1, key);
+	if (!slot)
+		sl_count(SL_REASON_SOCK_SLOT_MISSING);
+	return slot;
 }
 
-/* Remembers, per socket, which frontend a backend stands for. Skips the write when the
- * entry is already there: a connected UDP socket that reconnects to the same service
- * costs one lookup instead of an LRU update. */
-static __always_inline void sl_record_revnat(void *ctx, const struct sl_backend *backend,
-					     const struct sl_dest *frontend, __u32 rev_nat_id)
+static __always_inline int sl_addr_equal(const __be32 a[4], const __be32 b[4])
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/* connect(): remember in the socket's own storage which frontend it asked for. Only
+ * written when it changes, so a connected UDP socket that reconnects to the same
+ * backend costs a lookup. */
+static __always_inline void sl_record_connected(struct bpf_sock_addr *ctx, const struct sl_service_value *slot,
+						const struct sl_dest *frontend)
+{
+	struct sl_sock_frontend *stored;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return;
+	stored = bpf_sk_storage_get(&sl_sock_fe_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!stored) {
+		sl_count(SL_REASON_SOCK_REVNAT_FAILED);
+		return;
+	}
+	if (stored->rev_nat_id == slot->rev_nat_id && stored->backend_port == slot->backend_port &&
+	    sl_addr_equal(stored->backend_addr, slot->backend_addr) && stored->frontend_port == frontend->port &&
+	    sl_addr_equal(stored->frontend_addr, frontend->addr))
+		return;
+	__builtin_memcpy(stored->frontend_addr, frontend->addr, sizeof(stored->frontend_addr));
+	__builtin_memcpy(stored->backend_addr, slot->backend_addr, sizeof(stored->backend_addr));
+	stored->frontend_port = frontend->port;
+	stored->backend_port = slot->backend_port;
+	stored->rev_nat_id = slot->rev_nat_id;
+}
+
+/* sendmsg() on an unconnected UDP socket: each datagram may go elsewhere, so remember
+ * (socket, backend) -> frontend in the LRU map. Skips the write when already there. */
+static __always_inline void sl_record_datagram(struct bpf_sock_addr *ctx, const struct sl_service_value *slot,
+					       const struct sl_dest *frontend)
 {
 	struct sl_sock_revnat_key key = {};
 	struct sl_sock_revnat_value value = {};
 	const struct sl_sock_revnat_value *known;
 
 	key.cookie = bpf_get_socket_cookie(ctx);
-	__builtin_memcpy(key.addr, backend->addr, sizeof(key.addr));
-	key.port = backend->port;
+	__builtin_memcpy(key.addr, slot->backend_addr, sizeof(key.addr));
+	key.port = slot->backend_port;
+	known = bpf_map_lookup_elem(&sl_sock_rnat_v1, &key);
+	if (known && known->rev_nat_id == slot->rev_nat_id && known->port == frontend->port &&
+	    sl_addr_equal(known->addr, frontend->addr))
+		return;
 	__builtin_memcpy(value.addr, frontend->addr, sizeof(value.addr));
 	value.port = frontend->port;
-	value.rev_nat_id = rev_nat_id;
-
-	known = bpf_map_lookup_elem(&sl_sock_rnat_v1, &key);
-	if (known && known->rev_nat_id == rev_nat_id && known->port == value.port &&
-	    known->addr[0] == value.addr[0] && known->addr[1] == value.addr[1] &&
-	    known->addr[2] == value.addr[2] && known->addr[3] == value.addr[3])
-		return;
+	value.rev_nat_id = slot->rev_nat_id;
 	if (bpf_map_update_elem(&sl_sock_rnat_v1, &key, &value, BPF_ANY) != 0)
 		sl_count(SL_REASON_SOCK_REVNAT_FAILED);
 }
 
 /* The worker behind connect and sendmsg: on success *dest holds the backend.
  * Returns 0 (translated or not a frontend) or -ECONNREFUSED / -EPERM. */
-static __always_inline int sl_translate(struct bpf_sock_addr *ctx, struct sl_dest *dest, int want_v4)
+static __always_inline int sl_translate(struct bpf_sock_addr *ctx, struct sl_dest *dest, int want_v4, int connecting)
 {
 	struct sl_service_key key = {};
 	const struct sl_service_value *master;
-	const struct sl_backend *backend;
-	__u32 rev_nat_id = 0;
+	const struct sl_service_value *slot;
 	__u8 proto = ctx->protocol;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
@@ -148,20 +174,23 @@ static __always_inline int sl_translate(struct bpf_sock_addr *ctx, struct sl_des
 		sl_count(SL_REASON_SOCK_REJECT);
 		return -ECONNREFUSED;
 	}
-	backend = sl_pick_backend(&key, master, &rev_nat_id);
-	if (!backend) {
+	slot = sl_pick_slot(&key, master);
+	if (!slot) {
 		sl_count(SL_REASON_SOCK_REJECT);
 		return -ECONNREFUSED;
 	}
 	/* An IPv4 socket can only reach an IPv4 backend; the controller never mixes
 	 * families in one frontend, this guards against a corrupted entry. */
-	if (want_v4 && !sl_addr_is_v4_mapped(backend->addr)) {
+	if (want_v4 && !sl_addr_is_v4_mapped(slot->backend_addr)) {
 		sl_count(SL_REASON_SOCK_BACKEND_MISSING);
 		return -ECONNREFUSED;
 	}
-	sl_record_revnat(ctx, backend, dest, rev_nat_id);
-	__builtin_memcpy(dest->addr, backend->addr, sizeof(dest->addr));
-	dest->port = backend->port;
+	if (connecting)
+		sl_record_connected(ctx, slot, dest);
+	else
+		sl_record_datagram(ctx, slot, dest);
+	__builtin_memcpy(dest->addr, slot->backend_addr, sizeof(dest->addr));
+	dest->port = slot->backend_port;
 	sl_count(SL_REASON_SOCK_FORWARD);
 	return 0;
 }
@@ -175,13 +204,13 @@ static __always_inline int sl_verdict(int err)
 	return SL_SYSCALL_FAIL;
 }
 
-static __always_inline int sl_forward4(struct bpf_sock_addr *ctx)
+static __always_inline int sl_forward4(struct bpf_sock_addr *ctx, int connecting)
 {
 	struct sl_dest dest;
 	int err;
 
 	sl_dest_from_v4(&dest, ctx->user_ip4, ctx->user_port);
-	err = sl_translate(ctx, &dest, 1);
+	err = sl_translate(ctx, &dest, 1, connecting);
 	if (err == 0) {
 		ctx->user_ip4 = dest.addr[3];
 		ctx->user_port = (__u32)dest.port;
@@ -189,13 +218,13 @@ static __always_inline int sl_forward4(struct bpf_sock_addr *ctx)
 	return sl_verdict(err);
 }
 
-static __always_inline int sl_forward6(struct bpf_sock_addr *ctx)
+static __always_inline int sl_forward6(struct bpf_sock_addr *ctx, int connecting)
 {
 	struct sl_dest dest;
 	int err;
 
 	sl_dest_from_v6(&dest, ctx);
-	err = sl_translate(ctx, &dest, 0);
+	err = sl_translate(ctx, &dest, 0, connecting);
 	if (err == 0) {
 		ctx->user_ip6[0] = dest.addr[0];
 		ctx->user_ip6[1] = dest.addr[1];
@@ -207,12 +236,23 @@ static __always_inline int sl_forward6(struct bpf_sock_addr *ctx)
 }
 
 /* The reverse direction: if this socket reached *peer as a backend of a frontend,
- * replace *peer with that frontend. Returns 1 when rewritten. */
+ * replace *peer with that frontend. Connected sockets are answered from their own
+ * storage; unconnected UDP sockets from the cookie-keyed LRU map. Returns 1 when
+ * rewritten. */
 static __always_inline int sl_reverse(struct bpf_sock_addr *ctx, struct sl_dest *peer)
 {
 	struct sl_sock_revnat_key key = {};
 	const struct sl_sock_revnat_value *value;
+	struct sl_sock_frontend *stored = NULL;
+	struct bpf_sock *sk = ctx->sk;
 
+	if (sk)
+		stored = bpf_sk_storage_get(&sl_sock_fe_v1, sk, 0, 0);
+	if (stored && stored->backend_port == peer->port && sl_addr_equal(stored->backend_addr, peer->addr)) {
+		__builtin_memcpy(peer->addr, stored->frontend_addr, sizeof(peer->addr));
+		peer->port = stored->frontend_port;
+		return 1;
+	}
 	key.cookie = bpf_get_socket_cookie(ctx);
 	__builtin_memcpy(key.addr, peer->addr, sizeof(key.addr));
 	key.port = peer->port;
@@ -256,13 +296,13 @@ static __always_inline void sl_reverse6(struct bpf_sock_addr *ctx, __u32 reason)
 SEC("cgroup/connect4")
 int sl_connect4(struct bpf_sock_addr *ctx)
 {
-	return sl_forward4(ctx);
+	return sl_forward4(ctx, 1);
 }
 
 SEC("cgroup/sendmsg4")
 int sl_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sl_forward4(ctx);
+	return sl_forward4(ctx, 0);
 }
 
 /* recvmsg and getpeername cannot fail the syscall: they must return 1. */
@@ -283,13 +323,13 @@ int sl_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int sl_connect6(struct bpf_sock_addr *ctx)
 {
-	return sl_forward6(ctx);
+	return sl_forward6(ctx, 1);
 }
 
 SEC("cgroup/sendmsg6")
 int sl_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return sl_forward6(ctx);
+	return sl_forward6(ctx, 0);
 }
 
 SEC("cgroup/recvmsg6")

@@ -86,8 +86,17 @@ extension sl_service_value {
 
     init(_ slot: SlotEntry) {
         self.init()
+        backend_addr = slot.backend.address.abiWords
+        backend_port = slot.backend.port.bigEndian
         backend_id = slot.backendID
         rev_nat_id = slot.revNatID
+    }
+
+    /// The slot entry this value holds, for a slot of a frontend with protocol `proto`.
+    func slotEntry(proto: TransportProtocol) -> SlotEntry? {
+        guard let address = IPAddress(abiWords: backend_addr) else { return nil }
+        return SlotEntry(backendID: backend_id, revNatID: rev_nat_id,
+                         backend: BackendAddress(address: address, port: UInt16(bigEndian: backend_port), proto: proto))
     }
 
     var masterEntry: MasterEntry? {

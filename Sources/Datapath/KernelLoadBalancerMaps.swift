@@ -56,9 +56,8 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
             guard let frontend = key.frontendKey else { continue }
             if key.slot == 0 && key.revision == 0 {
                 if let master = value.masterEntry { state.masters[frontend] = master }
-            } else {
-                state.slots[SlotKey(frontend: frontend, revision: key.revision, slot: key.slot)] =
-                    SlotEntry(backendID: value.backend_id, revNatID: value.rev_nat_id)
+            } else if let slot = value.slotEntry(proto: frontend.proto) {
+                state.slots[SlotKey(frontend: frontend, revision: key.revision, slot: key.slot)] = slot
             }
         }
         for (id, value) in backends.entries() {

@@ -158,6 +158,35 @@ public final class SocketLoadBalancer: @unchecked Sendable {
         return .attached
     }
 
+    /// Run time and run count the kernel has recorded for each attached hook's program
+    /// (recorded only while run-time statistics are enabled, see `enableRunTimeStatistics`).
+    public static func programStatistics(pinPath: String) -> [String: (runTimeNs: UInt64, runCount: UInt64)] {
+        var result: [String: (UInt64, UInt64)] = [:]
+        for hook in hooks {
+            let path = linkDirectory(pinPath: pinPath) + "/" + hook.linkName
+            let linkFD = bpf_obj_get(path)
+            guard linkFD >= 0 else { continue }
+            defer { close(linkFD) }
+            var link = bpf_link_info()
+            guard clb_link_info(linkFD, &link) == 0 else { continue }
+            let programFD = bpf_prog_get_fd_by_id(link.prog_id)
+            guard programFD >= 0 else { continue }
+            defer { close(programFD) }
+            var program = bpf_prog_info()
+            guard clb_prog_info(programFD, &program) == 0 else { continue }
+            result[hook.program] = (program.run_time_ns, program.run_cnt)
+        }
+        return result
+    }
+
+    /// Turns on the kernel's per-program run-time statistics until the returned fd is
+    /// closed (BPF_ENABLE_STATS; no global sysctl is touched).
+    public static func enableRunTimeStatistics() throws -> Int32 {
+        let fd = bpf_enable_stats(BPF_STATS_RUN_TIME)
+        if fd < 0 { throw BPFError("enable BPF run-time statistics", target: "kernel", errno: errno) }
+        return fd
+    }
+
     /// Detaches every program (by removing the pinned links) and removes every pinned map
     /// under `pinPath`, then the directory itself. Returns what was removed.
     @discardableResult

@@ -85,13 +85,17 @@ public struct SlotKey: Hashable, Sendable {
     }
 }
 
+/// A backend slot's value: the backend id and a copy of its address (the socket path
+/// reads the address straight from the slot, saving a lookup per connect).
 public struct SlotEntry: Hashable, Sendable {
     public var backendID: UInt32
     public var revNatID: UInt32
+    public var backend: BackendAddress
 
-    public init(backendID: UInt32, revNatID: UInt32) {
+    public init(backendID: UInt32, revNatID: UInt32, backend: BackendAddress) {
         self.backendID = backendID
         self.revNatID = revNatID
+        self.backend = backend
     }
 }
 

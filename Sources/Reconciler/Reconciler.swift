@@ -107,7 +107,7 @@ public struct Reconciler: Sendable {
             }
             for (index, backend) in frontend.backends.prefix(Int(count)).enumerated() {
                 let slot = SlotKey(frontend: key, revision: master.revision, slot: UInt16(index + 1))
-                ops.append(.upsertSlot(slot, SlotEntry(backendID: backendIDs[backend]!, revNatID: revNatID)))
+                ops.append(.upsertSlot(slot, SlotEntry(backendID: backendIDs[backend]!, revNatID: revNatID, backend: backend)))
             }
             ops.append(.upsertMaster(key, master))
             if let existing {

@@ -56,7 +56,15 @@ struct SocketLBBench: ParsableCommand {
         var p99Ratio: Double
         var udpConnectViaHookNs: Double
         var udpConnectNoHookNs: Double
+        /// The same loop inside the cgroup to a non-service address: the kernel's fixed
+        /// cost of running a cgroup hook plus the program's miss path.
+        var udpConnectMissNs: Double
         var hookCostNs: Double
+        /// The connect4 program's own time per run as the kernel measures it
+        /// (BPF_ENABLE_STATS), during the connected-UDP loop through the ClusterIP.
+        var connectProgramNsPerRun: Double
+        /// The same for the loop to a non-service address (the program's miss path).
+        var connectProgramMissNsPerRun: Double
     }
 
     func run() throws {
@@ -73,6 +81,8 @@ struct SocketLBBench: ParsableCommand {
         let backend = lab.backends[0]
         try lab.startProbeServers(tcpPort: 8080, udpPort: 8053)
         let datapath = try SocketLoadBalancer.install(DatapathOptions(pinPath: pinPath, cgroupPath: lab.clientCgroup.path), logger: logger)
+        let statisticsFD = try SocketLoadBalancer.enableRunTimeStatistics()
+        defer { close(statisticsFD) }
         var reconciler = Reconciler(adopting: try datapath.maps.readState())
         let inCgroup = lab.probeRunner()
         let outsideCgroup = lab.probeRunner(inCgroup: false)
@@ -80,7 +90,7 @@ struct SocketLBBench: ParsableCommand {
         var rows: [Row] = []
 
         print("socket LB connect() latency; backend \(backend.ipv4):8080 in another netns over veth; \(rounds) rounds, median shown")
-        print("services  program(s)  via-VIP p50/p99 µs   direct p50/p99 µs   p50×   p99×   UDP connect VIP/no-hook ns  hook ns")
+        print("services  program(s)  via-VIP p50/p99 µs   direct p50/p99 µs   p50×   p99×   UDP connect VIP/no-hook/miss ns   hook ns  prog ns/run hit/miss")
         for count in services {
             let desired = (0..<count).flatMap { index in serviceFrontends(index: index, backend: backendAddress) }
             let start = ContinuousClock.now
@@ -90,12 +100,23 @@ struct SocketLBBench: ParsableCommand {
 
             let vip = IPAddress(v4: 0xC613_0000 | UInt32(count / 2 + 1)).description
             var viaVIP: [LatencyStats] = [], direct: [LatencyStats] = []
-            var udpVIP: [Double] = [], udpNoHook: [Double] = []
+            var udpVIP: [Double] = [], udpNoHook: [Double] = [], udpMiss: [Double] = [], programNs: [Double] = [], missProgramNs: [Double] = []
             for _ in 0..<rounds {
                 viaVIP.append(try tcpLatency(inCgroup, "\(vip):80"))
                 direct.append(try tcpLatency(inCgroup, "\(backend.ipv4):8080"))
+                let before = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"]
                 udpVIP.append(try udpConnectCost(inCgroup, "\(vip):53"))
+                if let before, let after = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"],
+                   after.runCount > before.runCount {
+                    programNs.append(Double(after.runTimeNs - before.runTimeNs) / Double(after.runCount - before.runCount))
+                }
                 udpNoHook.append(try udpConnectCost(outsideCgroup, "\(backend.ipv4):8053"))
+                let missBefore = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"]
+                udpMiss.append(try udpConnectCost(inCgroup, "\(backend.ipv4):8053"))
+                if let missBefore, let after = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"],
+                   after.runCount > missBefore.runCount {
+                    missProgramNs.append(Double(after.runTimeNs - missBefore.runTimeNs) / Double(after.runCount - missBefore.runCount))
+                }
             }
             let viaStats = median(viaVIP), directStats = median(direct)
             let udpVia = medianValue(udpVIP), udpPlain = medianValue(udpNoHook)
@@ -105,13 +126,16 @@ struct SocketLBBench: ParsableCommand {
             let row = Row(
                 services: count, programmingSeconds: seconds, tcpViaClusterIP: viaStats, tcpDirect: directStats,
                 p50Ratio: p50Ratio, p99Ratio: p99Ratio, udpConnectViaHookNs: udpVia, udpConnectNoHookNs: udpPlain,
-                hookCostNs: udpVia - udpPlain)
+                udpConnectMissNs: medianValue(udpMiss), hookCostNs: udpVia - udpPlain,
+                connectProgramNsPerRun: programNs.isEmpty ? 0 : medianValue(programNs),
+                connectProgramMissNsPerRun: missProgramNs.isEmpty ? 0 : medianValue(missProgramNs))
             rows.append(row)
             let micros: (UInt64) -> Double = { Double($0) / 1000 }
             let line = String(
-                format: "%8d  %10.3f  %8.1f / %-8.1f  %8.1f / %-8.1f  %5.2f  %5.2f   %10.0f / %-10.0f   %6.0f",
+                format: "%8d  %10.3f  %8.1f / %-8.1f  %8.1f / %-8.1f  %5.2f  %5.2f   %6.0f / %6.0f / %-6.0f     %6.0f  %6.0f / %-6.0f",
                 row.services, row.programmingSeconds, micros(viaStats.p50Ns), micros(viaStats.p99Ns),
-                micros(directStats.p50Ns), micros(directStats.p99Ns), p50Ratio, p99Ratio, udpVia, udpPlain, row.hookCostNs)
+                micros(directStats.p50Ns), micros(directStats.p99Ns), p50Ratio, p99Ratio, udpVia, udpPlain,
+                row.udpConnectMissNs, row.hookCostNs, row.connectProgramNsPerRun, row.connectProgramMissNsPerRun)
             print(line)
         }
         if let json {

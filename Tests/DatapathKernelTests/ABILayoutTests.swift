@@ -13,15 +13,17 @@ final class ABILayoutTests: XCTestCase {
         "sl_service_key.scope": (MemoryLayout<sl_service_key>.offset(of: \.scope), 1),
         "sl_service_key.revision": (MemoryLayout<sl_service_key>.offset(of: \.revision), 2),
         "sl_service_key.slot": (MemoryLayout<sl_service_key>.offset(of: \.slot), 2),
+        "sl_service_value.backend_addr": (MemoryLayout<sl_service_value>.offset(of: \.backend_addr), 16),
+        "sl_service_value.backend_port": (MemoryLayout<sl_service_value>.offset(of: \.backend_port), 2),
+        "sl_service_value.count": (MemoryLayout<sl_service_value>.offset(of: \.count), 2),
         "sl_service_value.backend_id": (MemoryLayout<sl_service_value>.offset(of: \.backend_id), 4),
         "sl_service_value.rev_nat_id": (MemoryLayout<sl_service_value>.offset(of: \.rev_nat_id), 4),
-        "sl_service_value.count": (MemoryLayout<sl_service_value>.offset(of: \.count), 2),
         "sl_service_value.revision": (MemoryLayout<sl_service_value>.offset(of: \.revision), 2),
         "sl_service_value.flags": (MemoryLayout<sl_service_value>.offset(of: \.flags), 2),
         "sl_service_value.kind": (MemoryLayout<sl_service_value>.offset(of: \.kind), 1),
         "sl_service_value.pad0": (MemoryLayout<sl_service_value>.offset(of: \.pad0), 1),
+        "sl_service_value.pad1": (MemoryLayout<sl_service_value>.offset(of: \.pad1), 2),
         "sl_service_value.affinity_timeout": (MemoryLayout<sl_service_value>.offset(of: \.affinity_timeout), 4),
-        "sl_service_value.pad1": (MemoryLayout<sl_service_value>.offset(of: \.pad1), 4),
         "sl_backend.addr": (MemoryLayout<sl_backend>.offset(of: \.addr), 16),
         "sl_backend.port": (MemoryLayout<sl_backend>.offset(of: \.port), 2),
         "sl_backend.proto": (MemoryLayout<sl_backend>.offset(of: \.proto), 1),
@@ -37,6 +39,11 @@ final class ABILayoutTests: XCTestCase {
         "sl_sock_revnat_value.port": (MemoryLayout<sl_sock_revnat_value>.offset(of: \.port), 2),
         "sl_sock_revnat_value.pad": (MemoryLayout<sl_sock_revnat_value>.offset(of: \.pad), 2),
         "sl_sock_revnat_value.rev_nat_id": (MemoryLayout<sl_sock_revnat_value>.offset(of: \.rev_nat_id), 4),
+        "sl_sock_frontend.frontend_addr": (MemoryLayout<sl_sock_frontend>.offset(of: \.frontend_addr), 16),
+        "sl_sock_frontend.backend_addr": (MemoryLayout<sl_sock_frontend>.offset(of: \.backend_addr), 16),
+        "sl_sock_frontend.frontend_port": (MemoryLayout<sl_sock_frontend>.offset(of: \.frontend_port), 2),
+        "sl_sock_frontend.backend_port": (MemoryLayout<sl_sock_frontend>.offset(of: \.backend_port), 2),
+        "sl_sock_frontend.rev_nat_id": (MemoryLayout<sl_sock_frontend>.offset(of: \.rev_nat_id), 4),
     ]
 
     private let swiftSizes: [String: (size: Int, stride: Int)] = [
@@ -46,6 +53,7 @@ final class ABILayoutTests: XCTestCase {
         "sl_revnat": (MemoryLayout<sl_revnat>.size, MemoryLayout<sl_revnat>.stride),
         "sl_sock_revnat_key": (MemoryLayout<sl_sock_revnat_key>.size, MemoryLayout<sl_sock_revnat_key>.stride),
         "sl_sock_revnat_value": (MemoryLayout<sl_sock_revnat_value>.size, MemoryLayout<sl_sock_revnat_value>.stride),
+        "sl_sock_frontend": (MemoryLayout<sl_sock_frontend>.size, MemoryLayout<sl_sock_frontend>.stride),
     ]
 
     func testEverySharedStructHasTheSameLayoutInSwiftAndC() {
@@ -72,10 +80,11 @@ final class ABILayoutTests: XCTestCase {
 
     func testStructSizesMatchTheHeadersStaticAsserts() {
         XCTAssertEqual(MemoryLayout<sl_service_key>.size, 24)
-        XCTAssertEqual(MemoryLayout<sl_service_value>.size, 24)
+        XCTAssertEqual(MemoryLayout<sl_service_value>.size, 40)
         XCTAssertEqual(MemoryLayout<sl_backend>.size, 20)
         XCTAssertEqual(MemoryLayout<sl_revnat>.size, 20)
         XCTAssertEqual(MemoryLayout<sl_sock_revnat_key>.size, 32)
         XCTAssertEqual(MemoryLayout<sl_sock_revnat_value>.size, 24)
+        XCTAssertEqual(MemoryLayout<sl_sock_frontend>.size, 40)
     }
 }

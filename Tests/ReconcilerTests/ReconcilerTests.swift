@@ -139,7 +139,7 @@ final class ReconcilerTests: XCTestCase {
         // revision 2 and a backend nothing active uses.
         try maps.apply([
             .upsertBackend(99, backends(["198.18.0.99"])[0]),
-            .upsertSlot(SlotKey(frontend: key("198.19.0.1"), revision: 2, slot: 1), SlotEntry(backendID: 99, revNatID: 1)),
+            .upsertSlot(SlotKey(frontend: key("198.19.0.1"), revision: 2, slot: 1), SlotEntry(backendID: 99, revNatID: 1, backend: backends(["198.18.0.99"])[0])),
         ])
         var restarted = Reconciler(adopting: try maps.readState())
         _ = restarted.reconcile([frontend("198.19.0.1", ["198.18.0.11"])], prune: true, maps: maps)

@@ -25,6 +25,7 @@
 #define SL_MAP_NAME_REVNAT "sl_revnat_v1"
 #define SL_MAP_NAME_SOCK_REVNAT "sl_sock_rnat_v1"
 #define SL_MAP_NAME_COUNTERS "sl_counters_v1"
+#define SL_MAP_NAME_SOCK_FRONTEND "sl_sock_fe_v1"
 
 /* Default capacities (entries); the loader may override them from the config. The
  * service map holds one master entry per frontend plus one slot per backend, and twice
@@ -71,19 +72,23 @@ struct sl_service_key {
 };
 _Static_assert(sizeof(struct sl_service_key) == 24, "sl_service_key layout");
 
-/* Service map value. Slot entries use backend_id and rev_nat_id only. */
+/* Service map value. Slot entries carry a copy of their backend's address, so the
+ * socket path finds the backend with no further lookup (each helper call costs tens of
+ * ns); backend_id still names the backend for introspection and the tc path. */
 struct sl_service_value {
+	__be32 backend_addr[4]; /* slot: backend address, network order; master: 0 */
+	__be16 backend_port;    /* slot: backend port, network order; master: 0 */
+	__u16 count;            /* master: number of slots in the active revision; 0 = no backend */
 	__u32 backend_id;       /* slot: key in the backend map; master: 0 */
 	__u32 rev_nat_id;       /* key in the reverse-NAT map (same on master and slots); never 0 */
-	__u16 count;            /* master: number of slots in the active revision; 0 = no backend */
 	__u16 revision;         /* master: revision of the active backend set (never 0) */
 	__u16 flags;            /* master: enum sl_service_flags */
 	__u8 kind;              /* master: enum sl_frontend_kind */
 	__u8 pad0;
+	__u16 pad1;
 	__u32 affinity_timeout; /* master: ClientIP affinity in seconds; 0 = no affinity */
-	__u32 pad1;
 };
-_Static_assert(sizeof(struct sl_service_value) == 24, "sl_service_value layout");
+_Static_assert(sizeof(struct sl_service_value) == 40, "sl_service_value layout");
 
 /* Backend map value; key: __u32 backend id (never 0). */
 struct sl_backend {
@@ -103,8 +108,9 @@ struct sl_revnat {
 };
 _Static_assert(sizeof(struct sl_revnat) == 20, "sl_revnat layout");
 
-/* Socket reverse-NAT (LRU): which frontend a socket addressed when it reached a backend,
- * so recvmsg() and getpeername() can show the frontend instead of the backend. */
+/* Socket reverse-NAT (LRU) for unconnected UDP: which frontend a socket addressed with
+ * sendmsg() when it reached a backend, so recvmsg() can show the frontend as the source.
+ * (connect()ed sockets use struct sl_sock_frontend instead.) */
 struct sl_sock_revnat_key {
 	__u64 cookie;   /* bpf_get_socket_cookie() of the client socket */
 	__be32 addr[4]; /* backend address, network order, IPv4 v4-mapped */
@@ -120,6 +126,18 @@ struct sl_sock_revnat_value {
 	__u32 rev_nat_id; /* the frontend's rev-NAT id when the entry was written */
 };
 _Static_assert(sizeof(struct sl_sock_revnat_value) == 24, "sl_sock_revnat_value layout");
+
+/* Socket-local storage of a connect()ed socket: the frontend it asked for and the
+ * backend it got. Lives and dies with the socket (no LRU eviction, nothing to clean up)
+ * and costs one helper call where a cookie-keyed map costs two. */
+struct sl_sock_frontend {
+	__be32 frontend_addr[4]; /* network order, IPv4 v4-mapped */
+	__be32 backend_addr[4];  /* network order, IPv4 v4-mapped */
+	__be16 frontend_port;    /* network order */
+	__be16 backend_port;     /* network order */
+	__u32 rev_nat_id;
+};
+_Static_assert(sizeof(struct sl_sock_frontend) == 40, "sl_sock_frontend layout");
 
 /* Per-CPU outcome counters (array of __u64 indexed by this enum). Names are exported
  * as the "reason" label of swiftlane_datapath_outcomes_total; keep them in step with

@@ -38,9 +38,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_revnat_v1 SEC(".maps");
 
-/* (socket cookie, backend) -> frontend, written on connect/sendmsg. LRU because sockets
- * close without telling us; an evicted entry only costs a reply shown with the backend's
- * address. */
+/* (socket cookie, backend) -> frontend, written by sendmsg on unconnected UDP sockets.
+ * LRU because sockets close without telling us; an evicted entry only costs a reply
+ * shown with the backend's address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct sl_sock_revnat_key);
@@ -48,6 +48,15 @@ struct {
 	__uint(max_entries, SL_DEFAULT_SOCK_REVNAT_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_sock_rnat_v1 SEC(".maps");
+
+/* Per-socket frontend of connect()ed sockets (TCP, connected UDP). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sl_sock_frontend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_sock_fe_v1 SEC(".maps");
 
 /* Outcome counters by enum sl_reason, per CPU so the hot path never contends. */
 struct {
