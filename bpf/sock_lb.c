@@ -54,37 +54,23 @@ static __always_inline int sl_addr_is_v4_mapped(const __be32 addr[4])
 	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0x0000ffff);
 }
 
-/* A slot number in 1..count. Services with one backend skip the random draw: a helper
- * call costs tens of ns on kernels with return-thunk mitigations. */
-static __always_inline __u16 sl_random_slot(__u16 count)
+/* A uniformly random slot of the active set. Services with one backend skip the random
+ * draw: a helper call costs tens of ns on kernels with return-thunk mitigations. The
+ * slot array lookup itself is inlined by the verifier (no helper call). Because the
+ * controller never reuses a released range while a reader could still hold the old
+ * master entry, the slot read here always belongs to this frontend. */
+static __always_inline const struct sl_backend_slot *sl_pick_slot(const struct sl_service_value *master)
 {
-	return count == 1 ? 1 : (bpf_get_prandom_u32() % count) + 1;
-}
+	const struct sl_backend_slot *slot;
+	__u32 index = master->slot_base;
 
-/* Picks a backend slot of the active revision. The controller writes a new revision's
- * slots before flipping the master entry and deletes the old ones after, so a reader that
- * raced with a flip and misses its slot re-reads the master once and finds the new
- * revision complete. The slot carries the backend's address. */
-static __always_inline const struct sl_service_value *
-sl_pick_slot(struct sl_service_key *key, const struct sl_service_value *master)
-{
-	const struct sl_service_value *slot;
-
-	key->revision = master->revision;
-	key->slot = sl_random_slot(master->count);
-	slot = bpf_map_lookup_elem(&sl_services_v1, key);
-	if (slot)
-		return slot;
-	key->revision = 0;
-	key->slot = 0;
-	master = bpf_map_lookup_elem(&sl_services_v1, key);
-	if (!master || master->count == 0)
-		return NULL;
-	key->revision = master->revision;
-	key->slot = sl_random_slot(master->count);
-	slot = bpf_map_lookup_elem(&sl_services_v1, key);
-	if (!slot)
+	if (master->count > 1)
+		index += bpf_get_prandom_u32() % master->count;
+	slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
+	if (!slot || slot->backend_id == 0) {
 		sl_count(SL_REASON_SOCK_SLOT_MISSING);
+		return NULL;
+	}
 	return slot;
 }
 
@@ -96,8 +82,8 @@ static __always_inline int sl_addr_equal(const __be32 a[4], const __be32 b[4])
 /* connect(): remember in the socket's own storage which frontend it asked for. Only
  * written when it changes, so a connected UDP socket that reconnects to the same
  * backend costs a lookup. */
-static __always_inline void sl_record_connected(struct bpf_sock_addr *ctx, const struct sl_service_value *slot,
-						const struct sl_dest *frontend)
+static __always_inline void sl_record_connected(struct bpf_sock_addr *ctx, const struct sl_backend_slot *slot,
+						__u32 rev_nat_id, const struct sl_dest *frontend)
 {
 	struct sl_sock_frontend *stored;
 	struct bpf_sock *sk = ctx->sk;
@@ -109,20 +95,21 @@ static __always_inline void sl_record_connected(struct bpf_sock_addr *ctx, const
 		sl_count(SL_REASON_SOCK_REVNAT_FAILED);
 		return;
 	}
-	if (stored->rev_nat_id == slot->rev_nat_id && stored->backend_port == slot->backend_port &&
-	    sl_addr_equal(stored->backend_addr, slot->backend_addr) && stored->frontend_port == frontend->port &&
-	    sl_addr_equal(stored->frontend_addr, frontend->addr))
+	/* The rev-NAT id names the frontend (address and port), so it and the backend are
+	 * all there is to compare. */
+	if (stored->rev_nat_id == rev_nat_id && stored->backend_port == slot->port &&
+	    sl_addr_equal(stored->backend_addr, slot->addr))
 		return;
 	__builtin_memcpy(stored->frontend_addr, frontend->addr, sizeof(stored->frontend_addr));
-	__builtin_memcpy(stored->backend_addr, slot->backend_addr, sizeof(stored->backend_addr));
+	__builtin_memcpy(stored->backend_addr, slot->addr, sizeof(stored->backend_addr));
 	stored->frontend_port = frontend->port;
-	stored->backend_port = slot->backend_port;
-	stored->rev_nat_id = slot->rev_nat_id;
+	stored->backend_port = slot->port;
+	stored->rev_nat_id = rev_nat_id;
 }
 
 /* sendmsg() on an unconnected UDP socket: each datagram may go elsewhere, so remember
  * (socket, backend) -> frontend in the LRU map. Skips the write when already there. */
-static __always_inline void sl_record_datagram(struct bpf_sock_addr *ctx, const struct sl_service_value *slot,
+static __always_inline void sl_record_datagram(struct bpf_sock_addr *ctx, const struct sl_backend_slot *slot, __u32 rev_nat_id,
 					       const struct sl_dest *frontend)
 {
 	struct sl_sock_revnat_key key = {};
@@ -130,15 +117,15 @@ static __always_inline void sl_record_datagram(struct bpf_sock_addr *ctx, const 
 	const struct sl_sock_revnat_value *known;
 
 	key.cookie = bpf_get_socket_cookie(ctx);
-	__builtin_memcpy(key.addr, slot->backend_addr, sizeof(key.addr));
-	key.port = slot->backend_port;
+	__builtin_memcpy(key.addr, slot->addr, sizeof(key.addr));
+	key.port = slot->port;
 	known = bpf_map_lookup_elem(&sl_sock_rnat_v1, &key);
-	if (known && known->rev_nat_id == slot->rev_nat_id && known->port == frontend->port &&
+	if (known && known->rev_nat_id == rev_nat_id && known->port == frontend->port &&
 	    sl_addr_equal(known->addr, frontend->addr))
 		return;
 	__builtin_memcpy(value.addr, frontend->addr, sizeof(value.addr));
 	value.port = frontend->port;
-	value.rev_nat_id = slot->rev_nat_id;
+	value.rev_nat_id = rev_nat_id;
 	if (bpf_map_update_elem(&sl_sock_rnat_v1, &key, &value, BPF_ANY) != 0)
 		sl_count(SL_REASON_SOCK_REVNAT_FAILED);
 }
@@ -147,21 +134,25 @@ static __always_inline void sl_record_datagram(struct bpf_sock_addr *ctx, const 
  * Returns 0 (translated or not a frontend) or -ECONNREFUSED / -EPERM. */
 static __always_inline int sl_translate(struct bpf_sock_addr *ctx, struct sl_dest *dest, int want_v4, int connecting)
 {
-	struct sl_service_key key = {};
 	const struct sl_service_value *master;
-	const struct sl_service_value *slot;
+	const struct sl_backend_slot *slot;
 	__u8 proto = ctx->protocol;
+	struct sl_service_key key;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
 		sl_count(SL_REASON_SOCK_PROTO_UNSUPPORTED);
 		return 0;
 	}
-	__builtin_memcpy(key.addr, dest->addr, sizeof(key.addr));
+	/* Every byte of the key is assigned (no padding), so no memset is needed. */
+	key.addr[0] = dest->addr[0];
+	key.addr[1] = dest->addr[1];
+	key.addr[2] = dest->addr[2];
+	key.addr[3] = dest->addr[3];
 	key.port = dest->port;
 	key.proto = proto;
 	key.scope = SL_SCOPE_DEFAULT;
 
-	master = bpf_map_lookup_elem(&sl_services_v1, &key);
+	master = bpf_map_lookup_elem(&sl_services_v2, &key);
 	if (!master) {
 		sl_count(SL_REASON_SOCK_NOT_SERVICE);
 		return 0;
@@ -174,23 +165,23 @@ static __always_inline int sl_translate(struct bpf_sock_addr *ctx, struct sl_des
 		sl_count(SL_REASON_SOCK_REJECT);
 		return -ECONNREFUSED;
 	}
-	slot = sl_pick_slot(&key, master);
+	slot = sl_pick_slot(master);
 	if (!slot) {
 		sl_count(SL_REASON_SOCK_REJECT);
 		return -ECONNREFUSED;
 	}
 	/* An IPv4 socket can only reach an IPv4 backend; the controller never mixes
 	 * families in one frontend, this guards against a corrupted entry. */
-	if (want_v4 && !sl_addr_is_v4_mapped(slot->backend_addr)) {
+	if (want_v4 && !sl_addr_is_v4_mapped(slot->addr)) {
 		sl_count(SL_REASON_SOCK_BACKEND_MISSING);
 		return -ECONNREFUSED;
 	}
 	if (connecting)
-		sl_record_connected(ctx, slot, dest);
+		sl_record_connected(ctx, slot, master->rev_nat_id, dest);
 	else
-		sl_record_datagram(ctx, slot, dest);
-	__builtin_memcpy(dest->addr, slot->backend_addr, sizeof(dest->addr));
-	dest->port = slot->backend_port;
+		sl_record_datagram(ctx, slot, master->rev_nat_id, dest);
+	__builtin_memcpy(dest->addr, slot->addr, sizeof(dest->addr));
+	dest->port = slot->port;
 	sl_count(SL_REASON_SOCK_FORWARD);
 	return 0;
 }

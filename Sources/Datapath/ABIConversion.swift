@@ -56,14 +56,12 @@ extension FrontendKind {
 }
 
 extension sl_service_key {
-    init(_ frontend: FrontendKey, revision: UInt16 = 0, slot: UInt16 = 0) {
+    init(_ frontend: FrontendKey) {
         self.init()
         addr = frontend.address.abiWords
         port = frontend.port.bigEndian
-        proto = UInt8(frontend.proto.ipProtocolNumber)
+        proto = frontend.proto.ipProtocolNumber
         scope = frontend.scope.rawValue
-        self.revision = revision
-        self.slot = slot
     }
 
     var frontendKey: FrontendKey? {
@@ -76,33 +74,36 @@ extension sl_service_key {
 extension sl_service_value {
     init(_ master: MasterEntry) {
         self.init()
-        rev_nat_id = master.revNatID
+        slot_base = master.slotBase
         count = master.count
         revision = master.revision
+        rev_nat_id = master.revNatID
         flags = master.flags.rawValue
         kind = master.kind.abiValue
         affinity_timeout = master.affinitySeconds
     }
 
-    init(_ slot: SlotEntry) {
-        self.init()
-        backend_addr = slot.backend.address.abiWords
-        backend_port = slot.backend.port.bigEndian
-        backend_id = slot.backendID
-        rev_nat_id = slot.revNatID
-    }
-
-    /// The slot entry this value holds, for a slot of a frontend with protocol `proto`.
-    func slotEntry(proto: TransportProtocol) -> SlotEntry? {
-        guard let address = IPAddress(abiWords: backend_addr) else { return nil }
-        return SlotEntry(backendID: backend_id, revNatID: rev_nat_id,
-                         backend: BackendAddress(address: address, port: UInt16(bigEndian: backend_port), proto: proto))
-    }
-
     var masterEntry: MasterEntry? {
         guard let kind = FrontendKind(abiValue: kind) else { return nil }
-        return MasterEntry(revision: revision, count: count, revNatID: rev_nat_id,
+        return MasterEntry(slotBase: slot_base, count: count, revision: revision, revNatID: rev_nat_id,
                            flags: ServiceFlags(rawValue: flags), kind: kind, affinitySeconds: affinity_timeout)
+    }
+}
+
+extension sl_backend_slot {
+    init(_ slot: SlotEntry) {
+        self.init()
+        addr = slot.backend.address.abiWords
+        port = slot.backend.port.bigEndian
+        proto = slot.backend.proto.ipProtocolNumber
+        backend_id = slot.backendID
+    }
+
+    var slotEntry: SlotEntry? {
+        guard backend_id != 0, let address = IPAddress(abiWords: addr),
+              let proto = TransportProtocol(ipProtocolNumber: proto) else { return nil }
+        return SlotEntry(backendID: backend_id,
+                         backend: BackendAddress(address: address, port: UInt16(bigEndian: port), proto: proto))
     }
 }
 
@@ -111,7 +112,7 @@ extension sl_backend {
         self.init()
         addr = backend.address.abiWords
         port = backend.port.bigEndian
-        proto = UInt8(backend.proto.ipProtocolNumber)
+        proto = backend.proto.ipProtocolNumber
     }
 
     var backendAddress: BackendAddress? {

@@ -6,6 +6,7 @@ import Reconciler
 /// lands in the kernel, in the order given.
 public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable {
     public let services: BPFMap<sl_service_key, sl_service_value>
+    public let slots: BPFMap<UInt32, sl_backend_slot>
     public let backends: BPFMap<UInt32, sl_backend>
     public let revNats: BPFMap<UInt32, sl_revnat>
     public let sockRevNats: BPFMap<sl_sock_revnat_key, sl_sock_revnat_value>
@@ -15,6 +16,7 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
     public init(pinPath: String) throws {
         func path(_ name: String) -> String { pinPath + "/" + name }
         services = try BPFMap(pinnedAt: path(SL_MAP_NAME_SERVICES), name: SL_MAP_NAME_SERVICES)
+        slots = try BPFMap(pinnedAt: path(SL_MAP_NAME_SLOTS), name: SL_MAP_NAME_SLOTS)
         backends = try BPFMap(pinnedAt: path(SL_MAP_NAME_BACKENDS), name: SL_MAP_NAME_BACKENDS)
         revNats = try BPFMap(pinnedAt: path(SL_MAP_NAME_REVNAT), name: SL_MAP_NAME_REVNAT)
         sockRevNats = try BPFMap(pinnedAt: path(SL_MAP_NAME_SOCK_REVNAT), name: SL_MAP_NAME_SOCK_REVNAT)
@@ -38,26 +40,23 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
             case .deleteBackend(let id): try backends.delete(id)
             case .upsertRevNat(let id, let entry): try revNats.update(id, sl_revnat(entry))
             case .deleteRevNat(let id): try revNats.delete(id)
-            case .upsertSlot(let key, let entry):
-                try services.update(sl_service_key(key.frontend, revision: key.revision, slot: key.slot), sl_service_value(entry))
-            case .deleteSlot(let key):
-                try services.delete(sl_service_key(key.frontend, revision: key.revision, slot: key.slot))
+            case .writeSlot(let index, let entry): try slots.update(index, sl_backend_slot(entry))
             case .upsertMaster(let key, let entry): try services.update(sl_service_key(key), sl_service_value(entry))
             case .deleteMaster(let key): try services.delete(sl_service_key(key))
             }
         }
     }
 
-    /// Reads every map back. Entries that do not decode (foreign writes, corruption) are
-    /// left out, so the reconciler rewrites what it needs and never trusts them.
+    /// Reads every map back: each frontend and the slots of its active range. Entries that
+    /// do not decode (foreign writes, corruption) are left out, so the reconciler rewrites
+    /// what it needs and never trusts them.
     public func readState() throws -> MapState {
         var state = MapState()
         for (key, value) in services.entries() {
-            guard let frontend = key.frontendKey else { continue }
-            if key.slot == 0 && key.revision == 0 {
-                if let master = value.masterEntry { state.masters[frontend] = master }
-            } else if let slot = value.slotEntry(proto: frontend.proto) {
-                state.slots[SlotKey(frontend: frontend, revision: key.revision, slot: key.slot)] = slot
+            guard let frontend = key.frontendKey, let master = value.masterEntry else { continue }
+            state.masters[frontend] = master
+            for index in master.slots {
+                if let slot = slots.lookup(index)?.slotEntry { state.slots[index] = slot }
             }
         }
         for (id, value) in backends.entries() {

@@ -50,51 +50,43 @@ public struct ServiceFlags: OptionSet, Hashable, Sendable {
     public static let affinity = ServiceFlags(rawValue: 1 << 2)
 }
 
-/// The master entry of a frontend (slot 0, revision 0).
+/// A frontend's entry in the service map: its active backend set is the slot range
+/// `slotBase ..< slotBase + count`.
 public struct MasterEntry: Hashable, Sendable {
-    /// Revision of the active backend set; never 0.
-    public var revision: UInt16
-    /// Number of slots in the active revision; 0 means no backend.
+    /// First slot of the active backend set; 0 when there is none.
+    public var slotBase: UInt32
+    /// Number of backends in the active set; 0 means no backend.
     public var count: UInt16
+    /// Bumped at every flip to a new backend set (for introspection).
+    public var revision: UInt16
     public var revNatID: UInt32
     public var flags: ServiceFlags
     public var kind: FrontendKind
     /// ClientIP affinity timeout in seconds, 0 = none.
     public var affinitySeconds: UInt32
 
-    public init(revision: UInt16, count: UInt16, revNatID: UInt32, flags: ServiceFlags, kind: FrontendKind, affinitySeconds: UInt32) {
-        self.revision = revision
+    public init(slotBase: UInt32, count: UInt16, revision: UInt16, revNatID: UInt32, flags: ServiceFlags,
+                kind: FrontendKind, affinitySeconds: UInt32) {
+        self.slotBase = slotBase
         self.count = count
+        self.revision = revision
         self.revNatID = revNatID
         self.flags = flags
         self.kind = kind
         self.affinitySeconds = affinitySeconds
     }
+
+    /// The slot indexes of the active backend set.
+    public var slots: Range<UInt32> { slotBase..<(slotBase + UInt32(count)) }
 }
 
-/// A backend slot: frontend, revision of the backend set, slot number 1...count.
-public struct SlotKey: Hashable, Sendable {
-    public var frontend: FrontendKey
-    public var revision: UInt16
-    public var slot: UInt16
-
-    public init(frontend: FrontendKey, revision: UInt16, slot: UInt16) {
-        self.frontend = frontend
-        self.revision = revision
-        self.slot = slot
-    }
-}
-
-/// A backend slot's value: the backend id and a copy of its address (the socket path
-/// reads the address straight from the slot, saving a lookup per connect).
+/// A backend slot: a copy of the backend's address and its id.
 public struct SlotEntry: Hashable, Sendable {
     public var backendID: UInt32
-    public var revNatID: UInt32
     public var backend: BackendAddress
 
-    public init(backendID: UInt32, revNatID: UInt32, backend: BackendAddress) {
+    public init(backendID: UInt32, backend: BackendAddress) {
         self.backendID = backendID
-        self.revNatID = revNatID
         self.backend = backend
     }
 }
@@ -131,36 +123,53 @@ public struct RevNatEntry: Hashable, Sendable {
     }
 }
 
-/// Everything the load-balancer maps hold.
+/// Everything the load-balancer maps hold that a frontend can reach. Slots outside every
+/// active range are not part of the state: the kernel array may still hold their old
+/// contents (that is what keeps a released range readable while it is quarantined), but
+/// nothing refers to them and they are free to be written again.
 public struct MapState: Equatable, Sendable {
     public var masters: [FrontendKey: MasterEntry] = [:]
-    public var slots: [SlotKey: SlotEntry] = [:]
+    public var slots: [UInt32: SlotEntry] = [:]
     public var backends: [UInt32: BackendAddress] = [:]
     public var revNats: [UInt32: RevNatEntry] = [:]
 
     public init() {}
 
-    /// Applies one operation to this in-memory picture.
+    /// Applies one operation to this in-memory picture. A master that moves to another
+    /// range (or goes away) releases its old range's slots.
     public mutating func apply(_ op: MapOp) {
         switch op {
         case .upsertBackend(let id, let backend): backends[id] = backend
         case .deleteBackend(let id): backends[id] = nil
         case .upsertRevNat(let id, let entry): revNats[id] = entry
         case .deleteRevNat(let id): revNats[id] = nil
-        case .upsertSlot(let key, let entry): slots[key] = entry
-        case .deleteSlot(let key): slots[key] = nil
-        case .upsertMaster(let key, let entry): masters[key] = entry
-        case .deleteMaster(let key): masters[key] = nil
+        case .writeSlot(let index, let entry): slots[index] = entry
+        case .upsertMaster(let key, let entry):
+            if let old = masters[key], old.slots != entry.slots { release(old.slots) }
+            masters[key] = entry
+        case .deleteMaster(let key):
+            if let old = masters[key] { release(old.slots) }
+            masters[key] = nil
         }
     }
 
-    /// The backends a frontend's active revision points at, in slot order.
+    private mutating func release(_ range: Range<UInt32>) {
+        for index in range { slots[index] = nil }
+    }
+
+    /// The backends a frontend's active set points at, in slot order.
     public func activeBackends(of key: FrontendKey) -> [BackendAddress] {
         guard let master = masters[key] else { return [] }
-        return (0..<master.count).compactMap { index in
-            slots[SlotKey(frontend: key, revision: master.revision, slot: index + 1)]
-                .flatMap { backends[$0.backendID] }
-        }
+        return master.slots.compactMap { slots[$0]?.backend }
+    }
+
+    /// This state without slots that no master's range covers (what reading the maps
+    /// back yields).
+    public var referenced: MapState {
+        var copy = self
+        let live = Set(masters.values.flatMap { Array($0.slots) })
+        copy.slots = slots.filter { live.contains($0.key) }
+        return copy
     }
 }
 
@@ -170,8 +179,7 @@ public enum MapOp: Hashable, Sendable, CustomStringConvertible {
     case deleteBackend(UInt32)
     case upsertRevNat(UInt32, RevNatEntry)
     case deleteRevNat(UInt32)
-    case upsertSlot(SlotKey, SlotEntry)
-    case deleteSlot(SlotKey)
+    case writeSlot(UInt32, SlotEntry)
     case upsertMaster(FrontendKey, MasterEntry)
     case deleteMaster(FrontendKey)
 
@@ -181,10 +189,17 @@ public enum MapOp: Hashable, Sendable, CustomStringConvertible {
         case .deleteBackend(let id): return "delete backend[\(id)]"
         case .upsertRevNat(let id, let entry): return "revnat[\(id)] = \(entry.address):\(entry.port)"
         case .deleteRevNat(let id): return "delete revnat[\(id)]"
-        case .upsertSlot(let key, let entry): return "\(key.frontend) rev \(key.revision) slot \(key.slot) = backend \(entry.backendID)"
-        case .deleteSlot(let key): return "delete \(key.frontend) rev \(key.revision) slot \(key.slot)"
-        case .upsertMaster(let key, let entry): return "\(key) -> rev \(entry.revision) count \(entry.count) flags \(entry.flags.rawValue)"
+        case .writeSlot(let index, let entry): return "slot[\(index)] = backend \(entry.backendID) \(entry.backend)"
+        case .upsertMaster(let key, let entry):
+            return "\(key) -> slots \(entry.slotBase)+\(entry.count) rev \(entry.revision) flags \(entry.flags.rawValue)"
         case .deleteMaster(let key): return "delete \(key)"
+        }
+    }
+
+    var isMasterWrite: Bool {
+        switch self {
+        case .upsertMaster, .deleteMaster: return true
+        default: return false
         }
     }
 }
@@ -218,7 +233,7 @@ public protocol LoadBalancerMaps: AnyObject {
 public final class InMemoryLoadBalancerMaps: LoadBalancerMaps {
     public private(set) var state = MapState()
     public private(set) var appliedOps: [MapOp] = []
-    /// Maximum entries of the service map (masters + slots); nil = unlimited.
+    /// Maximum entries of the service map; nil = unlimited.
     public var serviceCapacity: Int?
 
     public struct MapFull: Error, CustomStringConvertible {
@@ -230,12 +245,8 @@ public final class InMemoryLoadBalancerMaps: LoadBalancerMaps {
     public func apply(_ ops: [MapOp]) throws {
         for (index, op) in ops.enumerated() {
             if let capacity = serviceCapacity {
-                let used = state.masters.count + state.slots.count
-                let full = MapApplyError(appliedCount: index, op: op, underlying: MapFull())
-                switch op {
-                case .upsertSlot(let key, _) where state.slots[key] == nil && used >= capacity: throw full
-                case .upsertMaster(let key, _) where state.masters[key] == nil && used >= capacity: throw full
-                default: break
+                if case .upsertMaster(let key, _) = op, state.masters[key] == nil, state.masters.count >= capacity {
+                    throw MapApplyError(appliedCount: index, op: op, underlying: MapFull())
                 }
             }
             state.apply(op)
@@ -243,5 +254,5 @@ public final class InMemoryLoadBalancerMaps: LoadBalancerMaps {
         }
     }
 
-    public func readState() throws -> MapState { state }
+    public func readState() throws -> MapState { state.referenced }
 }

@@ -1,3 +1,4 @@
+import Glibc
 import ServiceModel
 
 /// The ordered writes that move one frontend (or the garbage collector) from its old
@@ -10,40 +11,54 @@ public struct FrontendChange: Sendable, CustomStringConvertible {
     public var service: String
     public var reason: Reason
     public var ops: [MapOp]
+    /// Set when the change could not even be planned (no room in the slot array).
+    public var planningError: String?
 
     public var description: String {
         "\(reason.rawValue) \(key.map { "\($0)" } ?? "-") (\(service)): \(ops.count) ops"
+            + (planningError.map { " — \($0)" } ?? "")
     }
 }
 
 /// Computes and applies the minimal map writes that make the maps serve a desired set of
 /// frontends.
 ///
-/// A frontend's backend set is replaced atomically: the new set is written as slots of a
-/// new revision, the master entry is flipped to that revision in one update, and only
-/// then are the old revision's slots and unreferenced backends removed. Backend and
-/// rev-NAT ids are stable and reference-counted, and adopted from the maps at start-up.
+/// A frontend's backend set is replaced atomically: the new set is written into a fresh
+/// range of the slot array, the frontend's entry is flipped to that range in one update,
+/// and the old range is quarantined (left intact for readers that loaded the old entry)
+/// before it is reused. Backend and rev-NAT ids are stable and reference-counted, and
+/// adopted from the maps at start-up.
 public struct Reconciler: Sendable {
     /// What the reconciler believes the maps hold (exactly, after every successful apply).
     public private(set) var state: MapState
+    public private(set) var slots: SlotAllocator
     private var backendIDs: [BackendAddress: UInt32] = [:]
     private var backendRefs: [UInt32: Int] = [:]
     private var revNatIDs: [RevNatEntry: UInt32] = [:]
     private var revNatRefs: [UInt32: Int] = [:]
-    /// Slots and backends no master points at (left by a crash mid-apply, or duplicates).
-    private var strays = Set<SlotKey>()
     private var nextBackendID: UInt32 = 1
     private var nextRevNatID: UInt32 = 1
+    /// Monotonic nanoseconds; injected so tests can step through quarantines.
+    private let clock: @Sendable () -> UInt64
 
-    /// Adopts whatever the maps hold: ids stay as they are, nothing is rewritten.
-    public init(adopting state: MapState = MapState()) {
-        self.state = state
-        rebuildIndexes()
+    public static let defaultSlotCapacity: UInt32 = 262_144
+
+    public static let monotonicNanoseconds: @Sendable () -> UInt64 = {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 
-    /// The frontends currently programmed, with the backends their active revision uses.
-    public var programmedFrontends: [FrontendKey: [BackendAddress]] {
-        Dictionary(uniqueKeysWithValues: state.masters.keys.map { ($0, state.activeBackends(of: $0)) })
+    /// Adopts whatever the maps hold: ids and slot ranges stay as they are, nothing is
+    /// rewritten.
+    public init(adopting state: MapState = MapState(), slotCapacity: UInt32 = Reconciler.defaultSlotCapacity,
+                quarantineNanoseconds: UInt64 = 1_000_000_000,
+                clock: @escaping @Sendable () -> UInt64 = Reconciler.monotonicNanoseconds) {
+        self.state = state.referenced
+        self.clock = clock
+        self.slots = SlotAllocator(capacity: slotCapacity, inUse: state.masters.values.map(\.slots),
+                                   quarantineNanoseconds: quarantineNanoseconds)
+        rebuildIndexes()
     }
 
     public func backendID(for backend: BackendAddress) -> UInt32? { backendIDs[backend] }
@@ -52,24 +67,19 @@ public struct Reconciler: Sendable {
     // MARK: - Diff
 
     /// The changes that take the maps from `state` to `desired`. With `prune == false`
-    /// (before every source has synced) nothing is removed, only added or changed.
-    /// Applying the same desired set twice yields no change the second time.
+    /// (before every source has synced) nothing is removed, only added or changed;
+    /// frontends in `keeping` are never removed. Applying the same desired set twice
+    /// yields no change the second time.
     public func changes(to desired: [DesiredFrontend], prune: Bool, keeping: Set<FrontendKey> = []) -> [FrontendChange] {
         var planner = self
         var result: [FrontendChange] = []
         var wanted = Set<FrontendKey>()
         var unique: [DesiredFrontend] = []
         for frontend in desired where wanted.insert(frontend.key).inserted { unique.append(frontend) }
-        // Removals and leftovers go first: they free map space for what is added next.
+        // Removals go first: they free service-map entries for what is added next.
         if prune {
             for key in planner.state.masters.keys.sorted() where !wanted.contains(key) && !keeping.contains(key) {
                 result.append(planner.planRemoval(of: key))
-            }
-            if !planner.strays.isEmpty {
-                let garbage = planner.strays.sorted { ($0.frontend, $0.revision, $0.slot) < ($1.frontend, $1.revision, $1.slot) }
-                    .map { MapOp.deleteSlot($0) }
-                for op in garbage { planner.record(op) }
-                result.append(FrontendChange(key: nil, service: "-", reason: .garbage, ops: garbage))
             }
         }
         for frontend in unique {
@@ -82,63 +92,56 @@ public struct Reconciler: Sendable {
     private mutating func plan(_ frontend: DesiredFrontend) -> FrontendChange? {
         let key = frontend.key
         let existing = state.masters[key]
+        let reason: FrontendChange.Reason = existing == nil ? .added : .changed
         let revNatID = existing?.revNatID ?? allocateRevNat(for: key)
         var ops: [MapOp] = []
         let revNat = RevNatEntry(address: key.address, port: key.port)
         if state.revNats[revNatID] != revNat { ops.append(.upsertRevNat(revNatID, revNat)) }
 
-        let current = existing.map { _ in state.activeBackends(of: key) } ?? []
-        let sameBackends = existing != nil && current == frontend.backends
-        let count = UInt16(clamping: frontend.backends.count)
+        let backends = Array(frontend.backends.prefix(Int(UInt16.max)))
         var master = MasterEntry(
-            revision: existing?.revision ?? 1, count: count, revNatID: revNatID,
-            flags: frontend.flags, kind: frontend.kind, affinitySeconds: frontend.affinitySeconds)
+            slotBase: existing?.slotBase ?? 0, count: UInt16(backends.count), revision: existing?.revision ?? 1,
+            revNatID: revNatID, flags: frontend.flags, kind: frontend.kind, affinitySeconds: frontend.affinitySeconds)
 
-        if sameBackends {
+        if let existing, state.activeBackends(of: key) == backends, existing.count == master.count {
             if existing == master && ops.isEmpty { return nil }
             ops.append(.upsertMaster(key, master))
         } else {
-            if let existing {
-                master.revision = existing.revision == UInt16.max ? 1 : existing.revision + 1
+            master.revision = existing.map { $0.revision &+ 1 } ?? 1
+            if backends.isEmpty {
+                master.slotBase = 0
+            } else {
+                guard let range = slots.allocate(backends.count, now: clock()) else {
+                    return FrontendChange(key: key, service: frontend.service, reason: reason, ops: [],
+                                          planningError: "slot array full: no free range of \(backends.count) slots (E2BIG)")
+                }
+                master.slotBase = range.lowerBound
             }
-            for backend in frontend.backends.prefix(Int(count)) where backendIDs[backend] == nil {
-                let id = allocateBackend(backend)
-                ops.append(.upsertBackend(id, backend))
+            for backend in backends where backendIDs[backend] == nil {
+                ops.append(.upsertBackend(allocateBackend(backend), backend))
             }
-            for (index, backend) in frontend.backends.prefix(Int(count)).enumerated() {
-                let slot = SlotKey(frontend: key, revision: master.revision, slot: UInt16(index + 1))
-                ops.append(.upsertSlot(slot, SlotEntry(backendID: backendIDs[backend]!, revNatID: revNatID, backend: backend)))
+            for (offset, backend) in backends.enumerated() {
+                ops.append(.writeSlot(master.slotBase + UInt32(offset), SlotEntry(backendID: backendIDs[backend]!, backend: backend)))
             }
             ops.append(.upsertMaster(key, master))
-            if let existing {
-                for index in 0..<existing.count {
-                    ops.append(.deleteSlot(SlotKey(frontend: key, revision: existing.revision, slot: index + 1)))
-                }
-            }
         }
         for op in ops { record(op) }
-        return FrontendChange(key: key, service: frontend.service, reason: existing == nil ? .added : .changed, ops: ops)
+        return FrontendChange(key: key, service: frontend.service, reason: reason, ops: ops)
     }
 
     private mutating func planRemoval(of key: FrontendKey) -> FrontendChange {
-        let master = state.masters[key]!
-        // The master goes first so that no new connection reaches the slots being removed.
-        var ops: [MapOp] = [.deleteMaster(key)]
-        for index in 0..<master.count {
-            ops.append(.deleteSlot(SlotKey(frontend: key, revision: master.revision, slot: index + 1)))
-        }
-        for op in ops { record(op) }
-        return FrontendChange(key: key, service: "-", reason: .removed, ops: ops)
+        let op = MapOp.deleteMaster(key)
+        record(op)
+        return FrontendChange(key: key, service: "-", reason: .removed, ops: [op])
     }
 
-    /// Backends and rev-NAT entries no slot or master references any more. They go last,
-    /// after every flip, so a backend moving from one frontend to another keeps its id.
+    /// Backends and rev-NAT entries nothing references any more. They go last, after
+    /// every flip, so a backend moving from one frontend to another keeps its id.
     private mutating func collectUnreferenced() -> FrontendChange? {
         var ops: [MapOp] = []
-        for (id, refs) in backendRefs where refs == 0 { ops.append(.deleteBackend(id)) }
-        for (id, refs) in revNatRefs where refs == 0 { ops.append(.deleteRevNat(id)) }
+        for (id, refs) in backendRefs.sorted(by: { $0.key < $1.key }) where refs == 0 { ops.append(.deleteBackend(id)) }
+        for (id, refs) in revNatRefs.sorted(by: { $0.key < $1.key }) where refs == 0 { ops.append(.deleteRevNat(id)) }
         guard !ops.isEmpty else { return nil }
-        ops.sort { $0.description < $1.description }
         for op in ops { record(op) }
         return FrontendChange(key: nil, service: "-", reason: .garbage, ops: ops)
     }
@@ -164,6 +167,11 @@ public struct Reconciler: Sendable {
             let pending = changes(to: desired.filter { !setAside.contains($0.key) }, prune: prune, keeping: setAside)
             var failure: FrontendChange?
             for change in pending {
+                if let error = change.planningError {
+                    report.failed.append((change, error))
+                    failure = change
+                    break
+                }
                 do {
                     try maps.apply(change.ops)
                     for op in change.ops { record(op) }
@@ -176,21 +184,21 @@ public struct Reconciler: Sendable {
                 }
             }
             guard let failed = failure else { return report }
-            if let truth = try? maps.readState() { self = Reconciler(adopting: truth) }
+            if let truth = try? maps.readState() { resync(to: truth) }
             // Garbage collection failing is retried on the next sync; nothing depends on it.
             guard let key = failed.key, setAside.insert(key).inserted else { return report }
         }
     }
 
-    /// Undoes the writes a failed change made before its master flip, so that what it
-    /// wrote does not take up space others need. Once the master has flipped, the
-    /// frontend is on its new set and what remains are leftovers the next sync removes.
+    /// Undoes the backend and rev-NAT entries a failed change created before its master
+    /// write, so they do not take up space others need. (Slots need no undo: a range no
+    /// master names is free.) Once the master has been written the frontend is on its new
+    /// set and nothing is undone.
     private func rollBack(_ change: FrontendChange, appliedCount: Int, maps: LoadBalancerMaps) {
         let applied = change.ops.prefix(appliedCount)
-        if applied.contains(where: { if case .upsertMaster = $0 { return true } else { return false } }) { return }
+        if applied.contains(where: \.isMasterWrite) { return }
         let undo: [MapOp] = applied.reversed().compactMap { op in
             switch op {
-            case .upsertSlot(let key, _) where state.slots[key] == nil: return .deleteSlot(key)
             case .upsertBackend(let id, _) where state.backends[id] == nil: return .deleteBackend(id)
             case .upsertRevNat(let id, _) where state.revNats[id] == nil: return .deleteRevNat(id)
             default: return nil
@@ -199,22 +207,36 @@ public struct Reconciler: Sendable {
         try? maps.apply(undo)
     }
 
+    /// Starts over from what the maps really hold, keeping the quarantine of released
+    /// ranges (readers may still be reading them).
+    private mutating func resync(to truth: MapState) {
+        let quarantine = slots.stillQuarantined(at: clock())
+        var fresh = Reconciler(adopting: truth, slotCapacity: slots.capacity,
+                               quarantineNanoseconds: slots.quarantineNanoseconds, clock: clock)
+        fresh.slots.adoptQuarantine(quarantine)
+        self = fresh
+    }
+
     // MARK: - Bookkeeping
 
     private mutating func record(_ op: MapOp) {
         switch op {
-        case .upsertSlot(let key, let entry):
-            strays.remove(key)
-            if let old = state.slots[key] { backendRefs[old.backendID, default: 1] -= 1 }
+        case .writeSlot(let index, let entry):
+            if let old = state.slots[index] { backendRefs[old.backendID, default: 1] -= 1 }
             backendRefs[entry.backendID, default: 0] += 1
-        case .deleteSlot(let key):
-            strays.remove(key)
-            if let old = state.slots[key] { backendRefs[old.backendID, default: 1] -= 1 }
         case .upsertMaster(let key, let entry):
-            if let old = state.masters[key] { revNatRefs[old.revNatID, default: 1] -= 1 }
+            let old = state.masters[key]
+            if let old { revNatRefs[old.revNatID, default: 1] -= 1 }
             revNatRefs[entry.revNatID, default: 0] += 1
+            if old?.slots != entry.slots {
+                if let old { releaseSlots(of: old) }
+                slots.claim(entry.slots)
+            }
         case .deleteMaster(let key):
-            if let old = state.masters[key] { revNatRefs[old.revNatID, default: 1] -= 1 }
+            if let old = state.masters[key] {
+                revNatRefs[old.revNatID, default: 1] -= 1
+                releaseSlots(of: old)
+            }
         case .upsertBackend(let id, let backend):
             backendIDs[backend] = id
             if backendRefs[id] == nil { backendRefs[id] = 0 }
@@ -231,11 +253,19 @@ public struct Reconciler: Sendable {
         state.apply(op)
     }
 
+    /// The master's range stops referencing its backends and goes into quarantine.
+    private mutating func releaseSlots(of master: MasterEntry) {
+        for index in master.slots {
+            if let slot = state.slots[index] { backendRefs[slot.backendID, default: 1] -= 1 }
+        }
+        slots.release(master.slots, now: clock())
+    }
+
     private mutating func rebuildIndexes() {
-        backendIDs = [:]; backendRefs = [:]; revNatIDs = [:]; revNatRefs = [:]; strays = []
+        backendIDs = [:]; backendRefs = [:]; revNatIDs = [:]; revNatRefs = [:]
         for (id, backend) in state.backends.sorted(by: { $0.key < $1.key }) {
             backendRefs[id] = 0
-            // Two ids for one address (never written by this reconciler): keep the lowest,
+            // Two ids for one address (never written by this reconciler): keep the lowest;
             // the other is referenced by nothing new and is collected once unreferenced.
             if backendIDs[backend] == nil { backendIDs[backend] = id }
         }
@@ -243,23 +273,10 @@ public struct Reconciler: Sendable {
             revNatRefs[id] = 0
             if revNatIDs[entry] == nil { revNatIDs[entry] = id }
         }
-        for master in state.masters.values {
-            revNatRefs[master.revNatID, default: 0] += 1
-        }
-        // Every slot holds a reference, strays included, so that a backend is only
-        // collected after the last slot naming it is gone.
-        for (key, slot) in state.slots {
-            backendRefs[slot.backendID, default: 0] += 1
-            if isStray(key) { strays.insert(key) }
-        }
+        for master in state.masters.values { revNatRefs[master.revNatID, default: 0] += 1 }
+        for slot in state.slots.values { backendRefs[slot.backendID, default: 0] += 1 }
         nextBackendID = (state.backends.keys.max() ?? 0) &+ 1
         nextRevNatID = (state.revNats.keys.max() ?? 0) &+ 1
-    }
-
-    /// A slot that no master's active revision covers; it holds no reference.
-    private func isStray(_ key: SlotKey) -> Bool {
-        guard let master = state.masters[key.frontend] else { return true }
-        return master.revision != key.revision || key.slot < 1 || key.slot > master.count
     }
 
     private mutating func allocateBackend(_ backend: BackendAddress) -> UInt32 {

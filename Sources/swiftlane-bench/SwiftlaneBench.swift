@@ -23,23 +23,25 @@ struct SocketLBBench: ParsableCommand {
         commandName: "socket-lb",
         abstract: "connect() latency through a ClusterIP with 1, 1,000 and 10,000 services in the maps, against a direct connect.",
         discussion: """
-            For each service count: TCP connect()+close() latency through a ClusterIP and \
-            directly to the same backend (p50/p99, ratio), and the hook's own cost: a \
-            connected-UDP connect() loop on one socket (no network round trip) through the \
-            ClusterIP inside the cgroup, minus the same loop to the backend outside it. Each \
-            measurement is repeated --rounds times, interleaved with its peer; the median \
-            round is reported.
+            For each service count, --rounds times: (1) TCP connect() latency through a \
+            ClusterIP and directly to the same backend, measured pair by pair in one process \
+            (p50/p99; the ratio is the median of the rounds' ratios); (2) the hook's own cost: \
+            connected-UDP connect() loops (no network round trip) on a socket of the hooked \
+            cgroup to the ClusterIP and on a socket outside it to the backend, batches \
+            interleaved in one process, median difference; (3) the connect4 program's own \
+            ns per run from the kernel's run-time statistics, on a hit and on a miss. The \
+            one backend sits in another network namespace behind a veth.
             """
     )
 
     @Option(name: .long, parsing: .upToNextOption, help: "Service counts to measure.")
     var services: [Int] = [1, 1_000, 10_000]
 
-    @Option(name: .long, help: "connect() calls per TCP measurement.")
-    var tcpIterations: Int = 3_000
+    @Option(name: .long, help: "connect() pairs (ClusterIP, direct) per TCP round.")
+    var tcpIterations: Int = 1_000
 
-    @Option(name: .long, help: "connect() calls per UDP measurement.")
-    var udpIterations: Int = 200_000
+    @Option(name: .long, help: "connect() calls per program-time measurement.")
+    var udpIterations: Int = 100_000
 
     @Option(name: .long, help: "Interleaved rounds per figure (the median is reported).")
     var rounds: Int = 5
@@ -50,21 +52,23 @@ struct SocketLBBench: ParsableCommand {
     struct Row: Codable {
         var services: Int
         var programmingSeconds: Double
+        /// TCP connect() through the ClusterIP and directly to the backend, interleaved
+        /// pair by pair in one process (median round by p50).
         var tcpViaClusterIP: LatencyStats
         var tcpDirect: LatencyStats
+        /// Median over rounds of each round's ratio.
         var p50Ratio: Double
         var p99Ratio: Double
-        var udpConnectViaHookNs: Double
-        var udpConnectNoHookNs: Double
-        /// The same loop inside the cgroup to a non-service address: the kernel's fixed
-        /// cost of running a cgroup hook plus the program's miss path.
-        var udpConnectMissNs: Double
-        var hookCostNs: Double
+        /// What the hook adds to one connect() (connected UDP, no round trip), measured in
+        /// one process with batches interleaved (NetLab.HookCostProbe): median, min, max
+        /// over rounds.
+        var hookNs: Double
+        var hookNsMin: Double
+        var hookNsMax: Double
         /// The connect4 program's own time per run as the kernel measures it
-        /// (BPF_ENABLE_STATS), during the connected-UDP loop through the ClusterIP.
-        var connectProgramNsPerRun: Double
-        /// The same for the loop to a non-service address (the program's miss path).
-        var connectProgramMissNsPerRun: Double
+        /// (BPF_ENABLE_STATS), on a hit (ClusterIP) and on a miss (any other address).
+        var programNsPerHit: Double
+        var programNsPerMiss: Double
     }
 
     func run() throws {
@@ -81,16 +85,13 @@ struct SocketLBBench: ParsableCommand {
         let backend = lab.backends[0]
         try lab.startProbeServers(tcpPort: 8080, udpPort: 8053)
         let datapath = try SocketLoadBalancer.install(DatapathOptions(pinPath: pinPath, cgroupPath: lab.clientCgroup.path), logger: logger)
-        let statisticsFD = try SocketLoadBalancer.enableRunTimeStatistics()
-        defer { close(statisticsFD) }
         var reconciler = Reconciler(adopting: try datapath.maps.readState())
         let inCgroup = lab.probeRunner()
-        let outsideCgroup = lab.probeRunner(inCgroup: false)
         let backendAddress = IPAddress(sloppy: backend.ipv4)!
         var rows: [Row] = []
 
         print("socket LB connect() latency; backend \(backend.ipv4):8080 in another netns over veth; \(rounds) rounds, median shown")
-        print("services  program(s)  via-VIP p50/p99 µs   direct p50/p99 µs   p50×   p99×   UDP connect VIP/no-hook/miss ns   hook ns  prog ns/run hit/miss")
+        print("services  program(s)  ClusterIP p50/p99 µs  direct p50/p99 µs   p50×   p99×   hook ns med (min–max)  prog ns/run hit/miss")
         for count in services {
             let desired = (0..<count).flatMap { index in serviceFrontends(index: index, backend: backendAddress) }
             let start = ContinuousClock.now
@@ -100,43 +101,38 @@ struct SocketLBBench: ParsableCommand {
 
             let vip = IPAddress(v4: 0xC613_0000 | UInt32(count / 2 + 1)).description
             var viaVIP: [LatencyStats] = [], direct: [LatencyStats] = []
-            var udpVIP: [Double] = [], udpNoHook: [Double] = [], udpMiss: [Double] = [], programNs: [Double] = [], missProgramNs: [Double] = []
+            var hook: [Double] = [], programHit: [Double] = [], programMiss: [Double] = []
             for _ in 0..<rounds {
-                viaVIP.append(try tcpLatency(inCgroup, "\(vip):80"))
-                direct.append(try tcpLatency(inCgroup, "\(backend.ipv4):8080"))
-                let before = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"]
-                udpVIP.append(try udpConnectCost(inCgroup, "\(vip):53"))
-                if let before, let after = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"],
-                   after.runCount > before.runCount {
-                    programNs.append(Double(after.runTimeNs - before.runTimeNs) / Double(after.runCount - before.runCount))
-                }
-                udpNoHook.append(try udpConnectCost(outsideCgroup, "\(backend.ipv4):8053"))
-                let missBefore = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"]
-                udpMiss.append(try udpConnectCost(inCgroup, "\(backend.ipv4):8053"))
-                if let missBefore, let after = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"],
-                   after.runCount > missBefore.runCount {
-                    missProgramNs.append(Double(after.runTimeNs - missBefore.runTimeNs) / Double(after.runCount - missBefore.runCount))
-                }
+                let (throughVIP, toBackend) = try HookCostProbe.interleavedTCPConnect(
+                    netns: lab.clientNetns, cgroup: lab.clientCgroup.path, first: "\(vip):80",
+                    second: "\(backend.ipv4):8080", iterations: tcpIterations)
+                viaVIP.append(throughVIP)
+                direct.append(toBackend)
+                hook.append(try HookCostProbe.measure(
+                    netns: lab.clientNetns, cgroup: lab.clientCgroup.path, hookedTarget: "\(vip):53",
+                    plainTarget: "\(backend.ipv4):8053").hookNs)
+                // Run-time statistics cost two clock reads per program run: on only while
+                // the program's own time is measured.
+                let statisticsFD = try SocketLoadBalancer.enableRunTimeStatistics()
+                defer { close(statisticsFD) }
+                programHit.append(try programNsPerRun(pinPath: pinPath) { try udpConnectLoop(inCgroup, "\(vip):53") })
+                programMiss.append(try programNsPerRun(pinPath: pinPath) { try udpConnectLoop(inCgroup, "\(backend.ipv4):8053") })
             }
-            let viaStats = median(viaVIP), directStats = median(direct)
-            let udpVia = medianValue(udpVIP), udpPlain = medianValue(udpNoHook)
-            let seconds = Double(programming.components.seconds) + Double(programming.components.attoseconds) / 1e18
-            let p50Ratio = Double(viaStats.p50Ns) / Double(max(1, directStats.p50Ns))
-            let p99Ratio = Double(viaStats.p99Ns) / Double(max(1, directStats.p99Ns))
             let row = Row(
-                services: count, programmingSeconds: seconds, tcpViaClusterIP: viaStats, tcpDirect: directStats,
-                p50Ratio: p50Ratio, p99Ratio: p99Ratio, udpConnectViaHookNs: udpVia, udpConnectNoHookNs: udpPlain,
-                udpConnectMissNs: medianValue(udpMiss), hookCostNs: udpVia - udpPlain,
-                connectProgramNsPerRun: programNs.isEmpty ? 0 : medianValue(programNs),
-                connectProgramMissNsPerRun: missProgramNs.isEmpty ? 0 : medianValue(missProgramNs))
+                services: count,
+                programmingSeconds: Double(programming.components.seconds) + Double(programming.components.attoseconds) / 1e18,
+                tcpViaClusterIP: median(viaVIP), tcpDirect: median(direct),
+                p50Ratio: medianValue(zip(viaVIP, direct).map { Double($0.p50Ns) / Double(max(1, $1.p50Ns)) }),
+                p99Ratio: medianValue(zip(viaVIP, direct).map { Double($0.p99Ns) / Double(max(1, $1.p99Ns)) }),
+                hookNs: medianValue(hook), hookNsMin: hook.min() ?? 0, hookNsMax: hook.max() ?? 0,
+                programNsPerHit: medianValue(programHit), programNsPerMiss: medianValue(programMiss))
             rows.append(row)
             let micros: (UInt64) -> Double = { Double($0) / 1000 }
-            let line = String(
-                format: "%8d  %10.3f  %8.1f / %-8.1f  %8.1f / %-8.1f  %5.2f  %5.2f   %6.0f / %6.0f / %-6.0f     %6.0f  %6.0f / %-6.0f",
-                row.services, row.programmingSeconds, micros(viaStats.p50Ns), micros(viaStats.p99Ns),
-                micros(directStats.p50Ns), micros(directStats.p99Ns), p50Ratio, p99Ratio, udpVia, udpPlain,
-                row.udpConnectMissNs, row.hookCostNs, row.connectProgramNsPerRun, row.connectProgramMissNsPerRun)
-            print(line)
+            print(String(
+                format: "%8d  %10.3f  %8.1f / %-8.1f  %8.1f / %-8.1f  %5.2f  %5.2f   %5.0f (%3.0f–%3.0f)   %5.0f / %-5.0f",
+                row.services, row.programmingSeconds, micros(row.tcpViaClusterIP.p50Ns), micros(row.tcpViaClusterIP.p99Ns),
+                micros(row.tcpDirect.p50Ns), micros(row.tcpDirect.p99Ns), row.p50Ratio, row.p99Ratio,
+                row.hookNs, row.hookNsMin, row.hookNsMax, row.programNsPerHit, row.programNsPerMiss))
         }
         if let json {
             let encoder = JSONEncoder()
@@ -157,17 +153,19 @@ struct SocketLBBench: ParsableCommand {
         }
     }
 
-    private func tcpLatency(_ runner: ProbeRunner, _ target: String) throws -> LatencyStats {
-        let report = try runner.latency(target: target, proto: .tcp, iterations: tcpIterations, warmup: 200)
-        guard report.failures.isEmpty else { throw ValidationError("connect to \(target) failed: \(report.failures)") }
-        return report.latency
-    }
-
-    /// Mean ns per connect() of one connected UDP socket re-connected in a loop.
-    private func udpConnectCost(_ runner: ProbeRunner, _ target: String) throws -> Double {
+    /// A connected-UDP connect() loop on one socket (in a probe process in the cgroup).
+    private func udpConnectLoop(_ runner: ProbeRunner, _ target: String) throws {
         let report = try runner.latency(target: target, proto: .udp, iterations: udpIterations, warmup: 1000)
         guard report.failures.isEmpty else { throw ValidationError("UDP connect to \(target) failed: \(report.failures)") }
-        return Double(report.totalNs) / Double(max(1, report.ok))
+    }
+
+    /// ns per run of the connect4 program while `body` runs (kernel run-time statistics).
+    private func programNsPerRun(pinPath: String, _ body: () throws -> Void) throws -> Double {
+        let before = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"]
+        try body()
+        guard let before, let after = SocketLoadBalancer.programStatistics(pinPath: pinPath)["sl_connect4"],
+              after.runCount > before.runCount else { return 0 }
+        return Double(after.runTimeNs - before.runTimeNs) / Double(after.runCount - before.runCount)
     }
 
     private func median(_ stats: [LatencyStats]) -> LatencyStats {

@@ -11,19 +11,19 @@ final class ABILayoutTests: XCTestCase {
         "sl_service_key.port": (MemoryLayout<sl_service_key>.offset(of: \.port), 2),
         "sl_service_key.proto": (MemoryLayout<sl_service_key>.offset(of: \.proto), 1),
         "sl_service_key.scope": (MemoryLayout<sl_service_key>.offset(of: \.scope), 1),
-        "sl_service_key.revision": (MemoryLayout<sl_service_key>.offset(of: \.revision), 2),
-        "sl_service_key.slot": (MemoryLayout<sl_service_key>.offset(of: \.slot), 2),
-        "sl_service_value.backend_addr": (MemoryLayout<sl_service_value>.offset(of: \.backend_addr), 16),
-        "sl_service_value.backend_port": (MemoryLayout<sl_service_value>.offset(of: \.backend_port), 2),
+        "sl_service_value.slot_base": (MemoryLayout<sl_service_value>.offset(of: \.slot_base), 4),
         "sl_service_value.count": (MemoryLayout<sl_service_value>.offset(of: \.count), 2),
-        "sl_service_value.backend_id": (MemoryLayout<sl_service_value>.offset(of: \.backend_id), 4),
-        "sl_service_value.rev_nat_id": (MemoryLayout<sl_service_value>.offset(of: \.rev_nat_id), 4),
         "sl_service_value.revision": (MemoryLayout<sl_service_value>.offset(of: \.revision), 2),
+        "sl_service_value.rev_nat_id": (MemoryLayout<sl_service_value>.offset(of: \.rev_nat_id), 4),
         "sl_service_value.flags": (MemoryLayout<sl_service_value>.offset(of: \.flags), 2),
         "sl_service_value.kind": (MemoryLayout<sl_service_value>.offset(of: \.kind), 1),
         "sl_service_value.pad0": (MemoryLayout<sl_service_value>.offset(of: \.pad0), 1),
-        "sl_service_value.pad1": (MemoryLayout<sl_service_value>.offset(of: \.pad1), 2),
         "sl_service_value.affinity_timeout": (MemoryLayout<sl_service_value>.offset(of: \.affinity_timeout), 4),
+        "sl_backend_slot.addr": (MemoryLayout<sl_backend_slot>.offset(of: \.addr), 16),
+        "sl_backend_slot.port": (MemoryLayout<sl_backend_slot>.offset(of: \.port), 2),
+        "sl_backend_slot.proto": (MemoryLayout<sl_backend_slot>.offset(of: \.proto), 1),
+        "sl_backend_slot.pad": (MemoryLayout<sl_backend_slot>.offset(of: \.pad), 1),
+        "sl_backend_slot.backend_id": (MemoryLayout<sl_backend_slot>.offset(of: \.backend_id), 4),
         "sl_backend.addr": (MemoryLayout<sl_backend>.offset(of: \.addr), 16),
         "sl_backend.port": (MemoryLayout<sl_backend>.offset(of: \.port), 2),
         "sl_backend.proto": (MemoryLayout<sl_backend>.offset(of: \.proto), 1),
@@ -49,6 +49,7 @@ final class ABILayoutTests: XCTestCase {
     private let swiftSizes: [String: (size: Int, stride: Int)] = [
         "sl_service_key": (MemoryLayout<sl_service_key>.size, MemoryLayout<sl_service_key>.stride),
         "sl_service_value": (MemoryLayout<sl_service_value>.size, MemoryLayout<sl_service_value>.stride),
+        "sl_backend_slot": (MemoryLayout<sl_backend_slot>.size, MemoryLayout<sl_backend_slot>.stride),
         "sl_backend": (MemoryLayout<sl_backend>.size, MemoryLayout<sl_backend>.stride),
         "sl_revnat": (MemoryLayout<sl_revnat>.size, MemoryLayout<sl_revnat>.stride),
         "sl_sock_revnat_key": (MemoryLayout<sl_sock_revnat_key>.size, MemoryLayout<sl_sock_revnat_key>.stride),
@@ -79,8 +80,9 @@ final class ABILayoutTests: XCTestCase {
     }
 
     func testStructSizesMatchTheHeadersStaticAsserts() {
-        XCTAssertEqual(MemoryLayout<sl_service_key>.size, 24)
-        XCTAssertEqual(MemoryLayout<sl_service_value>.size, 40)
+        XCTAssertEqual(MemoryLayout<sl_service_key>.size, 20)
+        XCTAssertEqual(MemoryLayout<sl_service_value>.size, 20)
+        XCTAssertEqual(MemoryLayout<sl_backend_slot>.size, 24)
         XCTAssertEqual(MemoryLayout<sl_backend>.size, 20)
         XCTAssertEqual(MemoryLayout<sl_revnat>.size, 20)
         XCTAssertEqual(MemoryLayout<sl_sock_revnat_key>.size, 32)

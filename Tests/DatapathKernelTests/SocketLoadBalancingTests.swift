@@ -1,6 +1,8 @@
 import Datapath
 import Foundation
+import Glibc
 import NetLab
+import ServiceModel
 import XCTest
 
 /// Real sockets through real cgroup hooks: a client in the lab's cgroup and client
@@ -159,5 +161,37 @@ final class SocketLoadBalancingTests: XCTestCase {
         let report = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 90)
         XCTAssertEqual(report.ok, 90)
         XCTAssertEqual(Set(report.backends.keys), Set(lab.backends.map(\.name)))
+    }
+
+    func testFlippingTheBackendSetAThousandTimesUnderLoadFailsNoConnection() throws {
+        let vip = lab.vipIPv4(23)
+        let setA = [lab.backends[0], lab.backends[1]], setB = [lab.backends[2]]
+        func objects(_ set: [LabBackend]) throws -> ManifestObjects {
+            try ManifestDecoder.decode(Data(LabManifests.documents(
+                LabManifests.service(name: "flip", clusterIPs: [vip]),
+                LabManifests.slice(service: "flip", addresses: set.map(\.ipv4))).utf8), source: "flip.yaml")
+        }
+        let (a, b) = (try objects(setA), try objects(setB))
+        harness.syncer.sync(a)
+        let client = try LabProcess.start(
+            argv: harness.probe.command(["tcp", "--target", "\(vip):80", "--count", "1000000", "--duration-seconds", "10"]),
+            netns: lab.clientNetns)
+        defer { client.stop() }
+        Thread.sleep(forTimeInterval: 0.3)
+        var flips = 0
+        for index in 0..<1000 {
+            let report = harness.syncer.sync(index % 2 == 0 ? b : a)
+            XCTAssertEqual(report.failures, [])
+            flips += report.changes > 0 ? 1 : 0
+            Thread.sleep(forTimeInterval: 0.002)
+        }
+        let report = try client.readJSON(TCPProbeReport.self, timeout: 30)
+        XCTAssertEqual(flips, 1000, "every sync flipped the set")
+        XCTAssertEqual(report.failures, [:], "a connection failed during a flip: \(report.firstError ?? "")")
+        XCTAssertGreaterThan(report.ok, 100)
+        XCTAssertEqual(Set(report.backends.keys), Set(lab.backends.map(\.name)), "both sets served connections")
+        let counters = harness.datapath.maps.outcomeCounters()
+        XCTAssertEqual(counters["sock_slot_missing"], 0, "no reader ever found a half-written or reused range")
+        XCTAssertEqual(counters["sock_reject"], 0)
     }
 }

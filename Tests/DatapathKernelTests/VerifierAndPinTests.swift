@@ -39,7 +39,7 @@ final class VerifierAndPinTests: XCTestCase {
             program = bpf_object__next_program(file.handle, current)
         }
         XCTAssertFalse(loaded.isEmpty)
-        XCTAssertEqual(Set(file.pinnedMapNames), [SL_MAP_NAME_SERVICES, SL_MAP_NAME_BACKENDS, SL_MAP_NAME_REVNAT,
+        XCTAssertEqual(Set(file.pinnedMapNames), [SL_MAP_NAME_SERVICES, SL_MAP_NAME_SLOTS, SL_MAP_NAME_BACKENDS, SL_MAP_NAME_REVNAT,
                                                   SL_MAP_NAME_SOCK_REVNAT, SL_MAP_NAME_COUNTERS, SL_MAP_NAME_SOCK_FRONTEND])
     }
 
@@ -85,13 +85,13 @@ final class VerifierAndPinTests: XCTestCase {
     func testAnIncompatiblePinnedMapIsRefusedListingEveryDifference() throws {
         let path = try pinPath("compat")
         // A "services" map of another layout: other key size, value size and capacity.
-        let fd = bpf_map_create(BPF_MAP_TYPE_HASH, "sl_services_v1", 8, 24, 1000, nil)
+        let fd = bpf_map_create(BPF_MAP_TYPE_HASH, "sl_services_v2", 8, 24, 1000, nil)
         XCTAssertGreaterThanOrEqual(fd, 0)
         XCTAssertEqual(bpf_obj_pin(fd, path + "/" + SL_MAP_NAME_SERVICES), 0)
         close(fd)
         XCTAssertThrowsError(try SocketLoadBalancer.install(DatapathOptions(pinPath: path, cgroupPath: try makeCgroup()), logger: testLogger)) { error in
             let text = "\(error)"
-            XCTAssertTrue(text.contains("sl_services_v1: key_size is 8"), text)
+            XCTAssertTrue(text.contains("sl_services_v2: key_size is 8"), text)
             XCTAssertTrue(text.contains("value_size is 24"), text)
             XCTAssertTrue(text.contains("max_entries is 1000"), text)
         }

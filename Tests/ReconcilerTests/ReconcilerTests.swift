@@ -23,10 +23,10 @@ final class ReconcilerTests: XCTestCase {
         XCTAssertEqual(reconciler.changes(to: desired, prune: true).count, 0)
         let second = reconciler.reconcile(desired, prune: true, maps: maps)
         XCTAssertEqual(second.opCount, 0)
-        XCTAssertEqual(maps.state, reconciler.state)
+        XCTAssertEqual(maps.state.referenced, reconciler.state)
     }
 
-    func testANewBackendSetIsWrittenUnderANewRevisionBeforeTheMasterFlips() throws {
+    func testANewBackendSetIsWrittenIntoAFreshSlotRangeBeforeTheMasterFlips() throws {
         let maps = InMemoryLoadBalancerMaps()
         var reconciler = Reconciler()
         _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11", "198.18.0.12"])], prune: true, maps: maps)
@@ -34,21 +34,38 @@ final class ReconcilerTests: XCTestCase {
         let changes = reconciler.changes(to: [frontend("198.19.0.1", ["198.18.0.13"])], prune: true)
         let ops = changes.flatMap(\.ops)
         let flip = try XCTUnwrap(ops.firstIndex { if case .upsertMaster = $0 { return true } else { return false } })
-        // Every write the new revision needs comes before the flip; every removal after.
+        // Every write the new set needs comes before the flip; every removal after.
         for (index, op) in ops.enumerated() {
             switch op {
-            case .upsertBackend, .upsertSlot, .upsertRevNat: XCTAssertLessThan(index, flip, "\(op)")
-            case .deleteSlot, .deleteBackend, .deleteRevNat, .deleteMaster: XCTAssertGreaterThan(index, flip, "\(op)")
+            case .upsertBackend, .writeSlot, .upsertRevNat: XCTAssertLessThan(index, flip, "\(op)")
+            case .deleteBackend, .deleteRevNat, .deleteMaster: XCTAssertGreaterThan(index, flip, "\(op)")
             case .upsertMaster: break
             }
-            if case .upsertSlot(let slot, _) = op { XCTAssertNotEqual(slot.revision, oldMaster.revision) }
+            if case .writeSlot(let slot, _) = op { XCTAssertFalse(oldMaster.slots.contains(slot), "the old range is never overwritten") }
         }
         XCTAssertEqual(ops.filter { if case .upsertMaster = $0 { return true } else { return false } }.count, 1,
                        "one master update flips the whole set")
         _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.13"])], prune: true, maps: maps)
         XCTAssertEqual(maps.state.activeBackends(of: key("198.19.0.1")), backends(["198.18.0.13"]))
-        XCTAssertEqual(maps.state.slots.count, 1, "the old revision's slots are gone")
+        XCTAssertEqual(maps.state.masters[key("198.19.0.1")]?.revision, oldMaster.revision &+ 1)
         XCTAssertEqual(maps.state.backends.count, 1, "unreferenced backends are gone")
+    }
+
+    func testAReleasedSlotRangeIsReusedOnlyAfterItsQuarantine() throws {
+        let maps = InMemoryLoadBalancerMaps()
+        let now = ManualClock()
+        var reconciler = Reconciler(slotCapacity: 64, quarantineNanoseconds: 1_000, clock: now.read)
+        _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11", "198.18.0.12"])], prune: true, maps: maps)
+        let first = try XCTUnwrap(maps.state.masters[key("198.19.0.1")]).slots
+        _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.13", "198.18.0.14"])], prune: true, maps: maps)
+        let second = try XCTUnwrap(maps.state.masters[key("198.19.0.1")]).slots
+        XCTAssertFalse(first.overlaps(second))
+        _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11", "198.18.0.12"])], prune: true, maps: maps)
+        let third = try XCTUnwrap(maps.state.masters[key("198.19.0.1")]).slots
+        XCTAssertFalse(third.overlaps(first), "still quarantined: a reader may hold the first entry")
+        now.advance(by: 1_000)
+        _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.13", "198.18.0.14"])], prune: true, maps: maps)
+        XCTAssertEqual(try XCTUnwrap(maps.state.masters[key("198.19.0.1")]).slots, first, "after the quarantine the range is free again")
     }
 
     func testAReaderSeesEitherTheOldOrTheNewSetAfterEveryOperation() {
@@ -97,54 +114,65 @@ final class ReconcilerTests: XCTestCase {
         XCTAssertEqual(maps.state, MapState(), "after sync, everything not desired is removed")
     }
 
-    func testRemovalDeletesTheMasterFirst() {
+    func testRemovalIsOneMasterDeleteThenGarbage() {
         let maps = InMemoryLoadBalancerMaps()
         var reconciler = Reconciler()
         _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11", "198.18.0.12"])], prune: true, maps: maps)
         let ops = reconciler.changes(to: [], prune: true).flatMap(\.ops)
         XCTAssertEqual(ops.first, .deleteMaster(key("198.19.0.1")))
+        XCTAssertEqual(Set(ops.dropFirst()), [.deleteBackend(1), .deleteBackend(2), .deleteRevNat(1)])
     }
 
-    func testAFullMapLeavesThatFrontendOnItsPreviousStateAndOthersProceed() {
+    func testAFullSlotArrayLeavesThatFrontendOnItsPreviousStateAndOthersProceed() {
         let maps = InMemoryLoadBalancerMaps()
-        var reconciler = Reconciler()
-        _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11"])], prune: true, maps: maps)
+        let now = ManualClock()
+        // Slots 1..<9: 8 usable. web takes slot 1, api slots 2...5.
+        var reconciler = Reconciler(slotCapacity: 9, quarantineNanoseconds: 10, clock: now.read)
+        let api = frontend("198.19.0.3", (31...34).map { "198.18.0.\($0)" })
+        _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11"]), api], prune: true, maps: maps)
         let before = maps.state.activeBackends(of: key("198.19.0.1"))
-        // Room for 3 more entries: the growing service (4 new slots) cannot fit, the small
-        // new one (master + 1 slot) can.
-        maps.serviceCapacity = maps.state.masters.count + maps.state.slots.count + 3
-        let report = reconciler.reconcile([
-            frontend("198.19.0.1", ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.14"]),
-            frontend("198.19.0.2", ["198.18.0.15"]),
-        ], prune: true, maps: maps)
+        let grown = frontend("198.19.0.1", (11...14).map { "198.18.0.\($0)" })
+        let small = frontend("198.19.0.2", ["198.18.0.20"])
+        // 4 slots wanted, only 6...8 free: web fails, the small newcomer still gets a slot.
+        let report = reconciler.reconcile([grown, api, small], prune: true, maps: maps)
         XCTAssertEqual(report.failed.map { $0.change.key }, [key("198.19.0.1")])
+        XCTAssertTrue(report.failed.first?.error.contains("slot array full") ?? false, "\(report.failed)")
         XCTAssertEqual(maps.state.activeBackends(of: key("198.19.0.1")), before, "the failed frontend still serves its old set")
-        XCTAssertEqual(maps.state.activeBackends(of: key("198.19.0.2")), backends(["198.18.0.15"]))
-        // When space returns, the next reconcile completes the change and clears leftovers.
-        maps.serviceCapacity = nil
-        _ = reconciler.reconcile([
-            frontend("198.19.0.1", ["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.14"]),
-            frontend("198.19.0.2", ["198.18.0.15"]),
-        ], prune: true, maps: maps)
+        XCTAssertEqual(maps.state.activeBackends(of: key("198.19.0.2")), backends(["198.18.0.20"]))
+        // api goes away; its range is free once its quarantine has passed, and the retry
+        // then completes the change.
+        XCTAssertEqual(reconciler.reconcile([grown, small], prune: true, maps: maps).failed.count, 1, "api's range is still quarantined")
+        now.advance(by: 10)
+        XCTAssertTrue(reconciler.reconcile([grown, small], prune: true, maps: maps).failed.isEmpty)
         XCTAssertEqual(maps.state.activeBackends(of: key("198.19.0.1")).count, 4)
-        XCTAssertEqual(maps.state.slots.count, 5, "no stray slot survives")
-        XCTAssertEqual(maps.state, reconciler.state)
+        XCTAssertEqual(maps.state.referenced, reconciler.state)
     }
 
-    func testStraySlotsLeftByACrashAreCollected() throws {
+    func testAFullServiceMapLeavesOthersUntouchedAndRollsBackNewBackends() {
+        let maps = InMemoryLoadBalancerMaps(serviceCapacity: 1)
+        var reconciler = Reconciler()
+        _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11"])], prune: true, maps: maps)
+        let report = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11"]), frontend("198.19.0.2", ["198.18.0.12"])],
+                                          prune: true, maps: maps)
+        XCTAssertEqual(report.failed.map { $0.change.key }, [key("198.19.0.2")])
+        XCTAssertEqual(Set(maps.state.backends.values), Set(backends(["198.18.0.11"])), "the failed frontend's new backend was removed again")
+        XCTAssertEqual(maps.state.activeBackends(of: key("198.19.0.1")), backends(["198.18.0.11"]))
+    }
+
+    func testSlotsWrittenByACrashBeforeTheFlipAreSimplyFreeAfterAdoption() throws {
         let maps = InMemoryLoadBalancerMaps()
         var reconciler = Reconciler()
         _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11"])], prune: true, maps: maps)
-        // A crash between writing a new revision and flipping the master leaves slots of
-        // revision 2 and a backend nothing active uses.
+        // A crash between writing a new set and flipping the master leaves written slots
+        // and a backend that nothing active uses.
         try maps.apply([
             .upsertBackend(99, backends(["198.18.0.99"])[0]),
-            .upsertSlot(SlotKey(frontend: key("198.19.0.1"), revision: 2, slot: 1), SlotEntry(backendID: 99, revNatID: 1, backend: backends(["198.18.0.99"])[0])),
+            .writeSlot(40, SlotEntry(backendID: 99, backend: backends(["198.18.0.99"])[0])),
         ])
         var restarted = Reconciler(adopting: try maps.readState())
+        XCTAssertEqual(restarted.slots.freeCount, Int(Reconciler.defaultSlotCapacity) - 2, "only slot 1 (in use) and slot 0 are taken")
         _ = restarted.reconcile([frontend("198.19.0.1", ["198.18.0.11"])], prune: true, maps: maps)
-        XCTAssertEqual(maps.state.slots.count, 1)
-        XCTAssertNil(maps.state.backends[99])
+        XCTAssertNil(maps.state.backends[99], "the orphan backend is collected")
         XCTAssertEqual(restarted.reconcile([frontend("198.19.0.1", ["198.18.0.11"])], prune: true, maps: maps).opCount, 0)
     }
 
@@ -157,4 +185,13 @@ final class ReconcilerTests: XCTestCase {
         guard case .upsertMaster(_, let master) = ops[0] else { return XCTFail("\(ops)") }
         XCTAssertEqual(master.flags, [.drop])
     }
+}
+
+/// A clock the test moves by hand.
+final class ManualClock: @unchecked Sendable {
+    private var nanoseconds: UInt64 = 1_000_000
+
+    func advance(by delta: UInt64) { nanoseconds += delta }
+
+    var read: @Sendable () -> UInt64 { { [self] in nanoseconds } }
 }

@@ -20,17 +20,20 @@
 
 /* Pinned map names (bpfPinPath/<name>). The suffix is the layout version: a layout
  * change gets a new name, so an old pin is never reused with a new layout. */
-#define SL_MAP_NAME_SERVICES "sl_services_v1"
+#define SL_MAP_NAME_SERVICES "sl_services_v2"
+#define SL_MAP_NAME_SLOTS "sl_slots_v1"
 #define SL_MAP_NAME_BACKENDS "sl_backends_v1"
 #define SL_MAP_NAME_REVNAT "sl_revnat_v1"
 #define SL_MAP_NAME_SOCK_REVNAT "sl_sock_rnat_v1"
-#define SL_MAP_NAME_COUNTERS "sl_counters_v1"
 #define SL_MAP_NAME_SOCK_FRONTEND "sl_sock_fe_v1"
+#define SL_MAP_NAME_COUNTERS "sl_counters_v1"
 
-/* Default capacities (entries); the loader may override them from the config. The
- * service map holds one master entry per frontend plus one slot per backend, and twice
- * that for a service while its backend set flips. */
-#define SL_DEFAULT_SERVICES_MAX 262144
+/* Default capacities (entries); the loader may override them from the config. Slot
+ * index 0 is never used, so a frontend without backends has slot_base 0. The slot array
+ * needs room for every active backend set plus the sets released during the last
+ * quarantine period. */
+#define SL_DEFAULT_SERVICES_MAX 65536
+#define SL_DEFAULT_SLOTS_MAX 262144
 #define SL_DEFAULT_BACKENDS_MAX 131072
 #define SL_DEFAULT_REVNAT_MAX 65536
 #define SL_DEFAULT_SOCK_REVNAT_MAX 262144
@@ -59,36 +62,41 @@ enum sl_service_flags {
 	SL_SVC_F_AFFINITY = 1 << 2, /* sessionAffinity ClientIP; timeout in affinity_timeout */
 };
 
-/* Service map key. Master entry: revision 0, slot 0. Backend slot entries: the revision
- * of the backend set they belong to, slot 1..count. A backend set is replaced by writing
- * all slots of a new revision and then updating the master entry once. */
+/* Service map key: one entry per frontend. */
 struct sl_service_key {
-	__be32 addr[4];  /* frontend address, network order, IPv4 v4-mapped */
-	__be16 port;     /* frontend port, network order */
-	__u8 proto;      /* IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP */
-	__u8 scope;      /* enum sl_scope */
-	__u16 revision;  /* 0 on the master entry; never 0 on a slot entry */
-	__u16 slot;      /* 0 = master entry, 1..count = backend slots */
+	__be32 addr[4]; /* frontend address, network order, IPv4 v4-mapped */
+	__be16 port;    /* frontend port, network order */
+	__u8 proto;     /* IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP */
+	__u8 scope;     /* enum sl_scope */
 };
-_Static_assert(sizeof(struct sl_service_key) == 24, "sl_service_key layout");
+_Static_assert(sizeof(struct sl_service_key) == 20, "sl_service_key layout");
 
-/* Service map value. Slot entries carry a copy of their backend's address, so the
- * socket path finds the backend with no further lookup (each helper call costs tens of
- * ns); backend_id still names the backend for introspection and the tc path. */
+/* Service map value: the frontend's active backend set is slots
+ * [slot_base, slot_base + count) of the slot array. A new set is written into a fresh
+ * range (a new revision) and the frontend flips to it with one update of this entry; the
+ * old range is left intact until no reader can still hold the old entry. */
 struct sl_service_value {
-	__be32 backend_addr[4]; /* slot: backend address, network order; master: 0 */
-	__be16 backend_port;    /* slot: backend port, network order; master: 0 */
-	__u16 count;            /* master: number of slots in the active revision; 0 = no backend */
-	__u32 backend_id;       /* slot: key in the backend map; master: 0 */
-	__u32 rev_nat_id;       /* key in the reverse-NAT map (same on master and slots); never 0 */
-	__u16 revision;         /* master: revision of the active backend set (never 0) */
-	__u16 flags;            /* master: enum sl_service_flags */
-	__u8 kind;              /* master: enum sl_frontend_kind */
+	__u32 slot_base;        /* first slot of the active set; 0 when count == 0 */
+	__u16 count;            /* number of backends in the active set; 0 = no backend */
+	__u16 revision;         /* bumped at every flip (introspection only) */
+	__u32 rev_nat_id;       /* key in the reverse-NAT map; never 0 */
+	__u16 flags;            /* enum sl_service_flags */
+	__u8 kind;              /* enum sl_frontend_kind */
 	__u8 pad0;
-	__u16 pad1;
-	__u32 affinity_timeout; /* master: ClientIP affinity in seconds; 0 = no affinity */
+	__u32 affinity_timeout; /* ClientIP affinity in seconds; 0 = no affinity */
 };
-_Static_assert(sizeof(struct sl_service_value) == 40, "sl_service_value layout");
+_Static_assert(sizeof(struct sl_service_value) == 20, "sl_service_value layout");
+
+/* Slot array value (index: __u32 slot). A copy of the backend's address, so picking a
+ * backend is one array access (inlined by the verifier, no helper call). */
+struct sl_backend_slot {
+	__be32 addr[4];  /* backend address, network order, IPv4 v4-mapped */
+	__be16 port;     /* backend port, network order */
+	__u8 proto;      /* IPPROTO_* */
+	__u8 pad;
+	__u32 backend_id; /* key in the backend map; 0 = unused slot */
+};
+_Static_assert(sizeof(struct sl_backend_slot) == 24, "sl_backend_slot layout");
 
 /* Backend map value; key: __u32 backend id (never 0). */
 struct sl_backend {
@@ -147,7 +155,7 @@ enum sl_reason {
 	SL_REASON_SOCK_NOT_SERVICE = 1,   /* destination is no frontend: left alone */
 	SL_REASON_SOCK_REJECT = 2,        /* frontend without usable backend: ECONNREFUSED */
 	SL_REASON_SOCK_DROP = 3,          /* frontend whose policy drops this traffic */
-	SL_REASON_SOCK_SLOT_MISSING = 4,  /* a slot of the active revision was not found twice */
+	SL_REASON_SOCK_SLOT_MISSING = 4,  /* the active set names an empty or out-of-range slot */
 	SL_REASON_SOCK_BACKEND_MISSING = 5, /* slot names a backend id absent from the map */
 	SL_REASON_SOCK_REVNAT_FAILED = 6, /* socket reverse-NAT entry could not be written */
 	SL_REASON_SOCK_REPLY_REWRITTEN = 7, /* recvmsg source rewritten backend -> frontend */

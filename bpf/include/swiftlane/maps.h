@@ -11,14 +11,23 @@
 #include <bpf/bpf_helpers.h>
 #include "abi.h"
 
-/* Frontends (master entries) and backend slots, see struct sl_service_key. */
+/* Frontends: one entry each, naming their active range of backend slots. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct sl_service_key);
 	__type(value, struct sl_service_value);
 	__uint(max_entries, SL_DEFAULT_SERVICES_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sl_services_v1 SEC(".maps");
+} sl_services_v2 SEC(".maps");
+
+/* Backend slots: contiguous ranges, one per backend set (see struct sl_service_value). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct sl_backend_slot);
+	__uint(max_entries, SL_DEFAULT_SLOTS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_slots_v1 SEC(".maps");
 
 /* Backend id -> address. Ids are stable and reference-counted by the controller. */
 struct {

@@ -1,0 +1,135 @@
+import Foundation
+import Glibc
+
+/// Measures what a cgroup connect hook adds to one `connect()` call, inside one process,
+/// so machine noise between processes does not swamp a difference of tens of ns.
+///
+/// Two UDP sockets are created in the client namespace: one while the process is in the
+/// hooked cgroup (a socket belongs to the cgroup it was created in), one after the process
+/// has moved back out. Batches of `connect()` on each alternate; connected UDP has no
+/// network round trip, so a batch's mean is the syscall's own cost. The hook's cost is
+/// the median over batch pairs of (hooked mean − plain mean).
+public enum HookCostProbe {
+    public struct Report: Codable, Sendable {
+        public var batches: Int
+        public var batchSize: Int
+        /// Median ns per connect() on the hooked socket (to the frontend).
+        public var hookedNs: Double
+        /// Median ns per connect() on the plain socket (to the backend, no hook).
+        public var plainNs: Double
+        /// Median of the per-pair differences.
+        public var hookNs: Double
+    }
+
+    /// Runs on a thread of its own (setns changes only that thread's namespace); the
+    /// process is in `cgroup` only while the hooked socket is created.
+    public static func measure(netns: String, cgroup: String, hookedTarget: String, plainTarget: String,
+                               batches: Int = 200, batchSize: Int = 1000) throws -> Report {
+        final class Box: @unchecked Sendable { var outcome: Result<Report, Error> = .failure(NetLabError.other("did not run")) }
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        let runner = Thread {
+            box.outcome = Result { try run(netns: netns, cgroup: cgroup, hookedTarget: hookedTarget, plainTarget: plainTarget,
+                                           batches: batches, batchSize: batchSize) }
+            done.signal()
+        }
+        runner.start()
+        done.wait()
+        return try box.outcome.get()
+    }
+
+    private static func run(netns: String, cgroup: String, hookedTarget: String, plainTarget: String,
+                            batches: Int, batchSize: Int) throws -> Report {
+        try NetworkNamespace.enter(netns)
+        let hooked = try LabEndpoint(hookedTarget), plain = try LabEndpoint(plainTarget)
+        let home = try currentCgroupPath()
+        try Cgroup2.join(path: cgroup)
+        let hookedSocket = socket(hooked.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        try Cgroup2.join(path: home)
+        let plainSocket = socket(plain.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer {
+            close(hookedSocket)
+            close(plainSocket)
+        }
+        guard hookedSocket >= 0, plainSocket >= 0 else { throw NetLabError.system(what: "socket", errno: errno) }
+        let hookedAddress = SockAddr(hooked), plainAddress = SockAddr(plain)
+
+        func batchMean(_ fd: Int32, _ address: SockAddr) throws -> Double {
+            let start = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<batchSize {
+                if address.withSockaddr({ connect(fd, $0, $1) }) != 0 {
+                    throw NetLabError.system(what: "connect", errno: errno)
+                }
+            }
+            return Double(DispatchTime.now().uptimeNanoseconds - start) / Double(batchSize)
+        }
+        _ = try batchMean(hookedSocket, hookedAddress)
+        _ = try batchMean(plainSocket, plainAddress)
+        var hookedMeans: [Double] = [], plainMeans: [Double] = [], differences: [Double] = []
+        for _ in 0..<batches {
+            let withHook = try batchMean(hookedSocket, hookedAddress)
+            let without = try batchMean(plainSocket, plainAddress)
+            hookedMeans.append(withHook)
+            plainMeans.append(without)
+            differences.append(withHook - without)
+        }
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        return Report(batches: batches, batchSize: batchSize, hookedNs: median(hookedMeans), plainNs: median(plainMeans),
+                      hookNs: median(differences))
+    }
+
+    /// TCP connect() latency to two targets, measured alternately (one connect to each in
+    /// turn) from one socket-creating thread in `netns` while the process is in `cgroup`:
+    /// both sides see the same machine at the same moments. Each connection is closed
+    /// with RST so no TIME_WAIT piles up.
+    public static func interleavedTCPConnect(netns: String, cgroup: String, first: String, second: String,
+                                             iterations: Int) throws -> (first: LatencyStats, second: LatencyStats) {
+        final class Box: @unchecked Sendable { var outcome: Result<(LatencyStats, LatencyStats), Error> = .failure(NetLabError.other("did not run")) }
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        let runner = Thread {
+            box.outcome = Result {
+                try NetworkNamespace.enter(netns)
+                let home = try currentCgroupPath()
+                try Cgroup2.join(path: cgroup)
+                defer { try? Cgroup2.join(path: home) }
+                let targets = [try LabEndpoint(first), try LabEndpoint(second)].map { ($0, SockAddr($0)) }
+                var samples: [[UInt64]] = [[], []]
+                for iteration in 0..<(iterations + 50) {
+                    // Alternate which target goes first, so neither always finds the
+                    // caches warmed by the other.
+                    for index in (iteration % 2 == 0 ? [0, 1] : [1, 0]) {
+                        let (endpoint, address) = targets[index]
+                        let fd = socket(endpoint.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                        guard fd >= 0 else { throw NetLabError.system(what: "socket", errno: errno) }
+                        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                        let start = DispatchTime.now().uptimeNanoseconds
+                        let status = address.withSockaddr { connect(fd, $0, $1) }
+                        let elapsed = DispatchTime.now().uptimeNanoseconds - start
+                        let failure = errno
+                        close(fd)
+                        if status != 0 { throw NetLabError.system(what: "connect \(endpoint)", errno: failure) }
+                        if iteration >= 50 { samples[index].append(elapsed) }  // the first 50 warm up
+                    }
+                }
+                return (LatencyStats(samples: samples[0]), LatencyStats(samples: samples[1]))
+            }
+            done.signal()
+        }
+        runner.start()
+        done.wait()
+        let (firstStats, secondStats) = try box.outcome.get()
+        return (firstStats, secondStats)
+    }
+
+    /// This process's cgroup v2 directory, from /proc/self/cgroup ("0::/path").
+    private static func currentCgroupPath() throws -> String {
+        let text = try String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else {
+            throw NetLabError.other("no cgroup v2 entry in /proc/self/cgroup")
+        }
+        let relative = String(line.dropFirst(3))
+        return try Cgroup2.root() + (relative == "/" ? "" : relative)
+    }
+}
