@@ -74,6 +74,78 @@ static __always_inline const struct sl_backend_slot *sl_pick_slot(const struct s
 	return slot;
 }
 
+/* The slot of the active set that holds backend_id, or NULL. The remembered offset is
+ * tried first (valid while the set's revision is unchanged); otherwise the set is
+ * scanned, up to SL_AFFINITY_SCAN_MAX slots. */
+static __always_inline const struct sl_backend_slot *sl_find_backend(const struct sl_service_value *master,
+								     const struct sl_affinity_value *remembered,
+								     __u16 *offset)
+{
+	const struct sl_backend_slot *slot;
+	__u32 index;
+	__u32 i;
+
+	if (remembered->revision == master->revision && remembered->slot_offset < master->count) {
+		index = master->slot_base + remembered->slot_offset;
+		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
+		if (slot && slot->backend_id == remembered->backend_id) {
+			*offset = remembered->slot_offset;
+			return slot;
+		}
+	}
+	for (i = 0; i < SL_AFFINITY_SCAN_MAX && i < master->count; i++) {
+		index = master->slot_base + i;
+		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
+		if (slot && slot->backend_id == remembered->backend_id) {
+			*offset = (__u16)i;
+			return slot;
+		}
+	}
+	return NULL;
+}
+
+/* sessionAffinity ClientIP (kube-proxy A.8): a new connection from the same client to
+ * the same frontend goes to the backend it used last, if that was less than the timeout
+ * ago and the backend is still in the set; the choice is re-stamped on every new
+ * connection. The client is the socket's network namespace: a pod, or the host. */
+static __always_inline const struct sl_backend_slot *sl_pick_with_affinity(struct bpf_sock_addr *ctx,
+									   const struct sl_service_value *master,
+									   __u8 proto)
+{
+	struct sl_affinity_key key = {};
+	struct sl_affinity_value value = {};
+	const struct sl_affinity_value *remembered;
+	const struct sl_backend_slot *slot = NULL;
+	__u64 now = bpf_ktime_get_ns();
+	__u16 offset = 0;
+
+	key.client = bpf_get_netns_cookie(ctx);
+	key.rev_nat_id = master->rev_nat_id;
+	key.proto = proto;
+	remembered = bpf_map_lookup_elem(&sl_affinity_v1, &key);
+	if (remembered && now - remembered->last_used_ns < (__u64)master->affinity_timeout * 1000000000ULL)
+		slot = sl_find_backend(master, remembered, &offset);
+	if (slot) {
+		sl_count(SL_REASON_SOCK_AFFINITY_HIT);
+	} else {
+		offset = master->count > 1 ? bpf_get_prandom_u32() % master->count : 0;
+		__u32 index = master->slot_base + offset;
+
+		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
+		if (!slot || slot->backend_id == 0) {
+			sl_count(SL_REASON_SOCK_SLOT_MISSING);
+			return NULL;
+		}
+		sl_count(SL_REASON_SOCK_AFFINITY_NEW);
+	}
+	value.last_used_ns = now;
+	value.backend_id = slot->backend_id;
+	value.revision = master->revision;
+	value.slot_offset = offset;
+	bpf_map_update_elem(&sl_affinity_v1, &key, &value, BPF_ANY);
+	return slot;
+}
+
 static __always_inline int sl_addr_equal(const __be32 a[4], const __be32 b[4])
 {
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
@@ -157,6 +229,16 @@ static __always_inline int sl_translate(struct bpf_sock_addr *ctx, struct sl_des
 		sl_count(SL_REASON_SOCK_NOT_SERVICE);
 		return 0;
 	}
+	/* externalTrafficPolicy=Local: traffic from this node short-circuits to the Cluster
+	 * set, which lives in a second entry. Only flagged frontends pay the second lookup. */
+	if (master->flags & SL_SVC_F_NODE_SCOPE) {
+		key.scope = SL_SCOPE_NODE;
+		master = bpf_map_lookup_elem(&sl_services_v2, &key);
+		if (!master) {
+			sl_count(SL_REASON_SOCK_REJECT);
+			return -ECONNREFUSED;
+		}
+	}
 	if (master->flags & SL_SVC_F_DROP) {
 		sl_count(SL_REASON_SOCK_DROP);
 		return -EPERM;
@@ -165,7 +247,10 @@ static __always_inline int sl_translate(struct bpf_sock_addr *ctx, struct sl_des
 		sl_count(SL_REASON_SOCK_REJECT);
 		return -ECONNREFUSED;
 	}
-	slot = sl_pick_slot(master);
+	if (master->flags & SL_SVC_F_AFFINITY)
+		slot = sl_pick_with_affinity(ctx, master, proto);
+	else
+		slot = sl_pick_slot(master);
 	if (!slot) {
 		sl_count(SL_REASON_SOCK_REJECT);
 		return -ECONNREFUSED;

@@ -191,9 +191,45 @@ static const struct clb_abi_field abi_fields[] = {
 	CLB_FIELD(sl_sock_frontend, frontend_port),
 	CLB_FIELD(sl_sock_frontend, backend_port),
 	CLB_FIELD(sl_sock_frontend, rev_nat_id),
+	CLB_FIELD(sl_affinity_key, client),
+	CLB_FIELD(sl_affinity_key, rev_nat_id),
+	CLB_FIELD(sl_affinity_key, proto),
+	CLB_FIELD(sl_affinity_key, pad),
+	CLB_FIELD(sl_affinity_value, last_used_ns),
+	CLB_FIELD(sl_affinity_value, backend_id),
+	CLB_FIELD(sl_affinity_value, revision),
+	CLB_FIELD(sl_affinity_value, slot_offset),
+	CLB_FIELD(sl_frontend_meta, service),
+	CLB_FIELD(sl_frontend_meta, port_name),
+	CLB_FIELD(sl_source_range_key, prefixlen),
+	CLB_FIELD(sl_source_range_key, rev_nat_id),
+	CLB_FIELD(sl_source_range_key, addr),
+	CLB_FIELD(sl_health_check, service),
+	CLB_FIELD(sl_health_check, local_endpoints),
+	CLB_FIELD(sl_health_check, pad),
 };
 
 const struct clb_abi_field *clb_abi_field_at(size_t index)
 {
 	return index < sizeof(abi_fields) / sizeof(abi_fields[0]) ? &abi_fields[index] : NULL;
+}
+
+int clb_kernel_btf_has_func(const char *name)
+{
+	struct btf *btf = btf__load_vmlinux_btf();
+	int found;
+
+	if (!btf)
+		return errno ? -errno : -ENOENT;
+	found = btf__find_by_name_kind(btf, name, BTF_KIND_FUNC) >= 0;
+	btf__free(btf);
+	return found;
+}
+
+/* glibc's <sched.h> declares setns only under _GNU_SOURCE, which this file does not set. */
+extern int setns(int fd, int nstype);
+
+int clb_setns(int fd, int nstype)
+{
+	return setns(fd, nstype) ? -errno : 0;
 }

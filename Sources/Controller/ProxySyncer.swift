@@ -52,12 +52,16 @@ public final class ProxySyncer: @unchecked Sendable {
             services: objects.services, endpointSlices: objects.endpointSlices,
             node: proxyNode(from: objects.nodes), options: options)
         let diagnostics = result.diagnostics.map { "\($0.object): \($0.field): \($0.message)" }
+            + DesiredFrontend.frontends(from: result.plan).conflicts
         if diagnostics != lastDiagnostics {
             for line in diagnostics where !lastDiagnostics.contains(line) { logger.warning("\(line)") }
             lastDiagnostics = diagnostics
         }
-        let desired = DesiredFrontend.socketLoadBalancing(from: result.plan)
-        let report = reconciler.reconcile(desired, prune: prune, maps: maps)
+        let (desired, conflicts) = DesiredFrontend.frontends(from: result.plan)
+        for conflict in conflicts where !lastDiagnostics.contains(conflict) {
+            logger.warning("duplicate frontend ignored", metadata: ["conflict": "\(conflict)"])
+        }
+        let report = reconciler.reconcile(desired, healthChecks: DesiredFrontend.healthChecks(from: result.plan), prune: prune, maps: maps)
         for (change, error) in report.failed {
             logger.error("frontend left on its previous state", metadata: [
                 "service": "\(change.service)", "frontend": "\(change.key.map { "\($0)" } ?? "-")", "error": "\(error)",

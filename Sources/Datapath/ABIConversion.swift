@@ -132,3 +132,60 @@ extension sl_revnat {
         IPAddress(abiWords: addr).map { RevNatEntry(address: $0, port: UInt16(bigEndian: port)) }
     }
 }
+
+// MARK: - Introspection entries
+
+/// Copies `text` NUL-padded into a fixed C char array (truncating at a UTF-8 boundary).
+func writeFixedString<T>(_ text: String, into field: inout T) {
+    withUnsafeMutableBytes(of: &field) { raw in
+        raw.initializeMemory(as: UInt8.self, repeating: 0)
+        var fitting = Substring(text)
+        while fitting.utf8.count > raw.count - 1 { fitting = fitting.dropLast() }
+        raw.copyBytes(from: Array(fitting.utf8))
+    }
+}
+
+/// Reads a NUL-padded C char array.
+func readFixedString<T>(_ field: T) -> String {
+    withUnsafeBytes(of: field) { raw in
+        String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+    }
+}
+
+extension sl_frontend_meta {
+    init(_ meta: FrontendMeta) {
+        self.init()
+        writeFixedString(meta.service, into: &service)
+        writeFixedString(meta.portName, into: &port_name)
+    }
+
+    var frontendMeta: FrontendMeta { FrontendMeta(service: readFixedString(service), portName: readFixedString(port_name)) }
+}
+
+extension sl_source_range_key {
+    init(_ range: SourceRange) {
+        self.init()
+        let mappedPrefix = range.cidr.family == .v4 ? 96 + range.cidr.prefixLength : range.cidr.prefixLength
+        prefixlen = UInt32(32 + mappedPrefix)
+        rev_nat_id = range.revNatID
+        addr = range.cidr.address.abiWords
+    }
+
+    var sourceRange: SourceRange? {
+        guard let address = IPAddress(abiWords: addr) else { return nil }
+        let bits = Int(prefixlen) - 32 - (address.family == .v4 ? 96 : 0)
+        return CIDR(address: address, prefixLength: bits).map { SourceRange(revNatID: rev_nat_id, cidr: $0) }
+    }
+}
+
+extension sl_health_check {
+    init(_ entry: HealthCheckEntry) {
+        self.init()
+        writeFixedString(entry.service, into: &service)
+        local_endpoints = entry.localEndpoints
+    }
+
+    var healthCheckEntry: HealthCheckEntry {
+        HealthCheckEntry(service: readFixedString(service), localEndpoints: local_endpoints)
+    }
+}

@@ -11,6 +11,10 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
     public let revNats: BPFMap<UInt32, sl_revnat>
     public let sockRevNats: BPFMap<sl_sock_revnat_key, sl_sock_revnat_value>
     public let counters: BPFMap<UInt32, UInt64>
+    public let affinity: BPFMap<sl_affinity_key, sl_affinity_value>
+    public let meta: BPFMap<sl_service_key, sl_frontend_meta>
+    public let sourceRanges: BPFMap<sl_source_range_key, UInt8>
+    public let healthChecks: BPFMap<UInt32, sl_health_check>
 
     /// Opens the maps pinned under `pinPath` (no program is loaded).
     public init(pinPath: String) throws {
@@ -21,6 +25,10 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
         revNats = try BPFMap(pinnedAt: path(SL_MAP_NAME_REVNAT), name: SL_MAP_NAME_REVNAT)
         sockRevNats = try BPFMap(pinnedAt: path(SL_MAP_NAME_SOCK_REVNAT), name: SL_MAP_NAME_SOCK_REVNAT)
         counters = try BPFMap(pinnedAt: path(SL_MAP_NAME_COUNTERS), name: SL_MAP_NAME_COUNTERS)
+        affinity = try BPFMap(pinnedAt: path(SL_MAP_NAME_AFFINITY), name: SL_MAP_NAME_AFFINITY)
+        meta = try BPFMap(pinnedAt: path(SL_MAP_NAME_FRONTEND_META), name: SL_MAP_NAME_FRONTEND_META)
+        sourceRanges = try BPFMap(pinnedAt: path(SL_MAP_NAME_SOURCE_RANGES), name: SL_MAP_NAME_SOURCE_RANGES)
+        healthChecks = try BPFMap(pinnedAt: path(SL_MAP_NAME_HEALTH_CHECKS), name: SL_MAP_NAME_HEALTH_CHECKS)
     }
 
     public func apply(_ ops: [MapOp]) throws {
@@ -34,16 +42,20 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
     }
 
     private func apply(_ op: MapOp) throws {
-        do {
-            switch op {
-            case .upsertBackend(let id, let backend): try backends.update(id, sl_backend(backend))
-            case .deleteBackend(let id): try backends.delete(id)
-            case .upsertRevNat(let id, let entry): try revNats.update(id, sl_revnat(entry))
-            case .deleteRevNat(let id): try revNats.delete(id)
-            case .writeSlot(let index, let entry): try slots.update(index, sl_backend_slot(entry))
-            case .upsertMaster(let key, let entry): try services.update(sl_service_key(key), sl_service_value(entry))
-            case .deleteMaster(let key): try services.delete(sl_service_key(key))
-            }
+        switch op {
+        case .upsertBackend(let id, let backend): try backends.update(id, sl_backend(backend))
+        case .deleteBackend(let id): try backends.delete(id)
+        case .upsertRevNat(let id, let entry): try revNats.update(id, sl_revnat(entry))
+        case .deleteRevNat(let id): try revNats.delete(id)
+        case .writeSlot(let index, let entry): try slots.update(index, sl_backend_slot(entry))
+        case .upsertMaster(let key, let entry): try services.update(sl_service_key(key), sl_service_value(entry))
+        case .deleteMaster(let key): try services.delete(sl_service_key(key))
+        case .upsertMeta(let key, let entry): try meta.update(sl_service_key(key), sl_frontend_meta(entry))
+        case .deleteMeta(let key): try meta.delete(sl_service_key(key))
+        case .addSourceRange(let range): try sourceRanges.update(sl_source_range_key(range), 1)
+        case .deleteSourceRange(let range): try sourceRanges.delete(sl_source_range_key(range))
+        case .upsertHealthCheck(let port, let entry): try healthChecks.update(UInt32(port), sl_health_check(entry))
+        case .deleteHealthCheck(let port): try healthChecks.delete(UInt32(port))
         }
     }
 
@@ -64,6 +76,15 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
         }
         for (id, value) in revNats.entries() {
             if let entry = value.revNatEntry { state.revNats[id] = entry }
+        }
+        for (key, value) in meta.entries() {
+            if let frontend = key.frontendKey { state.meta[frontend] = value.frontendMeta }
+        }
+        for key in sourceRanges.keys() {
+            if let range = key.sourceRange { state.sourceRanges.insert(range) }
+        }
+        for (port, value) in healthChecks.entries() where port <= UInt32(UInt16.max) {
+            state.healthChecks[UInt16(port)] = value.healthCheckEntry
         }
         return state
     }

@@ -14,6 +14,8 @@ public enum OutcomeReason {
         "sock_reply_rewritten",
         "sock_peer_rewritten",
         "sock_proto_unsupported",
+        "sock_affinity_hit",
+        "sock_affinity_new",
     ]
 
     /// Number of reasons the BPF side counts.

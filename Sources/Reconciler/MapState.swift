@@ -48,6 +48,41 @@ public struct ServiceFlags: OptionSet, Hashable, Sendable {
     public static let reject = ServiceFlags(rawValue: 1 << 0)
     public static let drop = ServiceFlags(rawValue: 1 << 1)
     public static let affinity = ServiceFlags(rawValue: 1 << 2)
+    /// Traffic from this node uses the frontend's `.node`-scope entry (eTP=Local).
+    public static let nodeScope = ServiceFlags(rawValue: 1 << 3)
+}
+
+/// Which Service and port a frontend belongs to (introspection only).
+public struct FrontendMeta: Hashable, Sendable {
+    public var service: String
+    public var portName: String
+
+    public init(service: String, portName: String) {
+        self.service = service
+        self.portName = portName
+    }
+}
+
+/// One allowed client network of a LoadBalancer frontend (by its rev-NAT id).
+public struct SourceRange: Hashable, Sendable {
+    public var revNatID: UInt32
+    public var cidr: CIDR
+
+    public init(revNatID: UInt32, cidr: CIDR) {
+        self.revNatID = revNatID
+        self.cidr = cidr
+    }
+}
+
+/// A healthCheckNodePort listener as the health-check map holds it.
+public struct HealthCheckEntry: Hashable, Sendable {
+    public var service: String
+    public var localEndpoints: UInt32
+
+    public init(service: String, localEndpoints: UInt32) {
+        self.service = service
+        self.localEndpoints = localEndpoints
+    }
 }
 
 /// A frontend's entry in the service map: its active backend set is the slot range
@@ -132,6 +167,9 @@ public struct MapState: Equatable, Sendable {
     public var slots: [UInt32: SlotEntry] = [:]
     public var backends: [UInt32: BackendAddress] = [:]
     public var revNats: [UInt32: RevNatEntry] = [:]
+    public var meta: [FrontendKey: FrontendMeta] = [:]
+    public var sourceRanges: Set<SourceRange> = []
+    public var healthChecks: [UInt16: HealthCheckEntry] = [:]
 
     public init() {}
 
@@ -150,6 +188,12 @@ public struct MapState: Equatable, Sendable {
         case .deleteMaster(let key):
             if let old = masters[key] { release(old.slots) }
             masters[key] = nil
+        case .upsertMeta(let key, let entry): meta[key] = entry
+        case .deleteMeta(let key): meta[key] = nil
+        case .addSourceRange(let range): sourceRanges.insert(range)
+        case .deleteSourceRange(let range): sourceRanges.remove(range)
+        case .upsertHealthCheck(let port, let entry): healthChecks[port] = entry
+        case .deleteHealthCheck(let port): healthChecks[port] = nil
         }
     }
 
@@ -182,6 +226,12 @@ public enum MapOp: Hashable, Sendable, CustomStringConvertible {
     case writeSlot(UInt32, SlotEntry)
     case upsertMaster(FrontendKey, MasterEntry)
     case deleteMaster(FrontendKey)
+    case upsertMeta(FrontendKey, FrontendMeta)
+    case deleteMeta(FrontendKey)
+    case addSourceRange(SourceRange)
+    case deleteSourceRange(SourceRange)
+    case upsertHealthCheck(UInt16, HealthCheckEntry)
+    case deleteHealthCheck(UInt16)
 
     public var description: String {
         switch self {
@@ -193,6 +243,12 @@ public enum MapOp: Hashable, Sendable, CustomStringConvertible {
         case .upsertMaster(let key, let entry):
             return "\(key) -> slots \(entry.slotBase)+\(entry.count) rev \(entry.revision) flags \(entry.flags.rawValue)"
         case .deleteMaster(let key): return "delete \(key)"
+        case .upsertMeta(let key, let entry): return "meta \(key) = \(entry.service) \(entry.portName)"
+        case .deleteMeta(let key): return "delete meta \(key)"
+        case .addSourceRange(let range): return "source range revnat \(range.revNatID) \(range.cidr)"
+        case .deleteSourceRange(let range): return "delete source range revnat \(range.revNatID) \(range.cidr)"
+        case .upsertHealthCheck(let port, let entry): return "health check :\(port) \(entry.service) local=\(entry.localEndpoints)"
+        case .deleteHealthCheck(let port): return "delete health check :\(port)"
         }
     }
 

@@ -70,7 +70,8 @@ public struct Reconciler: Sendable {
     /// (before every source has synced) nothing is removed, only added or changed;
     /// frontends in `keeping` are never removed. Applying the same desired set twice
     /// yields no change the second time.
-    public func changes(to desired: [DesiredFrontend], prune: Bool, keeping: Set<FrontendKey> = []) -> [FrontendChange] {
+    public func changes(to desired: [DesiredFrontend], healthChecks: [UInt16: HealthCheckEntry]? = nil, prune: Bool,
+                        keeping: Set<FrontendKey> = []) -> [FrontendChange] {
         var planner = self
         var result: [FrontendChange] = []
         var wanted = Set<FrontendKey>()
@@ -85,6 +86,8 @@ public struct Reconciler: Sendable {
         for frontend in unique {
             if let change = planner.plan(frontend) { result.append(change) }
         }
+        if prune, let stale = planner.planStaleSourceRanges(desired: unique) { result.append(stale) }
+        if let healthChecks, let change = planner.planHealthChecks(healthChecks, prune: prune) { result.append(change) }
         if let collection = planner.collectUnreferenced() { result.append(collection) }
         return result
     }
@@ -97,6 +100,12 @@ public struct Reconciler: Sendable {
         var ops: [MapOp] = []
         let revNat = RevNatEntry(address: key.address, port: key.port)
         if state.revNats[revNatID] != revNat { ops.append(.upsertRevNat(revNatID, revNat)) }
+        if state.meta[key] != frontend.meta { ops.append(.upsertMeta(key, frontend.meta)) }
+        // Allowed sources go in before the frontend opens (or changes); stale ones are
+        // removed after every flip, by planStaleSourceRanges.
+        for cidr in frontend.sourceRanges where !state.sourceRanges.contains(SourceRange(revNatID: revNatID, cidr: cidr)) {
+            ops.append(.addSourceRange(SourceRange(revNatID: revNatID, cidr: cidr)))
+        }
 
         let backends = Array(frontend.backends.prefix(Int(UInt16.max)))
         var master = MasterEntry(
@@ -130,9 +139,41 @@ public struct Reconciler: Sendable {
     }
 
     private mutating func planRemoval(of key: FrontendKey) -> FrontendChange {
-        let op = MapOp.deleteMaster(key)
-        record(op)
-        return FrontendChange(key: key, service: "-", reason: .removed, ops: [op])
+        let service = state.meta[key]?.service ?? "-"
+        // The master goes first: no new connection reaches the frontend after it.
+        var ops: [MapOp] = [.deleteMaster(key)]
+        if state.meta[key] != nil { ops.append(.deleteMeta(key)) }
+        for op in ops { record(op) }
+        return FrontendChange(key: key, service: service, reason: .removed, ops: ops)
+    }
+
+    /// Source ranges no desired frontend asks for any more (after all flips).
+    private mutating func planStaleSourceRanges(desired: [DesiredFrontend]) -> FrontendChange? {
+        var wanted = Set<SourceRange>()
+        for frontend in desired {
+            guard let revNatID = state.masters[frontend.key]?.revNatID else { continue }
+            for cidr in frontend.sourceRanges { wanted.insert(SourceRange(revNatID: revNatID, cidr: cidr)) }
+        }
+        let stale = state.sourceRanges.subtracting(wanted)
+            .sorted { ($0.revNatID, $0.cidr) < ($1.revNatID, $1.cidr) }
+            .map { MapOp.deleteSourceRange($0) }
+        guard !stale.isEmpty else { return nil }
+        for op in stale { record(op) }
+        return FrontendChange(key: nil, service: "-", reason: .garbage, ops: stale)
+    }
+
+    /// healthCheckNodePort listeners: written as desired; removed only after sync.
+    private mutating func planHealthChecks(_ desired: [UInt16: HealthCheckEntry], prune: Bool) -> FrontendChange? {
+        var ops: [MapOp] = []
+        for (port, entry) in desired.sorted(by: { $0.key < $1.key }) where state.healthChecks[port] != entry {
+            ops.append(.upsertHealthCheck(port, entry))
+        }
+        if prune {
+            for port in state.healthChecks.keys.sorted() where desired[port] == nil { ops.append(.deleteHealthCheck(port)) }
+        }
+        guard !ops.isEmpty else { return nil }
+        for op in ops { record(op) }
+        return FrontendChange(key: nil, service: "-", reason: .changed, ops: ops)
     }
 
     /// Backends and rev-NAT entries nothing references any more. They go last, after
@@ -160,11 +201,13 @@ public struct Reconciler: Sendable {
     /// (kept as it is, not removed), and the remaining changes are planned again from the
     /// truth, so that no later change relies on a write that never happened. The caller
     /// retries the failed frontends on its next sync.
-    public mutating func reconcile(_ desired: [DesiredFrontend], prune: Bool, maps: LoadBalancerMaps) -> ApplyReport {
+    public mutating func reconcile(_ desired: [DesiredFrontend], healthChecks: [UInt16: HealthCheckEntry]? = nil, prune: Bool,
+                                   maps: LoadBalancerMaps) -> ApplyReport {
         var report = ApplyReport()
         var setAside = Set<FrontendKey>()
         while true {
-            let pending = changes(to: desired.filter { !setAside.contains($0.key) }, prune: prune, keeping: setAside)
+            let pending = changes(to: desired.filter { !setAside.contains($0.key) }, healthChecks: healthChecks,
+                                  prune: prune, keeping: setAside)
             var failure: FrontendChange?
             for change in pending {
                 if let error = change.planningError {
@@ -201,6 +244,8 @@ public struct Reconciler: Sendable {
             switch op {
             case .upsertBackend(let id, _) where state.backends[id] == nil: return .deleteBackend(id)
             case .upsertRevNat(let id, _) where state.revNats[id] == nil: return .deleteRevNat(id)
+            case .upsertMeta(let key, _) where state.meta[key] == nil: return .deleteMeta(key)
+            case .addSourceRange(let range) where !state.sourceRanges.contains(range): return .deleteSourceRange(range)
             default: return nil
             }
         }
@@ -249,6 +294,8 @@ public struct Reconciler: Sendable {
         case .deleteRevNat(let id):
             if let entry = state.revNats[id], revNatIDs[entry] == id { revNatIDs[entry] = nil }
             revNatRefs[id] = nil
+        case .upsertMeta, .deleteMeta, .addSourceRange, .deleteSourceRange, .upsertHealthCheck, .deleteHealthCheck:
+            break
         }
         state.apply(op)
     }

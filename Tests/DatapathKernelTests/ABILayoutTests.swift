@@ -44,6 +44,22 @@ final class ABILayoutTests: XCTestCase {
         "sl_sock_frontend.frontend_port": (MemoryLayout<sl_sock_frontend>.offset(of: \.frontend_port), 2),
         "sl_sock_frontend.backend_port": (MemoryLayout<sl_sock_frontend>.offset(of: \.backend_port), 2),
         "sl_sock_frontend.rev_nat_id": (MemoryLayout<sl_sock_frontend>.offset(of: \.rev_nat_id), 4),
+        "sl_affinity_key.client": (MemoryLayout<sl_affinity_key>.offset(of: \.client), 8),
+        "sl_affinity_key.rev_nat_id": (MemoryLayout<sl_affinity_key>.offset(of: \.rev_nat_id), 4),
+        "sl_affinity_key.proto": (MemoryLayout<sl_affinity_key>.offset(of: \.proto), 1),
+        "sl_affinity_key.pad": (MemoryLayout<sl_affinity_key>.offset(of: \.pad), 3),
+        "sl_affinity_value.last_used_ns": (MemoryLayout<sl_affinity_value>.offset(of: \.last_used_ns), 8),
+        "sl_affinity_value.backend_id": (MemoryLayout<sl_affinity_value>.offset(of: \.backend_id), 4),
+        "sl_affinity_value.revision": (MemoryLayout<sl_affinity_value>.offset(of: \.revision), 2),
+        "sl_affinity_value.slot_offset": (MemoryLayout<sl_affinity_value>.offset(of: \.slot_offset), 2),
+        "sl_frontend_meta.service": (MemoryLayout<sl_frontend_meta>.offset(of: \.service), 128),
+        "sl_frontend_meta.port_name": (MemoryLayout<sl_frontend_meta>.offset(of: \.port_name), 64),
+        "sl_source_range_key.prefixlen": (MemoryLayout<sl_source_range_key>.offset(of: \.prefixlen), 4),
+        "sl_source_range_key.rev_nat_id": (MemoryLayout<sl_source_range_key>.offset(of: \.rev_nat_id), 4),
+        "sl_source_range_key.addr": (MemoryLayout<sl_source_range_key>.offset(of: \.addr), 16),
+        "sl_health_check.service": (MemoryLayout<sl_health_check>.offset(of: \.service), 128),
+        "sl_health_check.local_endpoints": (MemoryLayout<sl_health_check>.offset(of: \.local_endpoints), 4),
+        "sl_health_check.pad": (MemoryLayout<sl_health_check>.offset(of: \.pad), 4),
     ]
 
     private let swiftSizes: [String: (size: Int, stride: Int)] = [
@@ -55,6 +71,11 @@ final class ABILayoutTests: XCTestCase {
         "sl_sock_revnat_key": (MemoryLayout<sl_sock_revnat_key>.size, MemoryLayout<sl_sock_revnat_key>.stride),
         "sl_sock_revnat_value": (MemoryLayout<sl_sock_revnat_value>.size, MemoryLayout<sl_sock_revnat_value>.stride),
         "sl_sock_frontend": (MemoryLayout<sl_sock_frontend>.size, MemoryLayout<sl_sock_frontend>.stride),
+        "sl_affinity_key": (MemoryLayout<sl_affinity_key>.size, MemoryLayout<sl_affinity_key>.stride),
+        "sl_affinity_value": (MemoryLayout<sl_affinity_value>.size, MemoryLayout<sl_affinity_value>.stride),
+        "sl_frontend_meta": (MemoryLayout<sl_frontend_meta>.size, MemoryLayout<sl_frontend_meta>.stride),
+        "sl_source_range_key": (MemoryLayout<sl_source_range_key>.size, MemoryLayout<sl_source_range_key>.stride),
+        "sl_health_check": (MemoryLayout<sl_health_check>.size, MemoryLayout<sl_health_check>.stride),
     ]
 
     func testEverySharedStructHasTheSameLayoutInSwiftAndC() {

@@ -40,7 +40,9 @@ final class VerifierAndPinTests: XCTestCase {
         }
         XCTAssertFalse(loaded.isEmpty)
         XCTAssertEqual(Set(file.pinnedMapNames), [SL_MAP_NAME_SERVICES, SL_MAP_NAME_SLOTS, SL_MAP_NAME_BACKENDS, SL_MAP_NAME_REVNAT,
-                                                  SL_MAP_NAME_SOCK_REVNAT, SL_MAP_NAME_COUNTERS, SL_MAP_NAME_SOCK_FRONTEND])
+                                                  SL_MAP_NAME_SOCK_REVNAT, SL_MAP_NAME_COUNTERS, SL_MAP_NAME_SOCK_FRONTEND,
+                                                  SL_MAP_NAME_AFFINITY, SL_MAP_NAME_FRONTEND_META, SL_MAP_NAME_SOURCE_RANGES,
+                                                  SL_MAP_NAME_HEALTH_CHECKS])
     }
 
     func testSockLBObjectPassesTheVerifier() throws {

@@ -37,9 +37,11 @@ final class ReconcilerTests: XCTestCase {
         // Every write the new set needs comes before the flip; every removal after.
         for (index, op) in ops.enumerated() {
             switch op {
-            case .upsertBackend, .writeSlot, .upsertRevNat: XCTAssertLessThan(index, flip, "\(op)")
-            case .deleteBackend, .deleteRevNat, .deleteMaster: XCTAssertGreaterThan(index, flip, "\(op)")
-            case .upsertMaster: break
+            case .upsertBackend, .writeSlot, .upsertRevNat, .upsertMeta, .addSourceRange:
+                XCTAssertLessThan(index, flip, "\(op)")
+            case .deleteBackend, .deleteRevNat, .deleteMaster, .deleteMeta, .deleteSourceRange:
+                XCTAssertGreaterThan(index, flip, "\(op)")
+            case .upsertMaster, .upsertHealthCheck, .deleteHealthCheck: break
             }
             if case .writeSlot(let slot, _) = op { XCTAssertFalse(oldMaster.slots.contains(slot), "the old range is never overwritten") }
         }
@@ -120,7 +122,7 @@ final class ReconcilerTests: XCTestCase {
         _ = reconciler.reconcile([frontend("198.19.0.1", ["198.18.0.11", "198.18.0.12"])], prune: true, maps: maps)
         let ops = reconciler.changes(to: [], prune: true).flatMap(\.ops)
         XCTAssertEqual(ops.first, .deleteMaster(key("198.19.0.1")))
-        XCTAssertEqual(Set(ops.dropFirst()), [.deleteBackend(1), .deleteBackend(2), .deleteRevNat(1)])
+        XCTAssertEqual(Set(ops.dropFirst()), [.deleteMeta(key("198.19.0.1")), .deleteBackend(1), .deleteBackend(2), .deleteRevNat(1)])
     }
 
     func testAFullSlotArrayLeavesThatFrontendOnItsPreviousStateAndOthersProceed() {

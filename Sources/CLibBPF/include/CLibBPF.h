@@ -59,4 +59,12 @@ struct clb_abi_field {
 };
 const struct clb_abi_field *clb_abi_field_at(size_t index);
 
+/* 1 if the running kernel's BTF (/sys/kernel/btf/vmlinux) has a function of this name (a
+ * kfunc such as bpf_sock_destroy, 6.5+), 0 if not, -errno if that BTF cannot be read. */
+int clb_kernel_btf_has_func(const char *name);
+
+/* setns(2), which glibc declares only under _GNU_SOURCE: moves the calling thread into the
+ * namespace that fd refers to (nstype: CLONE_NEW*, or 0 for any). 0 or -errno. */
+int clb_setns(int fd, int nstype);
+
 #endif

@@ -27,6 +27,10 @@
 #define SL_MAP_NAME_SOCK_REVNAT "sl_sock_rnat_v1"
 #define SL_MAP_NAME_SOCK_FRONTEND "sl_sock_fe_v1"
 #define SL_MAP_NAME_COUNTERS "sl_counters_v1"
+#define SL_MAP_NAME_AFFINITY "sl_affinity_v1"
+#define SL_MAP_NAME_FRONTEND_META "sl_fe_meta_v1"
+#define SL_MAP_NAME_SOURCE_RANGES "sl_src_range_v1"
+#define SL_MAP_NAME_HEALTH_CHECKS "sl_health_v1"
 
 /* Default capacities (entries); the loader may override them from the config. Slot
  * index 0 is never used, so a frontend without backends has slot_base 0. The slot array
@@ -37,6 +41,13 @@
 #define SL_DEFAULT_BACKENDS_MAX 131072
 #define SL_DEFAULT_REVNAT_MAX 65536
 #define SL_DEFAULT_SOCK_REVNAT_MAX 262144
+#define SL_DEFAULT_AFFINITY_MAX 65536
+#define SL_DEFAULT_SOURCE_RANGES_MAX 16384
+#define SL_DEFAULT_HEALTH_CHECKS_MAX 4096
+
+/* ClientIP affinity re-finds a remembered backend in a changed set by scanning at most
+ * this many slots; past that it chooses afresh (a bounded loop for the verifier). */
+#define SL_AFFINITY_SCAN_MAX 128
 
 /* sl_service_key.scope: which traffic an entry serves. Socket LB (traffic from this
  * node's pods and processes) uses SL_SCOPE_DEFAULT; the node-originated set of an
@@ -60,6 +71,7 @@ enum sl_service_flags {
 	SL_SVC_F_REJECT = 1 << 0,   /* no usable endpoint: connect()/sendmsg() get ECONNREFUSED */
 	SL_SVC_F_DROP = 1 << 1,     /* traffic policy says drop (e.g. iTP=Local, no local endpoint) */
 	SL_SVC_F_AFFINITY = 1 << 2, /* sessionAffinity ClientIP; timeout in affinity_timeout */
+	SL_SVC_F_NODE_SCOPE = 1 << 3, /* traffic from this node uses the SL_SCOPE_NODE entry */
 };
 
 /* Service map key: one entry per frontend. */
@@ -147,6 +159,50 @@ struct sl_sock_frontend {
 };
 _Static_assert(sizeof(struct sl_sock_frontend) == 40, "sl_sock_frontend layout");
 
+/* ClientIP affinity (LRU). The client is the network namespace of the socket (its netns
+ * cookie): one pod, or the host. Scoped per frontend and protocol. */
+struct sl_affinity_key {
+	__u64 client;      /* bpf_get_netns_cookie() of the connecting socket */
+	__u32 rev_nat_id;  /* the frontend */
+	__u8 proto;        /* IPPROTO_* */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct sl_affinity_key) == 16, "sl_affinity_key layout");
+
+struct sl_affinity_value {
+	__u64 last_used_ns; /* bpf_ktime_get_ns() of the latest new connection to the backend */
+	__u32 backend_id;
+	__u16 revision;     /* master revision when written: the slot offset is valid for it */
+	__u16 slot_offset;  /* offset of the backend in that revision's range */
+};
+_Static_assert(sizeof(struct sl_affinity_value) == 16, "sl_affinity_value layout");
+
+/* Introspection only (never read by BPF): which Service and port a frontend belongs to,
+ * keyed like the service map. NUL-padded strings. */
+struct sl_frontend_meta {
+	char service[128];  /* "namespace/name" */
+	char port_name[64]; /* the Service port's name, "" when unnamed */
+};
+_Static_assert(sizeof(struct sl_frontend_meta) == 192, "sl_frontend_meta layout");
+
+/* loadBalancerSourceRanges (LPM trie): (frontend rev-NAT id, client CIDR). prefixlen
+ * counts the rev-NAT id's 32 bits plus the CIDR's bits in v4-mapped form (96 + n for
+ * IPv4). Value: __u8, unused. */
+struct sl_source_range_key {
+	__u32 prefixlen;
+	__u32 rev_nat_id;
+	__be32 addr[4]; /* network order, IPv4 v4-mapped */
+};
+_Static_assert(sizeof(struct sl_source_range_key) == 24, "sl_source_range_key layout");
+
+/* healthCheckNodePort listeners the controller serves (key: __u32 port, host order). */
+struct sl_health_check {
+	char service[128];      /* "namespace/name", NUL-padded */
+	__u32 local_endpoints;  /* distinct local ready endpoint IPs */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct sl_health_check) == 136, "sl_health_check layout");
+
 /* Per-CPU outcome counters (array of __u64 indexed by this enum). Names are exported
  * as the "reason" label of swiftlane_datapath_outcomes_total; keep them in step with
  * Datapath/OutcomeReason.swift, which a test checks against SL_REASON_MAX. */
@@ -161,7 +217,9 @@ enum sl_reason {
 	SL_REASON_SOCK_REPLY_REWRITTEN = 7, /* recvmsg source rewritten backend -> frontend */
 	SL_REASON_SOCK_PEER_REWRITTEN = 8,  /* getpeername rewritten backend -> frontend */
 	SL_REASON_SOCK_PROTO_UNSUPPORTED = 9, /* frontend lookup skipped: not TCP/UDP */
-	SL_REASON_MAX = 10,
+	SL_REASON_SOCK_AFFINITY_HIT = 10,     /* ClientIP affinity reused the remembered backend */
+	SL_REASON_SOCK_AFFINITY_NEW = 11,     /* ClientIP affinity chose (afresh) and remembered */
+	SL_REASON_MAX = 12,
 };
 
 #endif /* SWIFTLANE_ABI_H */

@@ -67,6 +67,46 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_sock_fe_v1 SEC(".maps");
 
+/* ClientIP session affinity: (client netns, frontend, proto) -> backend, last use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sl_affinity_key);
+	__type(value, struct sl_affinity_value);
+	__uint(max_entries, SL_DEFAULT_AFFINITY_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_affinity_v1 SEC(".maps");
+
+/* Introspection: Service and port name of each frontend (written and read by the
+ * controller only; `swiftlane dump` shows them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_service_key);
+	__type(value, struct sl_frontend_meta);
+	__uint(max_entries, SL_DEFAULT_SERVICES_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_fe_meta_v1 SEC(".maps");
+
+/* loadBalancerSourceRanges per frontend (enforced by the external-traffic datapath). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sl_source_range_key);
+	__type(value, __u8);
+	__uint(max_entries, SL_DEFAULT_SOURCE_RANGES_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_src_range_v1 SEC(".maps");
+
+/* healthCheckNodePort listeners and their local endpoint counts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct sl_health_check);
+	__uint(max_entries, SL_DEFAULT_HEALTH_CHECKS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_health_v1 SEC(".maps");
+
 /* Outcome counters by enum sl_reason, per CPU so the hot path never contends. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
