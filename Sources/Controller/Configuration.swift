@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import struct ServiceModel.CIDR
+import struct ServiceModel.TranslationOptions
 import Yams
 
 /// Swiftlane's configuration file (mounted from a ConfigMap in a cluster). Keys and
@@ -15,6 +17,12 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
     public var bpfPinPath: String = "/sys/fs/bpf/swiftlane"
     /// trace, debug, info, notice, warning, error, critical.
     public var logLevel: Logger.Level = .info
+    /// kube-proxy's translation settings: `nodePortAddresses`, `clusterCIDR`,
+    /// `masqueradeAll`, `featureGates.PreferSameTrafficDistribution`.
+    public var translation = TranslationOptions()
+    /// Bursts of changes are coalesced: at most one sync per this many milliseconds
+    /// (kube-proxy's minSyncPeriod; the first change after a quiet period syncs at once).
+    public var minSyncPeriodMilliseconds: Int = 100
 
     public enum Source: Equatable, Sendable {
         case directory(Directory)
@@ -67,6 +75,32 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
                 throw Invalid(key: "logLevel", message: "\"\(level)\" is not one of trace, debug, info, notice, warning, error, critical")
             }
             config.logLevel = parsed
+        }
+        if let list = try reader.stringList("nodePortAddresses") {
+            for entry in list where entry != "primary" && CIDR(sloppy: entry) == nil {
+                throw Invalid(key: "nodePortAddresses", message: "\"\(entry)\" is neither a CIDR nor \"primary\"")
+            }
+            config.translation.nodePortAddresses = list
+        }
+        if let list = try reader.stringList("clusterCIDR", splittingOnCommas: true) {
+            config.translation.clusterCIDRs = try list.map { entry in
+                guard let cidr = CIDR(sloppy: entry) else { throw Invalid(key: "clusterCIDR", message: "\"\(entry)\" is not a CIDR") }
+                return cidr
+            }
+        }
+        if let value = try reader.bool("masqueradeAll") { config.translation.masqueradeAll = value }
+        if let gates = try reader.mapping("featureGates") {
+            var gateReader = KeyReader(mapping: gates, prefix: "featureGates.")
+            if let value = try gateReader.bool("PreferSameTrafficDistribution") {
+                config.translation.preferSameTrafficDistribution = value
+            }
+            try gateReader.rejectUnknown()
+        }
+        if let period = try reader.int("minSyncPeriodMilliseconds") {
+            guard (0...60_000).contains(period) else {
+                throw Invalid(key: "minSyncPeriodMilliseconds", message: "\(period) is outside 0...60000")
+            }
+            config.minSyncPeriodMilliseconds = period
         }
         if let sourceNode = try reader.mapping("source") {
             var sourceReader = KeyReader(mapping: sourceNode, prefix: "source.")
@@ -150,6 +184,33 @@ private struct KeyReader {
             throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "\"\(text)\" is not an integer")
         }
         return value
+    }
+
+    mutating func bool(_ key: String) throws -> Bool? {
+        guard let text = try string(key) else { return nil }
+        switch text {
+        case "true": return true
+        case "false": return false
+        default: throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "\"\(text)\" is not true or false")
+        }
+    }
+
+    /// A list of strings; with `splittingOnCommas`, a single comma-separated string too
+    /// (kube-proxy's `clusterCIDR: "10.0.0.0/8,fd00::/48"`).
+    mutating func stringList(_ key: String, splittingOnCommas: Bool = false) throws -> [String]? {
+        guard let value = try node(key) else { return nil }
+        if let scalar = value.scalar, splittingOnCommas {
+            return scalar.string.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        guard let sequence = value.sequence else {
+            throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "must be a list")
+        }
+        return try sequence.map { item in
+            guard let scalar = item.scalar else {
+                throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "must be a list of strings")
+            }
+            return scalar.string
+        }
     }
 
     mutating func mapping(_ key: String) throws -> Node.Mapping? {

@@ -34,7 +34,8 @@ public final class DirectorySource: @unchecked Sendable {
         self.logger = logger
     }
 
-    static func isManifest(_ name: String) -> Bool {
+    /// Whether a file name is one the directory source reads.
+    public static func isManifest(_ name: String) -> Bool {
         !name.hasPrefix(".") && (name.hasSuffix(".yaml") || name.hasSuffix(".yml") || name.hasSuffix(".json"))
     }
 

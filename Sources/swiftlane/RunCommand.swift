@@ -35,7 +35,8 @@ struct RunCommand: AsyncParsableCommand {
         let logger = Logger(label: "swiftlane")
         let datapath = try SocketLoadBalancer.install(
             DatapathOptions(pinPath: configuration.bpfPinPath, cgroupPath: configuration.cgroupPath), logger: logger)
-        let syncer = try ProxySyncer(nodeName: configuration.nodeName, maps: datapath.maps, logger: logger)
+        let syncer = try ProxySyncer(
+            nodeName: configuration.nodeName, options: configuration.translation, maps: datapath.maps, logger: logger)
         let service: any Service
         switch configuration.source {
         case .directory(let directory):

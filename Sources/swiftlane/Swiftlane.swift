@@ -13,7 +13,7 @@ struct Swiftlane: AsyncParsableCommand {
             `swiftlane cleanup` removes it.
             """,
         version: SwiftlaneVersion.current,
-        subcommands: [RunCommand.self, DemoCommand.self, CleanupCommand.self, VersionCommand.self, ProbeCommand.self]
+        subcommands: [RunCommand.self, DemoCommand.self, PlanCommand.self, DumpCommand.self, CleanupCommand.self, VersionCommand.self, ProbeCommand.self]
     )
 }
 

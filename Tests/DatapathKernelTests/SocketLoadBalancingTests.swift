@@ -194,4 +194,49 @@ final class SocketLoadBalancingTests: XCTestCase {
         XCTAssertEqual(counters["sock_slot_missing"], 0, "no reader ever found a half-written or reused range")
         XCTAssertEqual(counters["sock_reject"], 0)
     }
+
+    func testClientIPAffinityKeepsAClientOnOneBackendUntilTheTimeoutPasses() throws {
+        let vip = lab.vipIPv4(24)
+        try harness.apply(LabManifests.documents(
+            LabManifests.service(name: "sticky", clusterIPs: [vip])
+                .replacingOccurrences(of: "  type: ClusterIP\n", with: "  type: ClusterIP\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n"),
+            LabManifests.slice(service: "sticky", addresses: lab.backends.map(\.ipv4))))
+        XCTAssertEqual(try harness.datapath.maps.readState().servedPlan.frontends.first { $0.service == "default/sticky" }?.affinitySeconds, 1)
+        var chosen: [String] = []
+        for _ in 0..<8 {
+            // Within the timeout every new connection from this client lands on one backend.
+            let report = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 20)
+            XCTAssertEqual(report.ok, 20)
+            XCTAssertEqual(report.backends.count, 1, "affinity within the timeout: \(report.backends)")
+            chosen.append(contentsOf: report.backends.keys)
+            // After the timeout the choice is made afresh (uniformly: 8 rounds all on the same
+            // backend would happen once in 2,187 runs).
+            Thread.sleep(forTimeInterval: 1.2)
+        }
+        XCTAssertGreaterThan(Set(chosen).count, 1, "re-chosen after the timeout: \(chosen)")
+        let counters = harness.datapath.maps.outcomeCounters()
+        XCTAssertGreaterThanOrEqual(counters["sock_affinity_hit"] ?? 0, 8 * 19)
+        XCTAssertGreaterThanOrEqual(counters["sock_affinity_new"] ?? 0, 8)
+    }
+
+    func testAffinityFollowsTheBackendAcrossAChangedSetAndDropsItWhenItLeaves() throws {
+        let vip = lab.vipIPv4(25)
+        func manifests(_ backends: [LabBackend]) -> String {
+            LabManifests.documents(
+                LabManifests.service(name: "sticky2", clusterIPs: [vip])
+                    .replacingOccurrences(of: "  type: ClusterIP\n", with: "  type: ClusterIP\n  sessionAffinity: ClientIP\n"),
+                LabManifests.slice(service: "sticky2", addresses: backends.map(\.ipv4)))
+        }
+        try harness.apply(manifests(Array(lab.backends.prefix(2))))
+        let first = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 10)
+        let stuck = try XCTUnwrap(first.backends.keys.first)
+        // A new set that still holds the backend (new slot range, other positions).
+        try harness.apply(manifests(lab.backends.reversed()))
+        XCTAssertEqual(try harness.probe.tcp(target: harness.ipv4Target(vip), count: 10).backends, [stuck: 10])
+        // The backend leaves: the client moves to one of the others, and stays there.
+        try harness.apply(manifests(lab.backends.filter { $0.name != stuck }))
+        let moved = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 10)
+        XCTAssertEqual(moved.backends.count, 1)
+        XCTAssertNil(moved.backends[stuck])
+    }
 }
