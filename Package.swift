@@ -5,6 +5,7 @@ import PackageDescription
 //   CLibBPF, CLibCurl (C shims) ─┐
 //   ServiceModel (pure values) ──┼─> Reconciler (diff) ─> Datapath (kernel) ─> Controller ─> swiftlane
 //   BPFObjects (embedded .o) ────┘
+// KubeAPI (libcurl list/watch client) feeds the Controller.
 // NetLab (namespaces, cgroups, traffic probes) serves the demo, the tests and the benchmarks.
 let package = Package(
     name: "Swiftlane",
@@ -39,6 +40,14 @@ let package = Package(
             name: "Reconciler",
             dependencies: ["ServiceModel"]
         ),
+        .target(
+            name: "KubeAPI",
+            dependencies: [
+                "CLibCurl", "ServiceModel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
 
         // MARK: Kernel layer
         .executableTarget(name: "bpf-embed", path: "Sources/bpf-embed"),
@@ -56,7 +65,7 @@ let package = Package(
         .target(
             name: "Controller",
             dependencies: [
-                "ServiceModel", "Reconciler", "Datapath",
+                "ServiceModel", "Reconciler", "Datapath", "KubeAPI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -66,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "swiftlane",
             dependencies: [
-                "Controller", "Datapath", "ServiceModel", "NetLab",
+                "Controller", "Datapath", "ServiceModel", "NetLab", "KubeAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -85,6 +94,14 @@ let package = Package(
         .testTarget(
             name: "ControllerTests",
             dependencies: ["Controller", "ServiceModel", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
+            name: "KubeAPITests",
+            dependencies: [
+                "KubeAPI", "Controller", "Datapath", "ServiceModel", "NetLab", "swiftlane",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["FakeAPIServer", "Fixtures"]
         ),
         .testTarget(
             name: "DatapathKernelTests",
