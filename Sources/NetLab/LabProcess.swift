@@ -346,6 +346,20 @@ public struct ProbeRunner: Sendable {
         }
     }
 
+    /// Starts `probe udp-hold` and returns once its sockets have made their first exchange.
+    public func startUDPHold(target: String, sockets: Int, timeoutMs: Int = 1000) throws -> UDPHoldSession {
+        let process = try LabProcess.start(
+            argv: command(["udp-hold", "--target", target, "--sockets", "\(sockets)", "--timeout-ms", "\(timeoutMs)"]),
+            netns: netns)
+        do {
+            let established = try process.readJSON(UDPHoldReport.self, timeout: timeout)
+            return UDPHoldSession(process: process, established: established, timeout: timeout)
+        } catch {
+            process.stop()
+            throw error
+        }
+    }
+
     /// The argv for `probe <args> [--cgroup PATH]` (without the netns prefix).
     public func command(_ args: [String]) -> [String] {
         var argv = [binary, "probe"] + args
@@ -383,6 +397,31 @@ public final class HoldSession: @unchecked Sendable {
         defer { process.stop() }
         try process.writeLine("go")
         let report = try process.readJSON(HoldReport.self, timeout: timeout)
+        _ = process.waitForExit(timeout: 10)
+        return report
+    }
+
+    deinit { process.stop() }
+}
+
+/// A running `probe udp-hold`: its sockets are connected; `finish()` lets it exchange again.
+public final class UDPHoldSession: @unchecked Sendable {
+    public let process: LabProcess
+    /// The first-phase report (which backend each socket reached).
+    public let established: UDPHoldReport
+    private let timeout: Double
+
+    init(process: LabProcess, established: UDPHoldReport, timeout: Double) {
+        self.process = process
+        self.established = established
+        self.timeout = timeout
+    }
+
+    /// Tells the probe to exchange again on every socket and returns the final report.
+    public func finish() throws -> UDPHoldReport {
+        defer { process.stop() }
+        try process.writeLine("go")
+        let report = try process.readJSON(UDPHoldReport.self, timeout: timeout)
         _ = process.waitForExit(timeout: 10)
         return report
     }

@@ -84,6 +84,38 @@ public struct HoldReport: Codable, Equatable, Sendable {
     }
 }
 
+/// State of a `udp-hold` run: connected UDP sockets held open across a change (a backend
+/// leaving its service), what each reached first, and what became of each afterwards.
+public struct UDPHoldReport: Codable, Equatable, Sendable {
+    /// One held socket.
+    public struct Socket: Codable, Equatable, Sendable {
+        /// First exchange: the backend that answered, or the failure (errno name of
+        /// connect/send/recv, ETIMEDOUT for no reply).
+        public var first: String
+        /// Second exchange on the same socket: the backend that answered, or what the
+        /// application saw: the recv() error if there was one (ECONNABORTED for a socket
+        /// that was destroyed), else the send() error, else ETIMEDOUT.
+        public var second: String?
+        /// errno name of the second send(), nil when it went out.
+        public var sendError: String?
+        /// errno name of the second recv(), nil when a reply came (or nothing was pending
+        /// after a failed send).
+        public var receiveError: String?
+        /// After a failed second exchange, what a resolver does: connect() the same socket
+        /// to the target again and exchange. The backend that answered, or the failure.
+        public var reconnected: String?
+
+        public init(first: String) { self.first = first }
+    }
+
+    public var target: String
+    public var sockets: [Socket] = []
+    /// False in the first report (sockets established), true in the second.
+    public var finished = false
+
+    public init(target: String) { self.target = target }
+}
+
 /// Outcome of `ProbeClient.connectLoopLatency`.
 public struct ConnectLoopReport: Codable, Equatable, Sendable {
     public enum Proto: String, Codable, Sendable, CaseIterable { case tcp, udp }
@@ -447,5 +479,79 @@ public enum ProbeClient {
 
     static func append(_ sequence: inout [String], _ outcome: String) {
         if sequence.count < sequenceLimit { sequence.append(outcome) }
+    }
+}
+
+// MARK: - Connected UDP sockets held across a change
+
+extension ProbeClient {
+    /// Opens `sockets` connected UDP sockets to `target`, one exchange each (which backend
+    /// answered), calls `between` with that first report (the CLI prints it and waits for
+    /// a line on stdin), then exchanges once more on every socket and reports the outcome
+    /// and errno names; a socket whose second exchange fails is connect()ed to the target
+    /// again, as a resolver would, and exchanges once more.
+    public static func udpHold(
+        target: String,
+        sockets count: Int,
+        timeoutMs: Int = 1000,
+        between: (UDPHoldReport) throws -> Void = ProbeClient.printAndWaitForLine
+    ) throws -> UDPHoldReport {
+        let endpoint = try LabEndpoint(target)
+        let destination = SockAddr(endpoint)
+        var report = UDPHoldReport(target: endpoint.description)
+        Sock.ensureDescriptors(count)
+        var fds: [Int32] = []
+        defer { for fd in fds where fd >= 0 { close(fd) } }
+        func connectAndExchange(_ fd: Int32, _ tag: String) -> String {
+            if destination.withSockaddr({ connect(fd, $0, $1) }) != 0 { return ErrnoName.name(errno) }
+            let outcome = udpExchange(fd, payload: tag, timeoutMs: timeoutMs)
+            return outcome.backend ?? outcome.receiveError ?? outcome.sendError ?? "ETIMEDOUT"
+        }
+        for index in 0..<max(count, 0) {
+            let fd = socket(destination.family, Sock.dgram | Sock.cloexec, 0)
+            if fd < 0 { throw NetLabError.system(what: "socket", errno: errno) }
+            fds.append(fd)
+            report.sockets.append(UDPHoldReport.Socket(first: connectAndExchange(fd, "hold \(index)")))
+        }
+        try between(report)
+
+        for (index, fd) in fds.enumerated() {
+            let outcome = udpExchange(fd, payload: "again \(index)", timeoutMs: timeoutMs)
+            report.sockets[index].sendError = outcome.sendError
+            report.sockets[index].receiveError = outcome.receiveError
+            report.sockets[index].second = outcome.backend ?? outcome.receiveError ?? outcome.sendError ?? "ETIMEDOUT"
+            if outcome.backend == nil {
+                report.sockets[index].reconnected = connectAndExchange(fd, "reconnect \(index)")
+            }
+        }
+        report.finished = true
+        return report
+    }
+
+    /// The CLI's pause between the two phases of `udp-hold` (see `printAndWaitForLine`).
+    public static func printAndWaitForLine(_ report: UDPHoldReport) throws {
+        print(try ProbeJSON.encode(report))
+        fflush(stdout)
+        _ = readLine()
+    }
+
+    /// One request/reply on a connected UDP socket. A destroyed socket is no longer
+    /// connected, so its send() fails (EDESTADDRREQ); its pending error (ECONNABORTED) is
+    /// what recv() returns, and is read even after a failed send.
+    static func udpExchange(_ fd: Int32, payload: String, timeoutMs: Int)
+        -> (backend: String?, sendError: String?, receiveError: String?)
+    {
+        let bytes = Array(payload.utf8)
+        var sendError: String?
+        if bytes.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) < 0 {
+            sendError = ErrnoName.name(errno)
+        }
+        let revents = Sock.wait(fd, events: Int16(POLLIN), timeoutMs: sendError == nil ? timeoutMs : 0)
+        if revents == 0 { return (nil, sendError, sendError == nil ? "ETIMEDOUT" : nil) }
+        if revents < 0 { return (nil, sendError, ErrnoName.name(errno)) }
+        var buffer = [UInt8](repeating: 0, count: 2048)
+        let received = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+        if received < 0 { return (nil, sendError, ErrnoName.name(errno)) }
+        return (parseGreeting(String(decoding: buffer[0..<received], as: UTF8.self)).backend, sendError, nil)
     }
 }

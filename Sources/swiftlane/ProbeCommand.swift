@@ -5,13 +5,13 @@ import NetLab
 /// `swiftlane probe …`: the internal traffic probe that the demo, the kernel tests and the
 /// benchmarks launch inside lab namespaces (`ip netns exec NS swiftlane probe …`). Hidden
 /// from help. Client subcommands print one JSON report on stdout (see NetLab's
-/// `TCPProbeReport`, `UDPProbeReport`, `HoldReport`, `ConnectLoopReport`).
+/// `TCPProbeReport`, `UDPProbeReport`, `HoldReport`, `UDPHoldReport`, `ConnectLoopReport`).
 struct ProbeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "probe",
         abstract: "Internal traffic probe used by the demo, the kernel tests and the benchmarks.",
         shouldDisplay: false,
-        subcommands: [Serve.self, TCP.self, UDP.self, Hold.self, Latency.self]
+        subcommands: [Serve.self, TCP.self, UDP.self, Hold.self, UDPHold.self, Latency.self]
     )
 }
 
@@ -152,6 +152,30 @@ extension ProbeCommand {
                 target: options.target, connections: connections, connectTimeoutMs: connectTimeoutMs,
                 echoTimeoutMs: echoTimeoutMs)
             try emit(report)
+        }
+    }
+
+    struct UDPHold: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "udp-hold",
+            abstract: "Hold connected UDP sockets: exchange once, wait for a line on stdin, exchange again.",
+            discussion: """
+                Prints two UDPHoldReport lines: after the first exchange (the backend each socket \
+                reached), and after the second (the outcome and errno names; a destroyed socket \
+                yields ECONNABORTED), including a reconnect of each socket that failed.
+                """)
+
+        @OptionGroup var options: ClientOptions
+
+        @Option(help: "Connected sockets to hold.")
+        var sockets: Int = 1
+
+        @Option(help: "Wait for each reply at most this long, milliseconds.")
+        var timeoutMs: Int = 1000
+
+        func run() throws {
+            try options.joinCgroup()
+            try emit(ProbeClient.udpHold(target: options.target, sockets: sockets, timeoutMs: timeoutMs))
         }
     }
 
