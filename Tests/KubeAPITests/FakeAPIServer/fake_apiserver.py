@@ -131,7 +131,7 @@ class Store:
         self.rv = 1000
         self.objects = {name: {} for name in BY_NAME}      # resource -> key -> (dict, bytes)
         self.history = []                                  # (rv, resource, type, old dict, new dict, bytes)
-        self.compacted = 0                                 # events with rv <= this are gone
+        self.compacted = 0                                 # versions before this one are gone
         self.watchers = set()
         self.watcher_added = asyncio.Event()
         self.uids = itertools.count(1)
@@ -161,11 +161,14 @@ class Store:
         self.publish(resource, event_type, old[0] if old else None, obj, data, record)
         return self.rv
 
-    def delete(self, resource, key):
+    def delete(self, resource, key, silent=False):
+        """`silent`: no event at all, as if it had been compacted away before any watcher saw it."""
         old = self.objects[resource].pop(key, None)
         if old is None:
             return None
         self.rv += 1
+        if silent:
+            return self.rv
         obj = dict(old[0])
         obj["metadata"] = dict(obj["metadata"], resourceVersion=str(self.rv))
         data = json.dumps(obj, separators=(",", ":")).encode()
@@ -446,6 +449,9 @@ class FakeAPIServer:
                  "peer": request.peer, "host": request.headers.get("host") or request.headers.get(":authority")}
         self.requests.append(entry)
         json_headers = [("Content-Type", "application/json")]
+        watch = request.query.get("watch") in ("true", "1")
+        verb = "watch" if watch else "list"
+        entry["verb"] = verb
 
         if self.tokens or self.args.require_client_cert:
             token = (request.headers.get("authorization") or "")[len("Bearer "):]
@@ -458,9 +464,6 @@ class FakeAPIServer:
             entry["status"] = 404
             return await self.respond(w, 404, status_body(404, "NotFound", "the server could not find the requested resource"))
         resource = route[0]
-        watch = request.query.get("watch") in ("true", "1")
-        verb = "watch" if watch else "list"
-        entry["verb"] = verb
         entry["resource"] = resource
         fault = self.take_fault(resource, verb, request.query) or {}
         entry["fault"] = {k: v for k, v in fault.items() if k != "count"}
@@ -491,7 +494,7 @@ class FakeAPIServer:
         _, kind, api_version, _ = route
         query = request.query
         rv = query.get("resourceVersion", "")
-        if rv not in ("", "0") and "continue" not in query and rv.isdigit() and int(rv) <= self.store.compacted:
+        if rv not in ("", "0") and "continue" not in query and rv.isdigit() and int(rv) < self.store.compacted:
             entry["status"] = 410
             return await self.respond(w, 410, status_body(410, "Expired", "too old resource version: %s (%d)" % (rv, self.store.compacted + 1)))
         limit = int(query.get("limit") or 0)
@@ -556,7 +559,7 @@ class FakeAPIServer:
                 lines.append(b'{"type":"ADDED","object":' + data + b"}\n")
             if streaming_list:
                 lines.append(self.bookmark(resource, end_marker=True))
-        elif rv.isdigit() and int(rv) <= self.store.compacted:
+        elif rv.isdigit() and int(rv) < self.store.compacted:
             lines.append(self.error_event(410, fault.get("reason", "Expired"), "too old resource version: %s (%d)" % (rv, self.store.compacted + 1)))
             lines.append(None)
         else:
@@ -589,7 +592,9 @@ class FakeAPIServer:
                         continue
                     line = self.bookmark(resource, end_marker=False)
                 if cut_after is not None and events_sent >= cut_after:
-                    # Half an object, then the connection dies.
+                    # Half an object, then the connection dies. The pause first lets the
+                    # client read the whole events: a reset discards unread data.
+                    await asyncio.sleep(0.3)
                     await w.write(line[: len(line) // 2])
                     await asyncio.sleep(0.05)
                     w.abort()
@@ -626,7 +631,7 @@ class FakeAPIServer:
         if op == "upsert":
             return {"rv": str(store.upsert(cmd["resource"], cmd["object"]))}
         if op == "delete":
-            rv = store.delete(cmd["resource"], cmd["key"])
+            rv = store.delete(cmd["resource"], cmd["key"], cmd.get("silent", False))
             return {"rv": str(rv) if rv else None}
         if op == "fault":
             fault = {k: v for k, v in cmd.items() if k != "op"}
@@ -645,6 +650,8 @@ class FakeAPIServer:
                 if watcher.resource == cmd["resource"]:
                     watcher.queue.put_nowait(("line", lines))
                     watcher.queue.put_nowait(("end", None))
+                    # Ending now: wait_watchers must count only the watches that follow.
+                    store.watchers.discard(watcher)
                     count += 1
             return {"watchers": count}
         if op == "end_watches":
@@ -652,6 +659,7 @@ class FakeAPIServer:
             for watcher in list(store.watchers):
                 if cmd.get("resource") in (None, watcher.resource):
                     watcher.queue.put_nowait(("abort" if cmd.get("abort") else "end", None))
+                    store.watchers.discard(watcher)
                     count += 1
             return {"watchers": count}
         if op == "bookmark":

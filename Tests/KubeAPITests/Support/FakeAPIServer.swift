@@ -220,8 +220,8 @@ final class FakeAPIServer: @unchecked Sendable {
     }
 
     @discardableResult
-    func delete(_ resource: String, key: String) throws -> String? {
-        try command("delete", ["resource": resource, "key": key])["rv"] as? String
+    func delete(_ resource: String, key: String, silently: Bool = false) throws -> String? {
+        try command("delete", ["resource": resource, "key": key, "silent": silently])["rv"] as? String
     }
 
     /// Queues a fault for the next matching request(s).
@@ -236,6 +236,7 @@ final class FakeAPIServer: @unchecked Sendable {
     }
 
     /// The requests served so far, oldest first.
+    @discardableResult
     func requests(clear: Bool = false) throws -> [ServedRequest] {
         let list = try command("requests", ["clear": clear])["requests"] as? [[String: Any]] ?? []
         return list.map(ServedRequest.init)
