@@ -1,4 +1,5 @@
 import Foundation
+import struct KubeAPI.ServerURL
 import Logging
 import struct ServiceModel.CIDR
 import struct ServiceModel.TranslationOptions
@@ -9,8 +10,13 @@ import Yams
 public struct SwiftlaneConfiguration: Equatable, Sendable {
     /// The node this proxy runs on (endpoint locality, topology). `NODE_NAME` overrides.
     public var nodeName: String = ProcessInfo.processInfo.hostName
-    /// Where Services and EndpointSlices come from.
-    public var source: Source = .directory(Directory(path: "/etc/swiftlane/manifests"))
+    /// Where Services and EndpointSlices come from: the Kubernetes API unless configured.
+    public var source: Source = .kubernetes(Kubernetes())
+    /// When set, only Services and EndpointSlices labelled
+    /// `service.kubernetes.io/service-proxy-name: <this>` are proxied (objects of the
+    /// default proxy are left to it); unset: kube-proxy's selector, which skips every
+    /// object carrying that label.
+    public var serviceProxyName: String?
     /// cgroup v2 directory the socket programs attach to; nil = autodetected root.
     public var cgroupPath: String?
     /// bpffs directory for pinned maps and links.
@@ -26,6 +32,28 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
 
     public enum Source: Equatable, Sendable {
         case directory(Directory)
+        case kubernetes(Kubernetes)
+    }
+
+    /// The Kubernetes API source (`source.kubernetes`).
+    public struct Kubernetes: Equatable, Sendable {
+        /// A kubeconfig file; nil: the pod's service account when in a cluster, else
+        /// `$KUBECONFIG` or `~/.kube/config`.
+        public var kubeconfig: String?
+        /// The API server's URL, overriding the kubeconfig's and in-cluster address: the
+        /// `kubernetes` Service VIP cannot be used before this proxy has programmed it.
+        public var apiServer: String?
+        /// Client-side rate limit of API requests (kube-proxy's defaults: 5 per second,
+        /// bursts of 10).
+        public var qps: Double = 5
+        public var burst: Int = 10
+
+        public init(kubeconfig: String? = nil, apiServer: String? = nil, qps: Double = 5, burst: Int = 10) {
+            self.kubeconfig = kubeconfig
+            self.apiServer = apiServer
+            self.qps = qps
+            self.burst = burst
+        }
     }
 
     public struct Directory: Equatable, Sendable {
@@ -102,9 +130,21 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
             }
             config.minSyncPeriodMilliseconds = period
         }
+        if let name = try reader.string("serviceProxyName") {
+            guard isLabelValue(name), !name.isEmpty else {
+                throw Invalid(key: "serviceProxyName", message: "\"\(name)\" is not a valid label value (1-63 of [A-Za-z0-9-_.], alphanumeric at both ends)")
+            }
+            config.serviceProxyName = name
+        }
         if let sourceNode = try reader.mapping("source") {
             var sourceReader = KeyReader(mapping: sourceNode, prefix: "source.")
-            if let directoryNode = try sourceReader.node("directory") {
+            let named = Set(sourceNode.keys.compactMap(\.string))
+            if named.isSuperset(of: ["directory", "kubernetes"]) {
+                throw Invalid(key: "source", message: "names both `directory` and `kubernetes`; choose one")
+            }
+            if named.contains("kubernetes") {
+                config.source = .kubernetes(try parseKubernetes(try sourceReader.node("kubernetes"), baseDirectory))
+            } else if let directoryNode = try sourceReader.node("directory") {
                 var directory: Directory
                 if let path = directoryNode.scalar?.string {
                     directory = Directory(path: resolve(path, baseDirectory))
@@ -126,7 +166,7 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
                 }
                 config.source = .directory(directory)
             } else {
-                throw Invalid(key: "source", message: "must name a source: `directory`")
+                throw Invalid(key: "source", message: "must name a source: `kubernetes` or `directory`")
             }
             try sourceReader.rejectUnknown()
         }
@@ -143,6 +183,52 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
             throw Invalid(key: "(file)", message: "cannot read \(path): \(error.localizedDescription)")
         }
         return try parse(yaml: text, environment: environment, relativeTo: (path as NSString).deletingLastPathComponent)
+    }
+
+    /// `source.kubernetes`: a mapping (possibly empty or null: in-cluster defaults).
+    private static func parseKubernetes(_ node: Node?, _ baseDirectory: String?) throws -> Kubernetes {
+        var kubernetes = Kubernetes()
+        guard let node else { return kubernetes }
+        if let scalar = node.scalar, scalar.string.isEmpty { return kubernetes }
+        guard let mapping = node.mapping else {
+            throw Invalid(key: "source.kubernetes", message: "must be a mapping with kubeconfig, apiServer, qps, burst")
+        }
+        var reader = KeyReader(mapping: mapping, prefix: "source.kubernetes.")
+        if let path = try reader.string("kubeconfig") {
+            guard !path.isEmpty else { throw Invalid(key: "source.kubernetes.kubeconfig", message: "must not be empty") }
+            kubernetes.kubeconfig = resolve(path, baseDirectory)
+        }
+        if let url = try reader.string("apiServer") {
+            do {
+                _ = try ServerURL(parsing: url)
+            } catch {
+                throw Invalid(key: "source.kubernetes.apiServer", message: "\(error)")
+            }
+            kubernetes.apiServer = url
+        }
+        if let text = try reader.string("qps") {
+            guard let qps = Double(text), qps > 0, qps <= 10_000 else {
+                throw Invalid(key: "source.kubernetes.qps", message: "\"\(text)\" is not a number in (0, 10000]")
+            }
+            kubernetes.qps = qps
+        }
+        if let burst = try reader.int("burst") {
+            guard (1...100_000).contains(burst) else {
+                throw Invalid(key: "source.kubernetes.burst", message: "\(burst) is outside 1...100000")
+            }
+            kubernetes.burst = burst
+        }
+        try reader.rejectUnknown()
+        return kubernetes
+    }
+
+    /// A Kubernetes label value: at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends.
+    private static func isLabelValue(_ text: String) -> Bool {
+        guard text.count <= 63 else { return false }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+        guard text.allSatisfy(allowed.contains) else { return false }
+        guard let first = text.first, let last = text.last else { return true }
+        return first.isLetter || first.isNumber ? (last.isLetter || last.isNumber) : false
     }
 
     private static func resolve(_ path: String, _ base: String?) -> String {

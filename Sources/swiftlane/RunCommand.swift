@@ -2,6 +2,7 @@ import ArgumentParser
 import Controller
 import Datapath
 import Foundation
+import KubeAPI
 import Logging
 import ServiceLifecycle
 
@@ -43,6 +44,21 @@ struct RunCommand: AsyncParsableCommand {
             service = DirectorySyncService(
                 source: DirectorySource(path: directory.path, logger: logger), syncer: syncer,
                 pollInterval: .milliseconds(directory.pollIntervalMilliseconds), logger: logger)
+        case .kubernetes(let kubernetes):
+            let clientConfiguration: ClientConfiguration
+            do {
+                clientConfiguration = try ClientConfiguration.resolve(
+                    kubeconfig: kubernetes.kubeconfig, apiServer: kubernetes.apiServer,
+                    environment: ProcessInfo.processInfo.environment)
+            } catch {
+                throw ValidationError("source.kubernetes: \(error)")
+            }
+            let client = try KubeClient(
+                configuration: clientConfiguration, limits: .init(qps: kubernetes.qps, burst: kubernetes.burst),
+                logger: logger)
+            service = KubernetesSyncService(
+                client: client, syncer: syncer, serviceProxyName: configuration.serviceProxyName,
+                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), logger: logger)
         }
         let group = ServiceGroup(configuration: .init(
             services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

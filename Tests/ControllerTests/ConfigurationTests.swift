@@ -27,6 +27,37 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertNil(config.cgroupPath)
     }
 
+    func testTheKubernetesSourceIsTheDefault() throws {
+        let config = try SwiftlaneConfiguration.parse(yaml: "nodeName: node-a", environment: [:])
+        XCTAssertEqual(config.source, .kubernetes(.init()))
+        XCTAssertNil(config.serviceProxyName)
+        guard case .kubernetes(let kubernetes) = config.source else { return XCTFail() }
+        XCTAssertNil(kubernetes.kubeconfig)
+        XCTAssertNil(kubernetes.apiServer)
+        XCTAssertEqual(kubernetes.qps, 5, "kube-proxy's default")
+        XCTAssertEqual(kubernetes.burst, 10)
+    }
+
+    func testEveryKubernetesSourceKeyParses() throws {
+        let config = try SwiftlaneConfiguration.parse(yaml: """
+            serviceProxyName: swiftlane
+            source:
+              kubernetes:
+                kubeconfig: kube-proxy.conf
+                apiServer: https://[fd00::10]:6443
+                qps: 20.5
+                burst: 40
+            """, environment: [:], relativeTo: "/etc/swiftlane")
+        XCTAssertEqual(config.serviceProxyName, "swiftlane")
+        XCTAssertEqual(config.source, .kubernetes(.init(
+            kubeconfig: "/etc/swiftlane/kube-proxy.conf", apiServer: "https://[fd00::10]:6443", qps: 20.5, burst: 40)),
+            "a relative kubeconfig resolves against the config's folder")
+        let empty = try SwiftlaneConfiguration.parse(yaml: "source: {kubernetes: {}}", environment: [:])
+        XCTAssertEqual(empty.source, .kubernetes(.init()))
+        let bare = try SwiftlaneConfiguration.parse(yaml: "source:\n  kubernetes:\n", environment: [:])
+        XCTAssertEqual(bare.source, .kubernetes(.init()), "an empty kubernetes: key means in-cluster defaults")
+    }
+
     func testEveryInvalidValueIsReportedWithItsKey() {
         let cases: [(yaml: String, key: String)] = [
             ("nodename: a", "nodename"),
@@ -38,6 +69,19 @@ final class ConfigurationTests: XCTestCase {
             ("source: {directory: {path: /m, pollIntervalMilliseconds: soon}}", "source.directory.pollIntervalMilliseconds"),
             ("source: {directory: {path: /m, extra: 1}}", "source.directory.extra"),
             ("source: {ftp: x}", "source"),
+            ("source: {kubernetes: yes}", "source.kubernetes"),
+            ("source: {kubernetes: {kubeconfig: ''}}", "source.kubernetes.kubeconfig"),
+            ("source: {kubernetes: {apiServer: 'ftp://10.0.0.1'}}", "source.kubernetes.apiServer"),
+            ("source: {kubernetes: {apiServer: 'https://10.0.0.1:99999'}}", "source.kubernetes.apiServer"),
+            ("source: {kubernetes: {qps: 0}}", "source.kubernetes.qps"),
+            ("source: {kubernetes: {qps: fast}}", "source.kubernetes.qps"),
+            ("source: {kubernetes: {burst: 0}}", "source.kubernetes.burst"),
+            ("source: {kubernetes: {burst: many}}", "source.kubernetes.burst"),
+            ("source: {kubernetes: {token: abc}}", "source.kubernetes.token"),
+            ("source: {kubernetes: {}, directory: /m}", "source"),
+            ("serviceProxyName: 'has space'", "serviceProxyName"),
+            ("serviceProxyName: '-dash-first'", "serviceProxyName"),
+            ("serviceProxyName: ''", "serviceProxyName"),
             ("source: [a]", "source"),
             ("- just a list", "(file)"),
             ("key: [unclosed", "(file)"),
@@ -45,6 +89,12 @@ final class ConfigurationTests: XCTestCase {
         for (yaml, key) in cases {
             XCTAssertThrowsError(try SwiftlaneConfiguration.parse(yaml: yaml, environment: [:]), yaml) { error in
                 XCTAssertEqual((error as? SwiftlaneConfiguration.Invalid)?.key, key, "\(yaml): \(error)")
+                if key.hasPrefix("source.kubernetes.") || key == "serviceProxyName", yaml.contains(": ") {
+                    let value = yaml.split(separator: ":").last.map { $0.trimmingCharacters(in: CharacterSet(charactersIn: " '{}")) } ?? ""
+                    if !value.isEmpty, key != "source.kubernetes.token" {
+                        XCTAssertTrue("\(error)".contains(value), "\(error) should name the value \(value)")
+                    }
+                }
             }
         }
     }

@@ -1,0 +1,126 @@
+import Foundation
+import KubeAPI
+import Logging
+import ServiceLifecycle
+import ServiceModel
+
+/// Keeps the datapath in step with a Kubernetes cluster: informers for Services and
+/// EndpointSlices (kube-proxy's label selector, or only this proxy's objects when
+/// `serviceProxyName` is set) and for this proxy's own Node, feeding `ProxySyncer`.
+///
+/// Nothing is programmed until both the Service and the EndpointSlice informers have
+/// their initial state (kube-proxy's `OnServiceSynced` + `OnEndpointSlicesSynced`):
+/// programming earlier would refuse connections to services whose slices have not
+/// arrived. Until then the pinned maps of a previous run keep serving. Stale frontends
+/// are pruned only once the Node informer is synced too. Bursts of changes are coalesced:
+/// at most one sync per `minimumSyncInterval`, always with the latest objects.
+///
+/// On SIGTERM it stops; the datapath stays programmed for the next controller.
+public struct KubernetesSyncService: ServiceLifecycle.Service {
+    public let client: KubeClient
+    public let nodeName: String
+    public let serviceProxyName: String?
+    public let minimumSyncInterval: Duration
+    public let informerOptions: InformerOptions
+    private let apply: @Sendable (ManifestObjects, _ prune: Bool) -> Void
+    private let logger: Logger
+
+    /// Syncs through `syncer`.
+    public init(client: KubeClient, syncer: ProxySyncer, serviceProxyName: String?,
+                minimumSyncInterval: Duration = .milliseconds(100), informerOptions: InformerOptions = InformerOptions(),
+                logger: Logger) {
+        self.init(client: client, nodeName: syncer.nodeName, serviceProxyName: serviceProxyName,
+                  minimumSyncInterval: minimumSyncInterval, informerOptions: informerOptions, logger: logger) {
+            syncer.sync($0, prune: $1)
+        }
+    }
+
+    /// Hands every snapshot to `apply` (tests, benchmarks).
+    public init(client: KubeClient, nodeName: String, serviceProxyName: String?,
+                minimumSyncInterval: Duration = .milliseconds(100), informerOptions: InformerOptions = InformerOptions(),
+                logger: Logger, apply: @escaping @Sendable (ManifestObjects, _ prune: Bool) -> Void) {
+        self.client = client
+        self.nodeName = nodeName
+        self.serviceProxyName = serviceProxyName
+        self.minimumSyncInterval = minimumSyncInterval
+        self.informerOptions = informerOptions
+        self.apply = apply
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let changes = ChangeSignal()
+        let services = Informer<ServiceModel.Service>(
+            client: client, query: .services(serviceProxyName: serviceProxyName), options: informerOptions
+        ) { _ in changes.poke() }
+        let slices = Informer<EndpointSlice>(
+            client: client, query: .endpointSlices(serviceProxyName: serviceProxyName), options: informerOptions
+        ) { _ in changes.poke() }
+        let node = Informer<ServiceModel.Node>(
+            client: client, query: .node(named: nodeName), options: informerOptions
+        ) { event in
+            // Node status changes every few seconds (heartbeats, conditions); only the parts
+            // the translation reads are worth a sync.
+            if case .updated(let old, let new) = event, ProxyNode(node: old) == ProxyNode(node: new) { return }
+            changes.poke()
+        }
+        logger.info("watching the Kubernetes API", metadata: [
+            "server": "\(client.configuration.server)", "credentials": "\(client.configuration.origin)",
+            "serviceProxyName": "\(serviceProxyName ?? "-")", "node": "\(nodeName)",
+        ])
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await services.run() }
+                group.addTask { await slices.run() }
+                group.addTask { await node.run() }
+                group.addTask {
+                    await syncLoop(changes: changes, services: services, slices: slices, node: node)
+                }
+                await group.waitForAll()
+            }
+        }
+        changes.finish()
+        logger.info("stopping; the datapath stays programmed")
+    }
+
+    private func syncLoop(changes: ChangeSignal, services: Informer<ServiceModel.Service>,
+                          slices: Informer<EndpointSlice>, node: Informer<ServiceModel.Node>) async {
+        var waitingLogged = false
+        for await _ in changes.stream {
+            guard services.hasSynced && slices.hasSynced else {
+                if !waitingLogged {
+                    logger.info("waiting for the initial Services and EndpointSlices before programming anything")
+                    waitingLogged = true
+                }
+                continue
+            }
+            let objects = ManifestObjects(
+                services: services.objects(), endpointSlices: slices.objects(), nodes: node.objects())
+            apply(objects, node.hasSynced)
+            // Changes arriving meanwhile collapse into the one pending signal.
+            do {
+                try await Task.sleep(for: minimumSyncInterval)
+            } catch {
+                return
+            }
+        }
+    }
+}
+
+/// "Something changed": any number of pokes between two reads count as one.
+final class ChangeSignal: Sendable {
+    let stream: AsyncStream<Void>
+    private let continuation: AsyncStream<Void>.Continuation
+
+    init() {
+        (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    func poke() {
+        continuation.yield()
+    }
+
+    func finish() {
+        continuation.finish()
+    }
+}
