@@ -83,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "swiftlane-bench",
             dependencies: [
-                "Controller", "Datapath", "ServiceModel", "Reconciler", "NetLab",
+                "Controller", "Datapath", "ServiceModel", "Reconciler", "NetLab", "KubeAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

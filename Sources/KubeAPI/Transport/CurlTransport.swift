@@ -417,6 +417,8 @@ final class Transfer: @unchecked Sendable {
             try set(CURLOPT_CAINFO, path, "CURLOPT_CAINFO")
             // The distribution's CA directory would otherwise be trusted as well.
             try set(CURLOPT_CAPATH, nil, "CURLOPT_CAPATH")
+            // libcurl caches a parsed CA file for a day; the service-account CA can rotate.
+            try set(CURLOPT_CA_CACHE_TIMEOUT, 60, "CURLOPT_CA_CACHE_TIMEOUT")
         case .data(let data)?:
             try set(CURLOPT_CAINFO_BLOB, blob: data, "CURLOPT_CAINFO_BLOB")
             try set(CURLOPT_CAINFO, nil, "CURLOPT_CAINFO")

@@ -12,7 +12,8 @@ continue tokens, compaction, watches ended early.
 
 Control: one JSON command per line on stdin, one JSON reply per line on stdout (the first
 line printed is {"listening": PORT}). Logs go to stderr. Only Debian's python3-h2 is
-needed beyond the standard library. It listens on 127.0.0.1 only.
+needed beyond the standard library. It listens on 127.0.0.1 (or, with --host, on an
+address of a network namespace that the test made).
 """
 
 import argparse
@@ -821,6 +822,7 @@ async def main():
     parser.add_argument("--alpn", default="h2,http/1.1")
     parser.add_argument("--token", action="append")
     parser.add_argument("--watchlist", default="supported", choices=["supported", "rejected", "ignored"])
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1, or one in a test namespace)")
     args = parser.parse_args()
 
     server = FakeAPIServer(args)
@@ -833,7 +835,7 @@ async def main():
             context.load_verify_locations(args.client_ca)
             context.verify_mode = ssl.CERT_REQUIRED if args.require_client_cert else ssl.CERT_OPTIONAL
     listener = await asyncio.start_server(
-        lambda r, w: serve_connection(server, r, w), "127.0.0.1", 0, ssl=context, limit=1 << 20)
+        lambda r, w: serve_connection(server, r, w), args.host, 0, ssl=context, limit=1 << 20)
     port = listener.sockets[0].getsockname()[1]
     print(json.dumps({"listening": port}), flush=True)
     async with listener:

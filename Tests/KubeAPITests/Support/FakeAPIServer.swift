@@ -115,12 +115,18 @@ final class FakeAPIServer: @unchecked Sendable {
     /// The Python with h2 installed: Debian's, whatever else comes first in PATH.
     static let python: String = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
 
+    /// The address the server listens on.
+    let host: String
+
+    /// `netns`: run the server inside that network namespace, listening on `host`.
     init(mode: Mode = .tls(), tokens: [String] = [], clientCertificates: Bool = false,
-         requireClientCertificate: Bool = false, watchList: String = "supported") throws {
+         requireClientCertificate: Bool = false, watchList: String = "supported",
+         host: String = "127.0.0.1", netns: String? = nil) throws {
+        self.host = host
         self.mode = mode
         certificates = try TestCertificates.get()
         var arguments = [testTargetDirectory.appendingPathComponent("FakeAPIServer/fake_apiserver.py").path,
-                         "--watchlist", watchList]
+                         "--watchlist", watchList, "--host", host]
         if case .tls(let alpn, let named) = mode {
             arguments += [
                 "--cert", named ? certificates.namedServerCertificate : certificates.serverCertificate,
@@ -132,7 +138,7 @@ final class FakeAPIServer: @unchecked Sendable {
         for token in tokens { arguments += ["--token", token] }
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [Self.python] + arguments
+        process.arguments = (netns.map { ["ip", "netns", "exec", $0] } ?? []) + [Self.python] + arguments
         let stdin = Pipe()
         let stdout = Pipe()
         process.standardInput = stdin
@@ -177,8 +183,8 @@ final class FakeAPIServer: @unchecked Sendable {
     }
 
     var url: String {
-        if case .plain = mode { return "http://127.0.0.1:\(port)" }
-        return "https://127.0.0.1:\(port)"
+        if case .plain = mode { return "http://\(host):\(port)" }
+        return "https://\(host):\(port)"
     }
 
     /// A client configuration trusting the test CA.
