@@ -1,3 +1,4 @@
+import Datapath
 import Foundation
 import struct KubeAPI.ServerURL
 import Logging
@@ -29,6 +30,9 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
     /// Bursts of changes are coalesced: at most one sync per this many milliseconds
     /// (kube-proxy's minSyncPeriod; the first change after a quiet period syncs at once).
     public var minSyncPeriodMilliseconds: Int = 100
+    /// Entries per BPF map, by `DatapathOptions.sizableMaps` key; unset maps keep their
+    /// built-in size. Changing a size of a running installation needs `swiftlane cleanup`.
+    public var mapSizes: [String: UInt32] = [:]
 
     public enum Source: Equatable, Sendable {
         case directory(Directory)
@@ -68,6 +72,14 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
     }
 
     public init() {}
+
+    /// Where and how the datapath is installed, from bpfPinPath, cgroupPath and mapSizes.
+    public var datapathOptions: DatapathOptions {
+        DatapathOptions(pinPath: bpfPinPath, cgroupPath: cgroupPath,
+                        mapSizes: Dictionary(uniqueKeysWithValues: mapSizes.compactMap { key, entries in
+                            DatapathOptions.sizableMaps[key].map { ($0, entries) }
+                        }))
+    }
 
     /// A configuration error naming the key and the bad value.
     public struct Invalid: Error, CustomStringConvertible, Equatable {
@@ -129,6 +141,17 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
                 throw Invalid(key: "minSyncPeriodMilliseconds", message: "\(period) is outside 0...60000")
             }
             config.minSyncPeriodMilliseconds = period
+        }
+        if let sizes = try reader.mapping("mapSizes") {
+            var sizeReader = KeyReader(mapping: sizes, prefix: "mapSizes.")
+            for name in DatapathOptions.sizableMaps.keys.sorted() {
+                guard let entries = try sizeReader.int(name) else { continue }
+                guard (16...16_777_216).contains(entries) else {
+                    throw Invalid(key: "mapSizes.\(name)", message: "\(entries) is outside 16...16777216")
+                }
+                config.mapSizes[name] = UInt32(entries)
+            }
+            try sizeReader.rejectUnknown()
         }
         if let name = try reader.string("serviceProxyName") {
             guard isLabelValue(name), !name.isEmpty else {

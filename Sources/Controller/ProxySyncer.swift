@@ -5,22 +5,96 @@ import ServiceModel
 
 /// Turns the current objects into map writes: translation (kube-proxy's rules) →
 /// desired frontends → reconcile against what the maps hold.
+///
+/// Syncs are incremental: each Service's translation is cached with the inputs it came
+/// from (the Service and its EndpointSlices), and only Services whose inputs changed are
+/// translated and reconciled again, so one endpoint change costs the same at 10 services
+/// as at 10,000. A change of node, options or sync state re-translates everything.
 public final class ProxySyncer: @unchecked Sendable {
     public let nodeName: String
     public var options: TranslationOptions
     private let maps: LoadBalancerMaps
     private let logger: Logger
     public private(set) var reconciler: Reconciler
-    private var lastDiagnostics: [String] = []
-    private var lastDesired: [DesiredFrontend]?
+
+    /// What one Service translates from: two syncs with equal inputs program the same.
+    /// A class: the syncer keeps and compares thousands of them every sync, and copying
+    /// the Kubernetes structs they hold costs a retain per field.
+    private final class ServiceInputs: Equatable {
+        var service: ServiceModel.Service?
+        var slices: [EndpointSlice] = []
+
+        init(service: ServiceModel.Service? = nil) { self.service = service }
+
+        /// Objects from the API server always carry a resourceVersion, which changes at
+        /// every modification: equal versions mean equal objects, and the deep comparison
+        /// (the cost of a sync at scale) is skipped. Objects without one (manifest files)
+        /// are compared field by field.
+        static func == (lhs: ServiceInputs, rhs: ServiceInputs) -> Bool {
+            guard lhs.slices.count == rhs.slices.count, same(lhs.service?.metadata, rhs.service?.metadata) ?? (lhs.service == rhs.service)
+            else { return false }
+            for (left, right) in zip(lhs.slices, rhs.slices) where !(same(left.metadata, right.metadata) ?? (left == right)) {
+                return false
+            }
+            return true
+        }
+
+        /// nil when a version is missing (then compare the objects).
+        private static func same(_ left: ObjectMeta?, _ right: ObjectMeta?) -> Bool? {
+            switch (left, right) {
+            case (nil, nil): return true
+            case (let left?, let right?):
+                guard let a = left.resourceVersion, let b = right.resourceVersion else { return nil }
+                return a == b && left.name == right.name && left.namespace == right.namespace
+            default: return false
+            }
+        }
+    }
+
+    /// "namespace/name" without building a string per object per sync.
+    private struct ServiceKey: Hashable, Comparable, CustomStringConvertible {
+        var namespace: String
+        var name: String
+
+        var description: String { "\(namespace)/\(name)" }
+        static func < (lhs: Self, rhs: Self) -> Bool { (lhs.namespace, lhs.name) < (rhs.namespace, rhs.name) }
+    }
+
+    private final class Translated {
+        let inputs: ServiceInputs
+        let frontends: [DesiredFrontend]
+        let healthCheck: (port: UInt16, entry: HealthCheckEntry)?
+
+        init(inputs: ServiceInputs, frontends: [DesiredFrontend], healthCheck: (port: UInt16, entry: HealthCheckEntry)?) {
+            self.inputs = inputs
+            self.frontends = frontends
+            self.healthCheck = healthCheck
+        }
+    }
+
+    private var translated: [ServiceKey: Translated] = [:]
+    private var healthChecks: [ServiceKey: (port: UInt16, entry: HealthCheckEntry)] = [:]
+    /// Which Service serves each frontend key (the first by name when two claim one).
+    private var owners: [FrontendKey: ServiceKey] = [:]
+    private var keysByService: [ServiceKey: [FrontendKey]] = [:]
+    /// Services whose last reconcile failed (map full…): reconciled again next sync even
+    /// if their inputs did not change.
+    private var retryServices = Set<ServiceKey>()
+    private var translatedFor: (node: ProxyNode, options: TranslationOptions, pruned: Bool)?
 
     /// What one sync did.
     public struct Report: Sendable {
         public var frontends: Int
+        /// Services translated again because their inputs changed.
+        public var servicesChanged: Int
         public var changes: Int
         public var ops: Int
         public var failures: [String]
+        /// How long the translation and the map writes took.
         public var duration: Duration
+        /// From the change being observed to the maps being programmed (kube-proxy's
+        /// network programming latency), when the caller said when it observed it.
+        public var networkProgrammingLatency: Duration?
     }
 
     /// Adopts the maps' current contents: nothing is rewritten until a sync finds a
@@ -30,7 +104,7 @@ public final class ProxySyncer: @unchecked Sendable {
         self.options = options
         self.maps = maps
         self.logger = logger
-        self.reconciler = Reconciler(adopting: try maps.readState())
+        self.reconciler = Reconciler(adopting: try maps.readState(), slotCapacity: maps.slotCapacity)
     }
 
     /// The node as the translation sees it: from a Node object of that name if the source
@@ -42,39 +116,127 @@ public final class ProxySyncer: @unchecked Sendable {
         return ProxyNode(node: node)
     }
 
-    /// Computes the plan for `objects` and brings the maps to it. `prune` is false until
-    /// every source has delivered its initial state.
+    /// Brings the maps to what `objects` call for. `prune` is false until every source has
+    /// delivered its initial state: until then nothing is removed.
     @discardableResult
-    public func sync(_ objects: ManifestObjects, prune: Bool = true) -> Report {
+    public func sync(_ objects: ManifestObjects, prune: Bool = true, observedAt: ContinuousClock.Instant? = nil) -> Report {
         let clock = ContinuousClock()
         let start = clock.now
-        let result = Translator.plan(
-            services: objects.services, endpointSlices: objects.endpointSlices,
-            node: proxyNode(from: objects.nodes), options: options)
-        let diagnostics = result.diagnostics.map { "\($0.object): \($0.field): \($0.message)" }
-            + DesiredFrontend.frontends(from: result.plan).conflicts
-        if diagnostics != lastDiagnostics {
-            for line in diagnostics where !lastDiagnostics.contains(line) { logger.warning("\(line)") }
-            lastDiagnostics = diagnostics
+        let node = proxyNode(from: objects.nodes)
+        let inputs = Self.groupByService(objects)
+        let full = translatedFor.map { $0.node != node || $0.options != options || (prune && !$0.pruned) } ?? true
+        if full {
+            translated = [:]
+            healthChecks = [:]
         }
-        let (desired, conflicts) = DesiredFrontend.frontends(from: result.plan)
-        for conflict in conflicts where !lastDiagnostics.contains(conflict) {
-            logger.warning("duplicate frontend ignored", metadata: ["conflict": "\(conflict)"])
+
+        var changed = Set<ServiceKey>()
+        for (service, input) in inputs where translated[service]?.inputs != input {
+            let result = translate(service, input, node: node)
+            translated[service] = result
+            healthChecks[service] = result.healthCheck
+            changed.insert(service)
         }
-        let report = reconciler.reconcile(desired, healthChecks: DesiredFrontend.healthChecks(from: result.plan), prune: prune, maps: maps)
+        for service in translated.keys where inputs[service] == nil {
+            translated[service] = nil
+            healthChecks[service] = nil
+            changed.insert(service)
+        }
+        translatedFor = (node, options, prune)
+        let healthChecks = Dictionary(self.healthChecks.values.map { ($0.port, $0.entry) }, uniquingKeysWith: { first, _ in first })
+
+        let report: Reconciler.ApplyReport
+        if full {
+            owners = [:]
+            keysByService = [:]
+            var desired: [DesiredFrontend] = []
+            for service in translated.keys.sorted() {
+                desired += claim(translated[service]!.frontends, for: service)
+            }
+            report = reconciler.reconcile(.everything(desired, prune: prune), healthChecks: healthChecks, maps: maps)
+        } else {
+            var upserting: [DesiredFrontend] = []
+            var removing: [FrontendKey] = []
+            for service in changed.union(retryServices).sorted() {
+                let previous = keysByService[service] ?? []
+                for key in previous where owners[key] == service { owners[key] = nil }
+                let claimed = claim(translated[service]?.frontends ?? [], for: service)
+                let kept = Set(claimed.map(\.key))
+                upserting += claimed
+                removing += previous.filter { !kept.contains($0) && owners[$0] == nil }
+                if claimed.isEmpty { keysByService[service] = nil }
+            }
+            report = reconciler.reconcile(.only(upserting: upserting, removing: removing), healthChecks: healthChecks, maps: maps)
+        }
+        retryServices = Set(report.failed.compactMap { $0.change.key.flatMap { owners[$0] } })
+
         for (change, error) in report.failed {
             logger.error("frontend left on its previous state", metadata: [
                 "service": "\(change.service)", "frontend": "\(change.key.map { "\($0)" } ?? "-")", "error": "\(error)",
             ])
         }
-        if !report.applied.isEmpty {
-            logger.info("maps updated", metadata: [
-                "frontends": "\(desired.count)", "changes": "\(report.applied.count)", "ops": "\(report.opCount)",
-            ])
-            for change in report.applied { logger.debug("\(change)") }
+        let end = clock.now
+        logger.info("synced", metadata: [
+            "frontends": "\(owners.count)", "servicesChanged": "\(changed.count)", "changes": "\(report.applied.count)",
+            "ops": "\(report.opCount)", "failed": "\(report.failed.count)", "took": "\(end - start)",
+        ])
+        for change in report.applied { logger.debug("\(change)") }
+        return Report(frontends: owners.count, servicesChanged: changed.count, changes: report.applied.count, ops: report.opCount,
+                      failures: report.failed.map { "\($0.change.service): \($0.error)" }, duration: end - start,
+                      networkProgrammingLatency: observedAt.map { end - $0 })
+    }
+
+    /// Takes ownership of the frontend keys no other Service holds; returns those.
+    private func claim(_ frontends: [DesiredFrontend], for service: ServiceKey) -> [DesiredFrontend] {
+        var claimed: [DesiredFrontend] = []
+        for frontend in frontends {
+            if let owner = owners[frontend.key], owner != service {
+                logger.warning("duplicate frontend ignored", metadata: [
+                    "service": "\(service)", "frontend": "\(frontend.key)", "servedFor": "\(owner)",
+                ])
+                continue
+            }
+            owners[frontend.key] = service
+            claimed.append(frontend)
         }
-        lastDesired = desired
-        return Report(frontends: desired.count, changes: report.applied.count, ops: report.opCount,
-                      failures: report.failed.map { "\($0.change.service): \($0.error)" }, duration: clock.now - start)
+        keysByService[service] = claimed.map(\.key)
+        return claimed
+    }
+
+    /// One Service's frontends and health check, with kube-proxy's rules.
+    private func translate(_ service: ServiceKey, _ input: ServiceInputs, node: ProxyNode) -> Translated {
+        let result = Translator.plan(services: input.service.map { [$0] } ?? [], endpointSlices: input.slices,
+                                     node: node, options: options)
+        for diagnostic in result.diagnostics {
+            logger.warning("\(diagnostic.object): \(diagnostic.field): \(diagnostic.message)")
+        }
+        let (frontends, conflicts) = DesiredFrontend.frontends(from: result.plan)
+        for conflict in conflicts { logger.warning("duplicate frontend ignored", metadata: ["conflict": "\(conflict)"]) }
+        let check = DesiredFrontend.healthChecks(from: result.plan).first.map { (port: $0.key, entry: $0.value) }
+        return Translated(inputs: input, frontends: frontends, healthCheck: check)
+    }
+
+    /// Objects grouped by the Service they belong to ("namespace/name"); slices by their
+    /// `kubernetes.io/service-name` label. Slices without it are kube-proxy's "ignored,
+    /// error logged" (the translator reports them when seen without a Service).
+    private static func groupByService(_ objects: ManifestObjects) -> [ServiceKey: ServiceInputs] {
+        var result: [ServiceKey: ServiceInputs] = [:]
+        result.reserveCapacity(objects.services.count)
+        for service in objects.services {
+            let key = ServiceKey(namespace: service.metadata.namespace, name: service.metadata.name)
+            if let inputs = result[key] { inputs.service = service } else { result[key] = ServiceInputs(service: service) }
+        }
+        for slice in objects.endpointSlices {
+            let owner = ServiceKey(namespace: slice.metadata.namespace, name: slice.serviceName ?? "")
+            if let inputs = result[owner] { inputs.slices.append(slice) } else {
+                let inputs = ServiceInputs()
+                inputs.slices = [slice]
+                result[owner] = inputs
+            }
+        }
+        for inputs in result.values where inputs.slices.count > 1 {
+            inputs.slices.sort { $0.metadata.name < $1.metadata.name }
+        }
+        return result
     }
 }

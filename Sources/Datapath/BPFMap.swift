@@ -51,6 +51,28 @@ public final class BPFMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchec
         }
     }
 
+    /// Writes many entries in one bpf() call (BPF_MAP_UPDATE_BATCH, 5.6+). On failure the
+    /// thrown error says how many were written first; kernels without batch support
+    /// answer EINVAL/ENOTSUP before writing anything.
+    public func updateBatch(_ keys: [Key], _ values: [Value]) throws {
+        precondition(keys.count == values.count)
+        var count = UInt32(keys.count)
+        let result = keys.withUnsafeBytes { keyBytes in
+            values.withUnsafeBytes { valueBytes in
+                bpf_map_update_batch(fd, keyBytes.baseAddress, valueBytes.baseAddress, &count, nil)
+            }
+        }
+        if result != 0 {
+            throw BatchError(written: Int(count), error: BPFError("batch update", target: name, errno: errno))
+        }
+    }
+
+    public struct BatchError: Error, CustomStringConvertible {
+        public var written: Int
+        public var error: BPFError
+        public var description: String { "\(error) after \(written) entries" }
+    }
+
     /// Deletes `key`; a missing key is not an error (the goal state is reached).
     public func delete(_ key: Key) throws {
         var key = key

@@ -35,6 +35,16 @@ final class BPFObjectFile {
         return program
     }
 
+    /// Sets map capacities before load; every name must be a map of this object.
+    func setMapSizes(_ sizes: [String: UInt32]) throws {
+        for (name, entries) in sizes.sorted(by: { $0.key < $1.key }) {
+            guard let map = bpf_object__find_map_by_name(handle, name) else {
+                throw BPFError("size map", target: "\(name) (not a map of \(self.name))", errno: ENOENT)
+            }
+            try checkBPF(bpf_map__set_max_entries(map, entries), "set max_entries \(entries) of", target: name)
+        }
+    }
+
     /// Names of the maps this object shares through pins.
     var pinnedMapNames: [String] {
         var names: [String] = []

@@ -31,13 +31,45 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
         healthChecks = try BPFMap(pinnedAt: path(SL_MAP_NAME_HEALTH_CHECKS), name: SL_MAP_NAME_HEALTH_CHECKS)
     }
 
+    public var slotCapacity: UInt32 { slots.info.max_entries }
+
+    /// bpf() calls made so far by `apply` (for the benchmarks: writes per change).
+    public private(set) var syscalls = 0
+    /// Whether this kernel takes batched updates; found out on first use.
+    private var batchUpdates = true
+
     public func apply(_ ops: [MapOp]) throws {
-        for (index, op) in ops.enumerated() {
-            do {
-                try apply(op)
-            } catch {
-                throw MapApplyError(appliedCount: index, op: op, underlying: error)
+        var index = 0
+        while index < ops.count {
+            // A run of slot writes (a new backend set) goes in one bpf() call.
+            var end = index
+            while end < ops.count, case .writeSlot = ops[end] { end += 1 }
+            if end - index > 1, batchUpdates {
+                var keys: [UInt32] = [], values: [sl_backend_slot] = []
+                for case .writeSlot(let slot, let entry) in ops[index..<end] {
+                    keys.append(slot)
+                    values.append(sl_backend_slot(entry))
+                }
+                syscalls += 1
+                do {
+                    try slots.updateBatch(keys, values)
+                    index = end
+                    continue
+                } catch let failure as BPFMap<UInt32, sl_backend_slot>.BatchError {
+                    if failure.written == 0, failure.error.errno == EINVAL || failure.error.errno == ENOTSUP {
+                        batchUpdates = false  // an older kernel: write one by one below
+                    } else {
+                        throw MapApplyError(appliedCount: index + failure.written, op: ops[index + failure.written], underlying: failure.error)
+                    }
+                }
             }
+            do {
+                syscalls += 1
+                try apply(ops[index])
+            } catch {
+                throw MapApplyError(appliedCount: index, op: ops[index], underlying: error)
+            }
+            index += 1
         }
     }
 

@@ -10,12 +10,22 @@ public struct DatapathOptions: Sendable {
     public var pinPath: String
     /// cgroup v2 directory the socket programs attach to; nil = the cgroup v2 root.
     public var cgroupPath: String?
+    /// Entries per map, by pinned map name; maps not named keep the size in maps.h. A
+    /// pinned map of another size is refused (see checkPinnedMaps).
+    public var mapSizes: [String: UInt32]
 
     public static let defaultPinPath = "/sys/fs/bpf/swiftlane"
 
-    public init(pinPath: String = DatapathOptions.defaultPinPath, cgroupPath: String? = nil) {
+    /// The maps whose size the configuration may set (`mapSizes.<key>`), by config key.
+    public static let sizableMaps: [String: String] = [
+        "services": SL_MAP_NAME_SERVICES, "backendSlots": SL_MAP_NAME_SLOTS, "backends": SL_MAP_NAME_BACKENDS,
+        "revNat": SL_MAP_NAME_REVNAT, "socketRevNat": SL_MAP_NAME_SOCK_REVNAT, "affinity": SL_MAP_NAME_AFFINITY,
+    ]
+
+    public init(pinPath: String = DatapathOptions.defaultPinPath, cgroupPath: String? = nil, mapSizes: [String: UInt32] = [:]) {
         self.pinPath = pinPath
         self.cgroupPath = cgroupPath
+        self.mapSizes = mapSizes
     }
 }
 
@@ -88,6 +98,7 @@ public final class SocketLoadBalancer: @unchecked Sendable {
 
         let object = try BPFObjectFile.open(BPFObjects.sockLb, pinRoot: options.pinPath)
         defer { object.close() }
+        try object.setMapSizes(options.mapSizes)
         try object.checkPinnedMaps()
         var haveSetRetval: UInt8 = features.setRetval ? 1 : 0
         try checkBPF(clb_rodata_set(object.handle, "sl_have_set_retval", &haveSetRetval, 1), "set rodata", target: "sl_have_set_retval")

@@ -282,6 +282,8 @@ public protocol LoadBalancerMaps: AnyObject {
     func apply(_ ops: [MapOp]) throws
     /// Reads back everything the maps hold.
     func readState() throws -> MapState
+    /// Entries of the slot array (slot 0 is never used).
+    var slotCapacity: UInt32 { get }
 }
 
 /// An in-memory `LoadBalancerMaps` for unprivileged tests, with optional capacity limits
@@ -296,7 +298,12 @@ public final class InMemoryLoadBalancerMaps: LoadBalancerMaps {
         public var description: String { "service map full (E2BIG)" }
     }
 
-    public init(serviceCapacity: Int? = nil) { self.serviceCapacity = serviceCapacity }
+    public let slotCapacity: UInt32
+
+    public init(serviceCapacity: Int? = nil, slotCapacity: UInt32 = 262_144) {
+        self.serviceCapacity = serviceCapacity
+        self.slotCapacity = slotCapacity
+    }
 
     public func apply(_ ops: [MapOp]) throws {
         for (index, op) in ops.enumerated() {

@@ -36,6 +36,10 @@ public struct Reconciler: Sendable {
     private var backendRefs: [UInt32: Int] = [:]
     private var revNatIDs: [RevNatEntry: UInt32] = [:]
     private var revNatRefs: [UInt32: Int] = [:]
+    /// Ids whose reference count dropped to 0 (candidates for collection), so a sync does
+    /// not scan every backend.
+    private var unreferencedBackends = Set<UInt32>()
+    private var unreferencedRevNats = Set<UInt32>()
     private var nextBackendID: UInt32 = 1
     private var nextRevNatID: UInt32 = 1
     /// Monotonic nanoseconds; injected so tests can step through quarantines.
@@ -86,8 +90,28 @@ public struct Reconciler: Sendable {
         for frontend in unique {
             if let change = planner.plan(frontend) { result.append(change) }
         }
-        if prune, let stale = planner.planStaleSourceRanges(desired: unique) { result.append(stale) }
         if let healthChecks, let change = planner.planHealthChecks(healthChecks, prune: prune) { result.append(change) }
+        if let collection = planner.collectUnreferenced() { result.append(collection) }
+        return result
+    }
+
+    /// The changes that bring just these frontends to their desired state and remove just
+    /// `removing` (an incremental sync: one Service changed, the rest untouched). Health
+    /// checks, when given, are the complete desired set.
+    public func changes(upserting: [DesiredFrontend], removing: [FrontendKey], healthChecks: [UInt16: HealthCheckEntry]? = nil)
+        -> [FrontendChange]
+    {
+        var planner = self
+        var result: [FrontendChange] = []
+        let upserted = Set(upserting.map(\.key))
+        for key in removing.sorted() where planner.state.masters[key] != nil && !upserted.contains(key) {
+            result.append(planner.planRemoval(of: key))
+        }
+        var seen = Set<FrontendKey>()
+        for frontend in upserting where seen.insert(frontend.key).inserted {
+            if let change = planner.plan(frontend) { result.append(change) }
+        }
+        if let healthChecks, let change = planner.planHealthChecks(healthChecks, prune: true) { result.append(change) }
         if let collection = planner.collectUnreferenced() { result.append(collection) }
         return result
     }
@@ -112,9 +136,8 @@ public struct Reconciler: Sendable {
             slotBase: existing?.slotBase ?? 0, count: UInt16(backends.count), revision: existing?.revision ?? 1,
             revNatID: revNatID, flags: frontend.flags, kind: frontend.kind, affinitySeconds: frontend.affinitySeconds)
 
-        if let existing, state.activeBackends(of: key) == backends, existing.count == master.count {
-            if existing == master && ops.isEmpty { return nil }
-            ops.append(.upsertMaster(key, master))
+        if let existing, existing.count == master.count, state.activeBackends(of: key) == backends {
+            if existing != master { ops.append(.upsertMaster(key, master)) }
         } else {
             master.revision = existing.map { $0.revision &+ 1 } ?? 1
             if backends.isEmpty {
@@ -134,6 +157,15 @@ public struct Reconciler: Sendable {
             }
             ops.append(.upsertMaster(key, master))
         }
+        // The node-scope entry of an eTP=Local frontend shares its rev-NAT id; the ranges
+        // belong to the default entry alone.
+        if key.scope == .default, !state.sourceRanges.isEmpty {
+            let wanted = Set(frontend.sourceRanges)
+            for range in state.sourceRanges where range.revNatID == revNatID && !wanted.contains(range.cidr) {
+                ops.append(.deleteSourceRange(range))
+            }
+        }
+        if ops.isEmpty { return nil }
         for op in ops { record(op) }
         return FrontendChange(key: key, service: frontend.service, reason: reason, ops: ops)
     }
@@ -143,23 +175,11 @@ public struct Reconciler: Sendable {
         // The master goes first: no new connection reaches the frontend after it.
         var ops: [MapOp] = [.deleteMaster(key)]
         if state.meta[key] != nil { ops.append(.deleteMeta(key)) }
+        if let revNatID = state.masters[key]?.revNatID, revNatRefs[revNatID] == 1, !state.sourceRanges.isEmpty {
+            for range in state.sourceRanges where range.revNatID == revNatID { ops.append(.deleteSourceRange(range)) }
+        }
         for op in ops { record(op) }
         return FrontendChange(key: key, service: service, reason: .removed, ops: ops)
-    }
-
-    /// Source ranges no desired frontend asks for any more (after all flips).
-    private mutating func planStaleSourceRanges(desired: [DesiredFrontend]) -> FrontendChange? {
-        var wanted = Set<SourceRange>()
-        for frontend in desired {
-            guard let revNatID = state.masters[frontend.key]?.revNatID else { continue }
-            for cidr in frontend.sourceRanges { wanted.insert(SourceRange(revNatID: revNatID, cidr: cidr)) }
-        }
-        let stale = state.sourceRanges.subtracting(wanted)
-            .sorted { ($0.revNatID, $0.cidr) < ($1.revNatID, $1.cidr) }
-            .map { MapOp.deleteSourceRange($0) }
-        guard !stale.isEmpty else { return nil }
-        for op in stale { record(op) }
-        return FrontendChange(key: nil, service: "-", reason: .garbage, ops: stale)
     }
 
     /// healthCheckNodePort listeners: written as desired; removed only after sync.
@@ -180,8 +200,8 @@ public struct Reconciler: Sendable {
     /// every flip, so a backend moving from one frontend to another keeps its id.
     private mutating func collectUnreferenced() -> FrontendChange? {
         var ops: [MapOp] = []
-        for (id, refs) in backendRefs.sorted(by: { $0.key < $1.key }) where refs == 0 { ops.append(.deleteBackend(id)) }
-        for (id, refs) in revNatRefs.sorted(by: { $0.key < $1.key }) where refs == 0 { ops.append(.deleteRevNat(id)) }
+        for id in unreferencedBackends.sorted() where backendRefs[id] == 0 { ops.append(.deleteBackend(id)) }
+        for id in unreferencedRevNats.sorted() where revNatRefs[id] == 0 { ops.append(.deleteRevNat(id)) }
         guard !ops.isEmpty else { return nil }
         for op in ops { record(op) }
         return FrontendChange(key: nil, service: "-", reason: .garbage, ops: ops)
@@ -203,11 +223,32 @@ public struct Reconciler: Sendable {
     /// retries the failed frontends on its next sync.
     public mutating func reconcile(_ desired: [DesiredFrontend], healthChecks: [UInt16: HealthCheckEntry]? = nil, prune: Bool,
                                    maps: LoadBalancerMaps) -> ApplyReport {
+        reconcile(.everything(desired, prune: prune), healthChecks: healthChecks, maps: maps)
+    }
+
+    /// What a reconcile covers: every frontend (a full sync), or only some (incremental).
+    public enum Target: Sendable {
+        /// Make the maps serve exactly these frontends (removing others only if `prune`).
+        case everything([DesiredFrontend], prune: Bool)
+        /// Bring these frontends to their desired state and remove these keys; leave the
+        /// rest alone.
+        case only(upserting: [DesiredFrontend], removing: [FrontendKey])
+    }
+
+    public mutating func reconcile(_ target: Target, healthChecks: [UInt16: HealthCheckEntry]? = nil,
+                                   maps: LoadBalancerMaps) -> ApplyReport {
         var report = ApplyReport()
         var setAside = Set<FrontendKey>()
         while true {
-            let pending = changes(to: desired.filter { !setAside.contains($0.key) }, healthChecks: healthChecks,
+            let pending: [FrontendChange]
+            switch target {
+            case .everything(let desired, let prune):
+                pending = changes(to: desired.filter { !setAside.contains($0.key) }, healthChecks: healthChecks,
                                   prune: prune, keeping: setAside)
+            case .only(let upserting, let removing):
+                pending = changes(upserting: upserting.filter { !setAside.contains($0.key) },
+                                  removing: removing.filter { !setAside.contains($0) }, healthChecks: healthChecks)
+            }
             var failure: FrontendChange?
             for change in pending {
                 if let error = change.planningError {
@@ -267,33 +308,35 @@ public struct Reconciler: Sendable {
     private mutating func record(_ op: MapOp) {
         switch op {
         case .writeSlot(let index, let entry):
-            if let old = state.slots[index] { backendRefs[old.backendID, default: 1] -= 1 }
-            backendRefs[entry.backendID, default: 0] += 1
+            if let old = state.slots[index] { adjustBackendRefs(old.backendID, by: -1) }
+            adjustBackendRefs(entry.backendID, by: 1)
         case .upsertMaster(let key, let entry):
             let old = state.masters[key]
-            if let old { revNatRefs[old.revNatID, default: 1] -= 1 }
-            revNatRefs[entry.revNatID, default: 0] += 1
+            if let old { adjustRevNatRefs(old.revNatID, by: -1) }
+            adjustRevNatRefs(entry.revNatID, by: 1)
             if old?.slots != entry.slots {
                 if let old { releaseSlots(of: old) }
                 slots.claim(entry.slots)
             }
         case .deleteMaster(let key):
             if let old = state.masters[key] {
-                revNatRefs[old.revNatID, default: 1] -= 1
+                adjustRevNatRefs(old.revNatID, by: -1)
                 releaseSlots(of: old)
             }
         case .upsertBackend(let id, let backend):
             backendIDs[backend] = id
-            if backendRefs[id] == nil { backendRefs[id] = 0 }
+            if backendRefs[id] == nil { adjustBackendRefs(id, by: 0) }
         case .deleteBackend(let id):
             if let backend = state.backends[id], backendIDs[backend] == id { backendIDs[backend] = nil }
             backendRefs[id] = nil
+            unreferencedBackends.remove(id)
         case .upsertRevNat(let id, let entry):
             revNatIDs[entry] = id
-            if revNatRefs[id] == nil { revNatRefs[id] = 0 }
+            if revNatRefs[id] == nil { adjustRevNatRefs(id, by: 0) }
         case .deleteRevNat(let id):
             if let entry = state.revNats[id], revNatIDs[entry] == id { revNatIDs[entry] = nil }
             revNatRefs[id] = nil
+            unreferencedRevNats.remove(id)
         case .upsertMeta, .deleteMeta, .addSourceRange, .deleteSourceRange, .upsertHealthCheck, .deleteHealthCheck:
             break
         }
@@ -303,13 +346,14 @@ public struct Reconciler: Sendable {
     /// The master's range stops referencing its backends and goes into quarantine.
     private mutating func releaseSlots(of master: MasterEntry) {
         for index in master.slots {
-            if let slot = state.slots[index] { backendRefs[slot.backendID, default: 1] -= 1 }
+            if let slot = state.slots[index] { adjustBackendRefs(slot.backendID, by: -1) }
         }
         slots.release(master.slots, now: clock())
     }
 
     private mutating func rebuildIndexes() {
         backendIDs = [:]; backendRefs = [:]; revNatIDs = [:]; revNatRefs = [:]
+        unreferencedBackends = []; unreferencedRevNats = []
         for (id, backend) in state.backends.sorted(by: { $0.key < $1.key }) {
             backendRefs[id] = 0
             // Two ids for one address (never written by this reconciler): keep the lowest;
@@ -322,8 +366,22 @@ public struct Reconciler: Sendable {
         }
         for master in state.masters.values { revNatRefs[master.revNatID, default: 0] += 1 }
         for slot in state.slots.values { backendRefs[slot.backendID, default: 0] += 1 }
+        unreferencedBackends = Set(backendRefs.filter { $0.value == 0 }.keys)
+        unreferencedRevNats = Set(revNatRefs.filter { $0.value == 0 }.keys)
         nextBackendID = (state.backends.keys.max() ?? 0) &+ 1
         nextRevNatID = (state.revNats.keys.max() ?? 0) &+ 1
+    }
+
+    private mutating func adjustBackendRefs(_ id: UInt32, by delta: Int) {
+        let count = (backendRefs[id] ?? 0) + delta
+        backendRefs[id] = count
+        if count == 0 { unreferencedBackends.insert(id) } else { unreferencedBackends.remove(id) }
+    }
+
+    private mutating func adjustRevNatRefs(_ id: UInt32, by delta: Int) {
+        let count = (revNatRefs[id] ?? 0) + delta
+        revNatRefs[id] = count
+        if count == 0 { unreferencedRevNats.insert(id) } else { unreferencedRevNats.remove(id) }
     }
 
     private mutating func allocateBackend(_ backend: BackendAddress) -> UInt32 {

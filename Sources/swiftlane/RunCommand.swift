@@ -35,7 +35,7 @@ struct RunCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "swiftlane")
         let datapath = try SocketLoadBalancer.install(
-            DatapathOptions(pinPath: configuration.bpfPinPath, cgroupPath: configuration.cgroupPath), logger: logger)
+            configuration.datapathOptions, logger: logger)
         let syncer = try ProxySyncer(
             nodeName: configuration.nodeName, options: configuration.translation, maps: datapath.maps, logger: logger)
         let service: any Service
@@ -43,7 +43,8 @@ struct RunCommand: AsyncParsableCommand {
         case .directory(let directory):
             service = DirectorySyncService(
                 source: DirectorySource(path: directory.path, logger: logger), syncer: syncer,
-                pollInterval: .milliseconds(directory.pollIntervalMilliseconds), logger: logger)
+                pollInterval: .milliseconds(directory.pollIntervalMilliseconds),
+                minSyncPeriod: .milliseconds(configuration.minSyncPeriodMilliseconds), logger: logger)
         case .kubernetes(let kubernetes):
             let clientConfiguration: ClientConfiguration
             do {

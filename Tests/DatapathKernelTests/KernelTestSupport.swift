@@ -42,13 +42,13 @@ final class SocketLBHarness {
     let syncer: ProxySyncer
     let probe: ProbeRunner
 
-    init(backends: Int = 3, label: String) throws {
+    init(backends: Int = 3, label: String, mapSizes: [String: UInt32] = [:]) throws {
         lab = try ClusterLab(backends: backends)
         pinPath = uniquePinPath(label)
         do {
             try lab.startProbeServers(tcpPort: Self.tcpPort, udpPort: Self.udpPort)
             datapath = try SocketLoadBalancer.install(
-                DatapathOptions(pinPath: pinPath, cgroupPath: lab.clientCgroup.path), logger: testLogger)
+                DatapathOptions(pinPath: pinPath, cgroupPath: lab.clientCgroup.path, mapSizes: mapSizes), logger: testLogger)
             syncer = try ProxySyncer(nodeName: "node-a", maps: datapath.maps, logger: testLogger)
             probe = lab.probeRunner()
         } catch {
