@@ -81,6 +81,12 @@ public final class ProxySyncer: @unchecked Sendable {
     /// if their inputs did not change.
     private var retryServices = Set<ServiceKey>()
     private var translatedFor: (node: ProxyNode, options: TranslationOptions, pruned: Bool)?
+    /// Called with the UDP backends a sync removed from every frontend, after the maps no
+    /// longer offer them: terminates the connected sockets socket LB pinned to them
+    /// (Datapath.UDPSocketTerminator), so clients reconnect to a live backend.
+    public var terminateUDPSockets: ((Set<BackendAddress>) -> Void)?
+    /// Frontends left on their previous state, by Service, since start (for metrics).
+    public private(set) var failuresByService: [String: Int] = [:]
 
     /// What one sync did.
     public struct Report: Sendable {
@@ -169,6 +175,9 @@ public final class ProxySyncer: @unchecked Sendable {
             report = reconciler.reconcile(.only(upserting: upserting, removing: removing), healthChecks: healthChecks, maps: maps)
         }
         retryServices = Set(report.failed.compactMap { $0.change.key.flatMap { owners[$0] } })
+        for (change, _) in report.failed { failuresByService[change.service, default: 0] += 1 }
+        let removedUDP = Set(report.removedBackends.filter { $0.proto == .udp })
+        if !removedUDP.isEmpty, let terminateUDPSockets { terminateUDPSockets(removedUDP) }
 
         for (change, error) in report.failed {
             logger.error("frontend left on its previous state", metadata: [
@@ -176,10 +185,12 @@ public final class ProxySyncer: @unchecked Sendable {
             ])
         }
         let end = clock.now
-        logger.info("synced", metadata: [
+        var metadata: Logger.Metadata = [
             "frontends": "\(owners.count)", "servicesChanged": "\(changed.count)", "changes": "\(report.applied.count)",
             "ops": "\(report.opCount)", "failed": "\(report.failed.count)", "took": "\(end - start)",
-        ])
+        ]
+        if let observedAt { metadata["networkProgrammingLatency"] = "\(end - observedAt)" }
+        logger.info("synced", metadata: metadata)
         for change in report.applied { logger.debug("\(change)") }
         return Report(frontends: owners.count, servicesChanged: changed.count, changes: report.applied.count, ops: report.opCount,
                       failures: report.failed.map { "\($0.change.service): \($0.error)" }, duration: end - start,
@@ -238,5 +249,27 @@ public final class ProxySyncer: @unchecked Sendable {
             inputs.slices.sort { $0.metadata.name < $1.metadata.name }
         }
         return result
+    }
+}
+
+import Datapath
+
+extension ProxySyncer {
+    /// Terminates, after each sync, the connected UDP sockets pinned to backends that sync
+    /// removed. A failure is logged, never fatal: the maps are already right, only old
+    /// sockets linger.
+    public func terminateUDPSockets(with terminator: UDPSocketTerminator, logger: Logger) {
+        terminateUDPSockets = { backends in
+            do {
+                let count = try terminator.terminateConnected(to: backends)
+                if count > 0 {
+                    logger.info("terminated connected UDP sockets of removed backends", metadata: [
+                        "sockets": "\(count)", "backends": "\(backends.sorted().map(\.description).joined(separator: " "))",
+                    ])
+                }
+            } catch {
+                logger.warning("cannot terminate UDP sockets of removed backends", metadata: ["error": "\(error)"])
+            }
+        }
     }
 }

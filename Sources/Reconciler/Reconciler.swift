@@ -213,6 +213,9 @@ public struct Reconciler: Sendable {
     public struct ApplyReport: Sendable {
         public var applied: [FrontendChange] = []
         public var failed: [(change: FrontendChange, error: String)] = []
+        /// Backends deleted because no frontend uses them any more (their sockets may
+        /// need terminating).
+        public var removedBackends: [BackendAddress] = []
         public var opCount: Int { applied.reduce(0) { $0 + $1.ops.count } }
     }
 
@@ -258,7 +261,10 @@ public struct Reconciler: Sendable {
                 }
                 do {
                     try maps.apply(change.ops)
-                    for op in change.ops { record(op) }
+                    for op in change.ops {
+                        if case .deleteBackend(let id) = op, let backend = state.backends[id] { report.removedBackends.append(backend) }
+                        record(op)
+                    }
                     report.applied.append(change)
                 } catch {
                     report.failed.append((change, "\((error as? MapApplyError)?.underlying ?? error)"))

@@ -38,6 +38,12 @@ struct RunCommand: AsyncParsableCommand {
             configuration.datapathOptions, logger: logger)
         let syncer = try ProxySyncer(
             nodeName: configuration.nodeName, options: configuration.translation, maps: datapath.maps, logger: logger)
+        do {
+            syncer.terminateUDPSockets(with: try UDPSocketTerminator.install(pinPath: configuration.bpfPinPath, logger: logger),
+                                       logger: logger)
+        } catch {
+            logger.warning("UDP sockets of removed backends will not be terminated", metadata: ["error": "\(error)"])
+        }
         let service: any Service
         switch configuration.source {
         case .directory(let directory):

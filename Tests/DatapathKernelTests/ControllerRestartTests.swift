@@ -66,11 +66,17 @@ final class ControllerRestartTests: XCTestCase {
         XCTAssertGreaterThan(report.ok, 300, "the client kept connecting throughout")
         XCTAssertEqual(Set(report.backends.keys), Set(lab.backends.map(\.name)))
 
-        // The restarted controllers adopted what they found: same entries, same ids.
+        // The restarted controllers adopted what they found: same entries, same ids, and
+        // not one map operation (each logs its syncs: "ops=0").
         Thread.sleep(forTimeInterval: 1.0)
         let after = try KernelLoadBalancerMaps(pinPath: pinPath).readState()
         XCTAssertEqual(after, programmed, "a restart with unchanged input rewrites nothing")
         XCTAssertTrue(controller.isRunning, controller.stderrText)
+        for restarted in controllers.dropFirst() {
+            let syncs = restarted.stderrText.split(separator: "\n").filter { $0.hasSuffix(" synced") }
+            XCTAssertFalse(syncs.isEmpty, restarted.stderrText)
+            for line in syncs { XCTAssertTrue(line.contains("ops=0"), "a restarted controller wrote to the maps: \(line)") }
+        }
     }
 
     private func waitForState(pinPath: String, timeout: TimeInterval = 60, until done: (MapState) -> Bool) throws -> MapState {

@@ -1,3 +1,4 @@
+import Controller
 import Datapath
 import Foundation
 import Glibc
@@ -238,5 +239,34 @@ final class SocketLoadBalancingTests: XCTestCase {
         let moved = try harness.probe.tcp(target: harness.ipv4Target(vip), count: 10)
         XCTAssertEqual(moved.backends.count, 1)
         XCTAssertNil(moved.backends[stuck])
+    }
+
+    func testRemovingABackendThroughTheControllerTerminatesConnectedUDPSocketsPinnedToIt() throws {
+        let vip = lab.vipIPv4(26)
+        let terminator = try UDPSocketTerminator.install(pinPath: harness.pinPath, logger: testLogger)
+        try XCTSkipUnless(terminator.isSupported, "kernel without bpf_sock_destroy (< 6.5)")
+        harness.syncer.terminateUDPSockets(with: terminator, logger: testLogger)
+        let (b1, b2) = (lab.backends[0], lab.backends[1])
+        func manifests(_ backends: [LabBackend]) -> String {
+            LabManifests.documents(LabManifests.service(name: "resolver", clusterIPs: [vip], ports: [("dns", 53, "UDP")]),
+                                   LabManifests.slice(service: "resolver", addresses: backends.map(\.ipv4)))
+        }
+        try harness.apply(manifests([b1, b2]))
+        let held = try harness.probe.startUDPHold(target: "\(vip):53", sockets: 16)
+        let onB1 = held.established.sockets.filter { $0.first == b1.name }.count
+        XCTAssertGreaterThan(onB1, 0, "some sockets reached b1: \(held.established.sockets.map(\.first))")
+        // b1 leaves the Service: the sync removes it from the maps and then terminates the
+        // sockets socket LB had pinned to it.
+        try harness.apply(manifests([b2]))
+        let final = try held.finish()
+        for socket in final.sockets {
+            if socket.first == b1.name {
+                // A destroyed socket: recv() reports ECONNABORTED, send() EDESTADDRREQ.
+                XCTAssertTrue(["ECONNABORTED", "EDESTADDRREQ"].contains(socket.second ?? ""), "\(socket)")
+                XCTAssertEqual(socket.reconnected, b2.name, "the resolver reconnects through the ClusterIP to a live backend")
+            } else {
+                XCTAssertEqual(socket.second, b2.name, "sockets on b2 are untouched: \(socket)")
+            }
+        }
     }
 }
