@@ -51,6 +51,10 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
         /// bursts of 10).
         public var qps: Double = 5
         public var burst: Int = 10
+        /// A connection to the API server that stops answering (a crashed or partitioned
+        /// control plane) is given up after this long, and every watch on it restarts
+        /// (TCP keepalive probes plus TCP_USER_TIMEOUT).
+        public var deadConnectionTimeoutSeconds: Int = 45
 
         public init(kubeconfig: String? = nil, apiServer: String? = nil, qps: Double = 5, burst: Int = 10) {
             self.kubeconfig = kubeconfig
@@ -214,7 +218,7 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
         guard let node else { return kubernetes }
         if let scalar = node.scalar, scalar.string.isEmpty { return kubernetes }
         guard let mapping = node.mapping else {
-            throw Invalid(key: "source.kubernetes", message: "must be a mapping with kubeconfig, apiServer, qps, burst")
+            throw Invalid(key: "source.kubernetes", message: "must be a mapping with kubeconfig, apiServer, qps, burst, deadConnectionTimeoutSeconds")
         }
         var reader = KeyReader(mapping: mapping, prefix: "source.kubernetes.")
         if let path = try reader.string("kubeconfig") {
@@ -240,6 +244,12 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
                 throw Invalid(key: "source.kubernetes.burst", message: "\(burst) is outside 1...100000")
             }
             kubernetes.burst = burst
+        }
+        if let seconds = try reader.int("deadConnectionTimeoutSeconds") {
+            guard (5...600).contains(seconds) else {
+                throw Invalid(key: "source.kubernetes.deadConnectionTimeoutSeconds", message: "\(seconds) is outside 5...600")
+            }
+            kubernetes.deadConnectionTimeoutSeconds = seconds
         }
         try reader.rejectUnknown()
         return kubernetes

@@ -60,9 +60,12 @@ struct RunCommand: AsyncParsableCommand {
             } catch {
                 throw ValidationError("source.kubernetes: \(error)")
             }
+            var transport = TransportOptions()
+            transport.deadConnectionTimeout = .seconds(kubernetes.deadConnectionTimeoutSeconds)
+            transport.keepaliveIdle = min(transport.keepaliveIdle, .seconds(kubernetes.deadConnectionTimeoutSeconds / 2))
             let client = try KubeClient(
                 configuration: clientConfiguration, limits: .init(qps: kubernetes.qps, burst: kubernetes.burst),
-                logger: logger)
+                transportOptions: transport, logger: logger)
             service = KubernetesSyncService(
                 client: client, syncer: syncer, serviceProxyName: configuration.serviceProxyName,
                 minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), logger: logger)

@@ -58,6 +58,27 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(bare.source, .kubernetes(.init()), "an empty kubernetes: key means in-cluster defaults")
     }
 
+    func testTranslationAndDatapathKeysParse() throws {
+        let config = try SwiftlaneConfiguration.parse(yaml: """
+            nodePortAddresses: [10.0.0.0/8, primary, "fd00::/64"]
+            clusterCIDR: 10.244.0.0/16, fd00:10:244::/56
+            masqueradeAll: true
+            featureGates: {PreferSameTrafficDistribution: false}
+            minSyncPeriodMilliseconds: 0
+            mapSizes: {services: 1024, backendSlots: 4096}
+            source: {kubernetes: {deadConnectionTimeoutSeconds: 10}}
+            """, environment: [:])
+        XCTAssertEqual(config.translation.nodePortAddresses, ["10.0.0.0/8", "primary", "fd00::/64"])
+        XCTAssertEqual(config.translation.clusterCIDRs.map(\.description), ["10.244.0.0/16", "fd00:10:244::/56"])
+        XCTAssertTrue(config.translation.masqueradeAll)
+        XCTAssertFalse(config.translation.preferSameTrafficDistribution)
+        XCTAssertEqual(config.minSyncPeriodMilliseconds, 0)
+        XCTAssertEqual(config.mapSizes, ["services": 1024, "backendSlots": 4096])
+        XCTAssertEqual(config.datapathOptions.mapSizes, ["sl_services_v2": 1024, "sl_slots_v1": 4096])
+        guard case .kubernetes(let kubernetes) = config.source else { return XCTFail("\(config.source)") }
+        XCTAssertEqual(kubernetes.deadConnectionTimeoutSeconds, 10)
+    }
+
     func testEveryInvalidValueIsReportedWithItsKey() {
         let cases: [(yaml: String, key: String)] = [
             ("nodename: a", "nodename"),
@@ -84,6 +105,16 @@ final class ConfigurationTests: XCTestCase {
             ("serviceProxyName: ''", "serviceProxyName"),
             ("source: [a]", "source"),
             ("- just a list", "(file)"),
+            ("nodePortAddresses: [10.0.0.0/8, nonsense]", "nodePortAddresses"),
+            ("nodePortAddresses: 10.0.0.0/8", "nodePortAddresses"),
+            ("clusterCIDR: 10.0.0.0/8,banana", "clusterCIDR"),
+            ("masqueradeAll: sometimes", "masqueradeAll"),
+            ("featureGates: {PreferSameTrafficDistribution: maybe}", "featureGates.PreferSameTrafficDistribution"),
+            ("featureGates: {Unknown: true}", "featureGates.Unknown"),
+            ("minSyncPeriodMilliseconds: 100000", "minSyncPeriodMilliseconds"),
+            ("mapSizes: {services: 8}", "mapSizes.services"),
+            ("mapSizes: {slots: 1000}", "mapSizes.slots"),
+            ("source: {kubernetes: {deadConnectionTimeoutSeconds: 2}}", "source.kubernetes.deadConnectionTimeoutSeconds"),
             ("key: [unclosed", "(file)"),
         ]
         for (yaml, key) in cases {
