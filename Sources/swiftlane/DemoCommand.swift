@@ -100,7 +100,7 @@ struct DemoCommand: AsyncParsableCommand {
         print("\n● TCP to not-ready ClusterIP 198.19.0.12:80 (no ready endpoint: refused at connect())")
         let refused = try probe.tcp(target: "198.19.0.12:80", count: 3, connectTimeoutMs: 3000)
         printSequence(refused.sequence)
-        summary.append(("TCP 198.19.0.12:80", "refused: \(refused.failures), p50 \(refused.connectLatency.p50Ns / 1000) µs"))
+        summary.append(("TCP 198.19.0.12:80", "\(refused.failures["ECONNREFUSED"] ?? 0)/\(refused.attempts) refused at connect() (ECONNREFUSED)"))
 
         print("\n● pod web-3 starts terminating: the EndpointSlice file changes, the controller re-programs")
         let slices = work + "/endpointslices.yaml"
@@ -116,6 +116,8 @@ struct DemoCommand: AsyncParsableCommand {
         printSequence(after.sequence)
         summary.append(("TCP 198.19.0.10:80 after", "\(after.ok)/\(after.attempts) ok, \(shares(after.backends))"))
 
+        print("\n■ what the maps serve now (`swiftlane dump -o table`)")
+        print(try datapath.maps.readState().servedPlan.tableString())
         let counters = datapath.maps.outcomeCounters().filter { $0.value > 0 }.sorted { $0.key < $1.key }
         print("\n■ summary")
         for (what, result) in summary { print("  " + what.padding(toLength: 32, withPad: " ", startingAt: 0) + result) }
