@@ -102,11 +102,7 @@ struct KubeAPIBench: ParsableCommand {
         print(String(format: "%d changes at %d/s: %d seen, callback latency p50 %.2f ms, p99 %.2f ms (target < 10 ms), max %.2f ms; peak RSS %.1f MiB",
                      figures.changesSent, rate, figures.changesSeen, figures.latencyP50Milliseconds,
                      figures.latencyP99Milliseconds, figures.latencyMaxMilliseconds, figures.peakRSSAfterChangesMiB))
-        if let json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(figures).write(to: URL(fileURLWithPath: json))
-        }
+        try BenchOutput.writeJSON(figures, to: json)
     }
 
     private final class Outcome: @unchecked Sendable {

@@ -100,11 +100,7 @@ struct ProgrammingBench: ParsableCommand {
                      changes, figures.changeP50Milliseconds, figures.changeP99Milliseconds, figures.changeMapWritesMedian,
                      figures.changeSyscallsMedian))
         print(String(format: "  process: peak RSS %.0f MiB, CPU %.2f s", figures.peakRSSMiB, figures.cpuSeconds))
-        if let json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(figures).write(to: URL(fileURLWithPath: json))
-        }
+        try BenchOutput.writeJSON(figures, to: json)
     }
 
     static func podAddress(_ service: Int, _ index: Int) -> String {

@@ -134,11 +134,7 @@ struct SocketLBBench: ParsableCommand {
                 micros(row.tcpDirect.p50Ns), micros(row.tcpDirect.p99Ns), row.p50Ratio, row.p99Ratio,
                 row.hookNs, row.hookNsMin, row.hookNsMax, row.programNsPerHit, row.programNsPerMiss))
         }
-        if let json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(rows).write(to: URL(fileURLWithPath: json))
-        }
+        try BenchOutput.writeJSON(rows, to: json)
     }
 
     /// Service number `index`: a ClusterIP in 198.19.0.0/16 with TCP 80 and UDP 53 (like a
