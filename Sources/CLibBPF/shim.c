@@ -207,6 +207,27 @@ static const struct clb_abi_field abi_fields[] = {
 	CLB_FIELD(sl_health_check, service),
 	CLB_FIELD(sl_health_check, local_endpoints),
 	CLB_FIELD(sl_health_check, pad),
+	CLB_FIELD(sl_nat_key, saddr),
+	CLB_FIELD(sl_nat_key, daddr),
+	CLB_FIELD(sl_nat_key, sport),
+	CLB_FIELD(sl_nat_key, dport),
+	CLB_FIELD(sl_nat_key, proto),
+	CLB_FIELD(sl_nat_key, dir),
+	CLB_FIELD(sl_nat_key, pad),
+	CLB_FIELD(sl_nat_entry, to_addr),
+	CLB_FIELD(sl_nat_entry, nat_addr),
+	CLB_FIELD(sl_nat_entry, to_port),
+	CLB_FIELD(sl_nat_entry, nat_port),
+	CLB_FIELD(sl_nat_entry, rev_nat_id),
+	CLB_FIELD(sl_nat_entry, last_seen_ns),
+	CLB_FIELD(sl_nat_entry, flags),
+	CLB_FIELD(sl_nat_entry, pad),
+	CLB_FIELD(sl_node_addr_key, addr),
+	CLB_FIELD(sl_node_addr, flags),
+	CLB_FIELD(sl_node_addr, ifindex),
+	CLB_FIELD(sl_device, snat_addr),
+	CLB_FIELD(sl_device, flags),
+	CLB_FIELD(sl_device, pad),
 };
 
 const struct clb_abi_field *clb_abi_field_at(size_t index)
@@ -232,4 +253,75 @@ extern int setns(int fd, int nstype);
 int clb_setns(int fd, int nstype)
 {
 	return setns(fd, nstype) ? -errno : 0;
+}
+
+static void clb_tc_hook_init(struct bpf_tc_hook *hook, int ifindex, int egress)
+{
+	memset(hook, 0, sizeof(*hook));
+	hook->sz = sizeof(*hook);
+	hook->ifindex = ifindex;
+	hook->attach_point = egress ? BPF_TC_EGRESS : BPF_TC_INGRESS;
+}
+
+int clb_tc_clsact_create(int ifindex)
+{
+	struct bpf_tc_hook hook;
+	int err;
+
+	clb_tc_hook_init(&hook, ifindex, 0);
+	hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS;
+	err = bpf_tc_hook_create(&hook);
+	return err == -EEXIST ? 0 : err;
+}
+
+int clb_tc_attach(int ifindex, int egress, int prog_fd, __u32 handle, __u32 priority)
+{
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority, .prog_fd = prog_fd,
+		    .flags = BPF_TC_F_REPLACE);
+	struct bpf_tc_hook hook;
+
+	clb_tc_hook_init(&hook, ifindex, egress);
+	return bpf_tc_attach(&hook, &opts);
+}
+
+int clb_tc_query(int ifindex, int egress, __u32 handle, __u32 priority, __u32 *prog_id)
+{
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority);
+	struct bpf_tc_hook hook;
+	int err;
+
+	clb_tc_hook_init(&hook, ifindex, egress);
+	*prog_id = 0;
+	err = bpf_tc_query(&hook, &opts);
+	/* No filter there: -ENOENT, or -EINVAL when not even the priority's filter chain
+	 * exists yet (the kernel says "Cannot find specified filter chain"). */
+	if (err == -ENOENT || err == -EINVAL)
+		return 0;
+	if (err)
+		return err;
+	*prog_id = opts.prog_id;
+	return 0;
+}
+
+int clb_tc_detach(int ifindex, int egress, __u32 handle, __u32 priority)
+{
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority);
+	struct bpf_tc_hook hook;
+
+	clb_tc_hook_init(&hook, ifindex, egress);
+	return bpf_tc_detach(&hook, &opts);
+}
+
+int clb_prog_test_run(int prog_fd, const void *data_in, __u32 size_in, void *data_out, __u32 *size_out,
+		      __u32 *retval)
+{
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data_in, .data_size_in = size_in, .data_out = data_out,
+		    .data_size_out = *size_out, .repeat = 1);
+	int err = bpf_prog_test_run_opts(prog_fd, &opts);
+
+	if (err)
+		return -errno;
+	*size_out = opts.data_size_out;
+	*retval = opts.retval;
+	return 0;
 }

@@ -16,6 +16,22 @@ public enum OutcomeReason {
         "sock_proto_unsupported",
         "sock_affinity_hit",
         "sock_affinity_new",
+        "np_forward_new",
+        "np_forward",
+        "np_reply",
+        "np_not_service",
+        "np_reject",
+        "np_drop",
+        "np_truncated",
+        "np_malformed",
+        "np_fragment",
+        "np_ports_exhausted",
+        "np_fib_failed",
+        "np_ttl_exceeded",
+        "np_slot_missing",
+        "np_rewrite_failed",
+        "np_reject_failed",
+        "np_not_ipv4",
     ]
 
     /// Number of reasons the BPF side counts.

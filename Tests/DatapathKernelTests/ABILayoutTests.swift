@@ -60,6 +60,27 @@ final class ABILayoutTests: XCTestCase {
         "sl_health_check.service": (MemoryLayout<sl_health_check>.offset(of: \.service), 128),
         "sl_health_check.local_endpoints": (MemoryLayout<sl_health_check>.offset(of: \.local_endpoints), 4),
         "sl_health_check.pad": (MemoryLayout<sl_health_check>.offset(of: \.pad), 4),
+        "sl_nat_key.saddr": (MemoryLayout<sl_nat_key>.offset(of: \.saddr), 16),
+        "sl_nat_key.daddr": (MemoryLayout<sl_nat_key>.offset(of: \.daddr), 16),
+        "sl_nat_key.sport": (MemoryLayout<sl_nat_key>.offset(of: \.sport), 2),
+        "sl_nat_key.dport": (MemoryLayout<sl_nat_key>.offset(of: \.dport), 2),
+        "sl_nat_key.proto": (MemoryLayout<sl_nat_key>.offset(of: \.proto), 1),
+        "sl_nat_key.dir": (MemoryLayout<sl_nat_key>.offset(of: \.dir), 1),
+        "sl_nat_key.pad": (MemoryLayout<sl_nat_key>.offset(of: \.pad), 2),
+        "sl_nat_entry.to_addr": (MemoryLayout<sl_nat_entry>.offset(of: \.to_addr), 16),
+        "sl_nat_entry.nat_addr": (MemoryLayout<sl_nat_entry>.offset(of: \.nat_addr), 16),
+        "sl_nat_entry.to_port": (MemoryLayout<sl_nat_entry>.offset(of: \.to_port), 2),
+        "sl_nat_entry.nat_port": (MemoryLayout<sl_nat_entry>.offset(of: \.nat_port), 2),
+        "sl_nat_entry.rev_nat_id": (MemoryLayout<sl_nat_entry>.offset(of: \.rev_nat_id), 4),
+        "sl_nat_entry.last_seen_ns": (MemoryLayout<sl_nat_entry>.offset(of: \.last_seen_ns), 8),
+        "sl_nat_entry.flags": (MemoryLayout<sl_nat_entry>.offset(of: \.flags), 2),
+        "sl_nat_entry.pad": (MemoryLayout<sl_nat_entry>.offset(of: \.pad), 6),
+        "sl_node_addr_key.addr": (MemoryLayout<sl_node_addr_key>.offset(of: \.addr), 16),
+        "sl_node_addr.flags": (MemoryLayout<sl_node_addr>.offset(of: \.flags), 4),
+        "sl_node_addr.ifindex": (MemoryLayout<sl_node_addr>.offset(of: \.ifindex), 4),
+        "sl_device.snat_addr": (MemoryLayout<sl_device>.offset(of: \.snat_addr), 16),
+        "sl_device.flags": (MemoryLayout<sl_device>.offset(of: \.flags), 4),
+        "sl_device.pad": (MemoryLayout<sl_device>.offset(of: \.pad), 4),
     ]
 
     private let swiftSizes: [String: (size: Int, stride: Int)] = [
@@ -76,6 +97,11 @@ final class ABILayoutTests: XCTestCase {
         "sl_frontend_meta": (MemoryLayout<sl_frontend_meta>.size, MemoryLayout<sl_frontend_meta>.stride),
         "sl_source_range_key": (MemoryLayout<sl_source_range_key>.size, MemoryLayout<sl_source_range_key>.stride),
         "sl_health_check": (MemoryLayout<sl_health_check>.size, MemoryLayout<sl_health_check>.stride),
+        "sl_nat_key": (MemoryLayout<sl_nat_key>.size, MemoryLayout<sl_nat_key>.stride),
+        "sl_nat_entry": (MemoryLayout<sl_nat_entry>.size, MemoryLayout<sl_nat_entry>.stride),
+        "sl_node_addr_key": (MemoryLayout<sl_node_addr_key>.size, MemoryLayout<sl_node_addr_key>.stride),
+        "sl_node_addr": (MemoryLayout<sl_node_addr>.size, MemoryLayout<sl_node_addr>.stride),
+        "sl_device": (MemoryLayout<sl_device>.size, MemoryLayout<sl_device>.stride),
     ]
 
     func testEverySharedStructHasTheSameLayoutInSwiftAndC() {
@@ -109,5 +135,10 @@ final class ABILayoutTests: XCTestCase {
         XCTAssertEqual(MemoryLayout<sl_sock_revnat_key>.size, 32)
         XCTAssertEqual(MemoryLayout<sl_sock_revnat_value>.size, 24)
         XCTAssertEqual(MemoryLayout<sl_sock_frontend>.size, 40)
+        XCTAssertEqual(MemoryLayout<sl_nat_key>.size, 40)
+        XCTAssertEqual(MemoryLayout<sl_nat_entry>.size, 56)
+        XCTAssertEqual(MemoryLayout<sl_node_addr_key>.size, 16)
+        XCTAssertEqual(MemoryLayout<sl_node_addr>.size, 8)
+        XCTAssertEqual(MemoryLayout<sl_device>.size, 24)
     }
 }

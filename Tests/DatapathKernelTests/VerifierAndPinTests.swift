@@ -42,7 +42,8 @@ final class VerifierAndPinTests: XCTestCase {
         XCTAssertEqual(Set(file.pinnedMapNames), [SL_MAP_NAME_SERVICES, SL_MAP_NAME_SLOTS, SL_MAP_NAME_BACKENDS, SL_MAP_NAME_REVNAT,
                                                   SL_MAP_NAME_SOCK_REVNAT, SL_MAP_NAME_COUNTERS, SL_MAP_NAME_SOCK_FRONTEND,
                                                   SL_MAP_NAME_AFFINITY, SL_MAP_NAME_FRONTEND_META, SL_MAP_NAME_SOURCE_RANGES,
-                                                  SL_MAP_NAME_HEALTH_CHECKS])
+                                                  SL_MAP_NAME_HEALTH_CHECKS, SL_MAP_NAME_NAT, SL_MAP_NAME_NODE_ADDRS,
+                                                  SL_MAP_NAME_DEVICES])
     }
 
     func testSockLBObjectPassesTheVerifier() throws {

@@ -67,4 +67,23 @@ int clb_kernel_btf_has_func(const char *name);
  * namespace that fd refers to (nstype: CLONE_NEW*, or 0 for any). 0 or -errno. */
 int clb_setns(int fd, int nstype);
 
+/* tc (clsact) attachment through netlink, in the calling thread's network namespace.
+ * Filters made this way outlive the process (a restart keeps traffic flowing).
+ * clb_tc_clsact_create: adds the clsact qdisc unless it exists; 0 or -errno.
+ * clb_tc_attach: attaches prog_fd as a direct-action filter at ingress (egress == 0) or
+ *   egress under handle/priority, replacing a filter already there in place; 0 or -errno.
+ * clb_tc_query: the id of the program attached under handle/priority in *prog_id
+ *   (0 when none); 0 or -errno.
+ * clb_tc_detach: removes that filter; 0 or -errno (-ENOENT when none). */
+int clb_tc_clsact_create(int ifindex);
+int clb_tc_attach(int ifindex, int egress, int prog_fd, __u32 handle, __u32 priority);
+int clb_tc_query(int ifindex, int egress, __u32 handle, __u32 priority, __u32 *prog_id);
+int clb_tc_detach(int ifindex, int egress, __u32 handle, __u32 priority);
+
+/* BPF_PROG_TEST_RUN of a tc or XDP program on one packet. data_out receives the packet as
+ * the program left it (up to *size_out bytes; *size_out is set to its length), *retval
+ * the program's verdict. 0 or -errno. */
+int clb_prog_test_run(int prog_fd, const void *data_in, __u32 size_in, void *data_out, __u32 *size_out,
+		      __u32 *retval);
+
 #endif

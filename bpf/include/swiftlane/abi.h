@@ -26,11 +26,14 @@
 #define SL_MAP_NAME_REVNAT "sl_revnat_v1"
 #define SL_MAP_NAME_SOCK_REVNAT "sl_sock_rnat_v1"
 #define SL_MAP_NAME_SOCK_FRONTEND "sl_sock_fe_v1"
-#define SL_MAP_NAME_COUNTERS "sl_counters_v1"
+#define SL_MAP_NAME_COUNTERS "sl_counters_v2"
 #define SL_MAP_NAME_AFFINITY "sl_affinity_v1"
 #define SL_MAP_NAME_FRONTEND_META "sl_fe_meta_v1"
 #define SL_MAP_NAME_SOURCE_RANGES "sl_src_range_v1"
 #define SL_MAP_NAME_HEALTH_CHECKS "sl_health_v1"
+#define SL_MAP_NAME_NAT "sl_nat_v1"
+#define SL_MAP_NAME_NODE_ADDRS "sl_node_addrs_v1"
+#define SL_MAP_NAME_DEVICES "sl_devices_v1"
 
 /* Default capacities (entries); the loader may override them from the config. Slot
  * index 0 is never used, so a frontend without backends has slot_base 0. The slot array
@@ -44,6 +47,13 @@
 #define SL_DEFAULT_AFFINITY_MAX 65536
 #define SL_DEFAULT_SOURCE_RANGES_MAX 16384
 #define SL_DEFAULT_HEALTH_CHECKS_MAX 4096
+#define SL_DEFAULT_NAT_MAX 65536
+#define SL_DEFAULT_NODE_ADDRS_MAX 256
+#define SL_DEFAULT_DEVICES_MAX 64
+
+/* Entries of the per-CPU counter array: room for reasons added later, so that a new
+ * reason does not change the map's layout (and its pinned name). */
+#define SL_REASON_CAPACITY 64
 
 /* ClientIP affinity re-finds a remembered backend in a changed set by scanning at most
  * this many slots; past that it chooses afresh (a bounded loop for the verifier). */
@@ -203,6 +213,79 @@ struct sl_health_check {
 };
 _Static_assert(sizeof(struct sl_health_check) == 136, "sl_health_check layout");
 
+/* External-traffic datapath (bpf/nodeport.c): connection tracking and NAT.
+ *
+ * One LRU map holds two entries per translated flow, told apart by sl_nat_key.dir:
+ *  - FORWARD, keyed by the packet as the client sends it (client -> frontend): where to
+ *    send it (the backend) and, for source-NATed flows, the node address and port that
+ *    replace the client's;
+ *  - REPLY, keyed by the reply as it reaches the node (backend -> node address and NAT
+ *    port when source-NATed, backend -> client otherwise): the frontend to show as the
+ *    source and, when source-NATed, the client to send it to.
+ * Both carry the backend's address (never a slot), so a flow outlives a change of its
+ * frontend's backend set. */
+enum sl_nat_dir {
+	SL_NAT_DIR_FORWARD = 0,
+	SL_NAT_DIR_REPLY = 1,
+};
+
+struct sl_nat_key {
+	__be32 saddr[4]; /* source address, network order, IPv4 v4-mapped */
+	__be32 daddr[4]; /* destination address, network order, IPv4 v4-mapped */
+	__be16 sport;    /* network order */
+	__be16 dport;    /* network order */
+	__u8 proto;      /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 dir;        /* enum sl_nat_dir */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct sl_nat_key) == 40, "sl_nat_key layout");
+
+enum sl_nat_flags {
+	SL_NAT_F_SNAT = 1 << 0, /* the client's address and port were replaced (nat_addr/nat_port) */
+};
+
+struct sl_nat_entry {
+	__be32 to_addr[4];  /* FORWARD: backend (new destination); REPLY: frontend (new source).
+			     * Network order, IPv4 v4-mapped */
+	__be32 nat_addr[4]; /* FORWARD: node address (new source); REPLY: client (new
+			     * destination). All zero without SL_NAT_F_SNAT */
+	__be16 to_port;     /* network order; pairs with to_addr */
+	__be16 nat_port;    /* network order; pairs with nat_addr; 0 without SL_NAT_F_SNAT */
+	__u32 rev_nat_id;   /* the frontend's rev-NAT id when the flow was created */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the latest packet (either direction) */
+	__u16 flags;        /* enum sl_nat_flags */
+	__u16 pad[3];
+};
+_Static_assert(sizeof(struct sl_nat_entry) == 56, "sl_nat_entry layout");
+
+/* Node addresses (key: struct sl_node_addr_key), written by the loader from the
+ * devices' addresses. A NodePort frontend (the wildcard entry of the service map) is
+ * served on an address with SL_NODE_ADDR_F_NODE_PORT (nodePortAddresses, A.12). */
+struct sl_node_addr_key {
+	__be32 addr[4]; /* network order, IPv4 v4-mapped */
+};
+_Static_assert(sizeof(struct sl_node_addr_key) == 16, "sl_node_addr_key layout");
+
+enum sl_node_addr_flags {
+	SL_NODE_ADDR_F_NODE_PORT = 1 << 0,
+};
+
+struct sl_node_addr {
+	__u32 flags;   /* enum sl_node_addr_flags */
+	__u32 ifindex; /* device carrying the address (introspection) */
+};
+_Static_assert(sizeof(struct sl_node_addr) == 8, "sl_node_addr layout");
+
+/* The devices the external-traffic programs are attached to (key: __u32 ifindex). A
+ * backend reached through one of them is remote: the flow is source-NATed to snat_addr,
+ * so replies come back through this node. */
+struct sl_device {
+	__be32 snat_addr[4]; /* network order, IPv4 v4-mapped; all zero = no IPv4 address */
+	__u32 flags;         /* reserved, 0 */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct sl_device) == 24, "sl_device layout");
+
 /* Per-CPU outcome counters (array of __u64 indexed by this enum). Names are exported
  * as the "reason" label of swiftlane_datapath_outcomes_total; keep them in step with
  * Datapath/OutcomeReason.swift, which a test checks against SL_REASON_MAX. */
@@ -219,7 +302,25 @@ enum sl_reason {
 	SL_REASON_SOCK_PROTO_UNSUPPORTED = 9, /* frontend lookup skipped: not TCP/UDP */
 	SL_REASON_SOCK_AFFINITY_HIT = 10,     /* ClientIP affinity reused the remembered backend */
 	SL_REASON_SOCK_AFFINITY_NEW = 11,     /* ClientIP affinity chose (afresh) and remembered */
-	SL_REASON_MAX = 12,
+	/* External-traffic datapath (bpf/nodeport.c). */
+	SL_REASON_NP_FORWARD_NEW = 12,      /* new flow to a frontend translated and forwarded */
+	SL_REASON_NP_FORWARD = 13,          /* packet of a tracked flow translated and forwarded */
+	SL_REASON_NP_REPLY = 14,            /* reply of a tracked flow translated back */
+	SL_REASON_NP_NOT_SERVICE = 15,      /* no frontend, no tracked flow: passed to the stack */
+	SL_REASON_NP_REJECT = 16,           /* frontend without usable backend: ICMP port unreachable sent */
+	SL_REASON_NP_DROP = 17,             /* frontend whose policy drops external traffic */
+	SL_REASON_NP_TRUNCATED = 18,        /* dropped: shorter than its headers claim */
+	SL_REASON_NP_MALFORMED = 19,        /* dropped: invalid IPv4 or L4 header */
+	SL_REASON_NP_FRAGMENT = 20,         /* IP fragment: not tracked, passed to the stack */
+	SL_REASON_NP_PORTS_EXHAUSTED = 21,  /* dropped: no free source-NAT port found */
+	SL_REASON_NP_FIB_FAILED = 22,       /* dropped: no route to the translated destination */
+	SL_REASON_NP_TTL_EXCEEDED = 23,     /* dropped: TTL would reach 0 when forwarded */
+	SL_REASON_NP_SLOT_MISSING = 24,     /* dropped: the active set names an empty slot */
+	SL_REASON_NP_REWRITE_FAILED = 25,   /* dropped: a packet write or checksum helper failed */
+	SL_REASON_NP_REJECT_FAILED = 26,    /* dropped: the ICMP error could not be built */
+	SL_REASON_NP_NOT_IPV4 = 27,         /* not IPv4 (or not TCP/UDP): passed to the stack */
+	SL_REASON_MAX = 28,
 };
+_Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 
 #endif /* SWIFTLANE_ABI_H */

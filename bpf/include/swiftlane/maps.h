@@ -107,18 +107,46 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_health_v1 SEC(".maps");
 
+/* External-traffic connection tracking and NAT (struct sl_nat_key). LRU: a full table
+ * evicts the least recently used flow instead of refusing new ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sl_nat_key);
+	__type(value, struct sl_nat_entry);
+	__uint(max_entries, SL_DEFAULT_NAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_nat_v1 SEC(".maps");
+
+/* This node's addresses, and which of them serve NodePorts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sl_node_addr_key);
+	__type(value, struct sl_node_addr);
+	__uint(max_entries, SL_DEFAULT_NODE_ADDRS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_node_addrs_v1 SEC(".maps");
+
+/* The external-traffic devices by ifindex, with their source-NAT address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct sl_device);
+	__uint(max_entries, SL_DEFAULT_DEVICES_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_devices_v1 SEC(".maps");
+
 /* Outcome counters by enum sl_reason, per CPU so the hot path never contends. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, __u64);
-	__uint(max_entries, SL_REASON_MAX);
+	__uint(max_entries, SL_REASON_CAPACITY);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sl_counters_v1 SEC(".maps");
+} sl_counters_v2 SEC(".maps");
 
 static __always_inline void sl_count(__u32 reason)
 {
-	__u64 *value = bpf_map_lookup_elem(&sl_counters_v1, &reason);
+	__u64 *value = bpf_map_lookup_elem(&sl_counters_v2, &reason);
 
 	if (value)
 		*value += 1;

@@ -1,0 +1,361 @@
+import BPFObjects
+import CLibBPF
+import Foundation
+import Glibc
+import Logging
+
+/// Where and how the external-traffic datapath (`bpf/nodeport.c`) is installed.
+public struct NodePortOptions: Sendable {
+    /// How traffic reaches a remote backend.
+    public enum Mode: String, Sendable, CaseIterable {
+        /// Source NAT to the node's address: replies come back through this node.
+        case snat
+        /// Direct server return (not implemented yet: refused at install).
+        case dsr
+    }
+
+    /// XDP in front of tc (not implemented yet: anything but `.none` is refused).
+    public enum Acceleration: String, Sendable, CaseIterable {
+        case none, generic, native
+    }
+
+    /// bpffs directory holding the pinned maps (shared with the socket load balancer).
+    public var pinPath: String
+    /// Devices to attach to; empty = autodetect (see `NodePortDatapath.detectDevices`).
+    public var devices: [String]
+    public var mode: Mode
+    public var acceleration: Acceleration
+    /// IPv4 CIDRs of node addresses that serve NodePorts (kube-proxy A.12); empty or no
+    /// IPv4 CIDR = every address of the devices.
+    public var nodePortAddresses: [String]
+    /// Source ports for SNAT. The default stays clear of Linux's ephemeral port range.
+    public var snatPorts: ClosedRange<UInt16>
+    /// Network namespace (a path such as /run/netns/NAME) whose devices are meant; nil =
+    /// the caller's. Tests use it to attach inside a lab namespace.
+    public var networkNamespace: String?
+
+    public init(pinPath: String = DatapathOptions.defaultPinPath, devices: [String] = [], mode: Mode = .snat,
+                acceleration: Acceleration = .none, nodePortAddresses: [String] = [],
+                snatPorts: ClosedRange<UInt16> = 61000...65535, networkNamespace: String? = nil) {
+        self.pinPath = pinPath
+        self.devices = devices
+        self.mode = mode
+        self.acceleration = acceleration
+        self.nodePortAddresses = nodePortAddresses
+        self.snatPorts = snatPorts
+        self.networkNamespace = networkNamespace
+    }
+}
+
+/// The external-traffic datapath: `bpf/nodeport.c` on tc ingress and egress (clsact) of
+/// the node's devices, serving NodePorts, externalIPs and LoadBalancer VIPs from the
+/// service maps the controller programs (shared through their pins with the socket load
+/// balancer), IPv4, SNAT mode.
+///
+/// Attachment is by netlink tc filters under a fixed handle and priority: they outlive
+/// the process, and installing again replaces the program in place (`BPF_TC_F_REPLACE`,
+/// one netlink request per hook), so a restart or upgrade never leaves a device without
+/// the datapath. `uninstall` removes the filters; the pinned maps are removed with the
+/// socket load balancer's (`SocketLoadBalancer.uninstall`).
+public final class NodePortDatapath: @unchecked Sendable {
+    /// One attached device.
+    public struct Device: Sendable, Equatable {
+        public var name: String
+        public var ifindex: Int32
+        /// The device's IPv4 addresses (dotted quad); the first is its SNAT address.
+        public var ipv4: [String]
+    }
+
+    /// How a hook came to be attached.
+    public enum AttachOutcome: String, Sendable {
+        case attached  // no filter of ours was there
+        case replaced  // our filter was there and now runs the new program
+    }
+
+    /// The tc filter handle and priority of Swiftlane's programs (one per hook).
+    public static let filterHandle: UInt32 = 0x5113
+    public static let filterPriority: UInt32 = 1
+    static let ingressProgram = "sl_nodeport_ingress"
+    static let egressProgram = "sl_nodeport_egress"
+
+    public let options: NodePortOptions
+    public private(set) var devices: [Device] = []
+    public private(set) var outcomes: [String: AttachOutcome] = [:]
+    /// The pinned counters (shared with the socket load balancer).
+    public let counters: BPFMap<UInt32, UInt64>
+    let nat: BPFMap<sl_nat_key, sl_nat_entry>
+    let nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>
+    let deviceMap: BPFMap<UInt32, sl_device>
+    private let object: BPFObjectFile
+    let ingressFD: Int32
+    let egressFD: Int32
+    private let logger: Logger
+
+    // MARK: - Install
+
+    /// Loads the programs (reusing the pinned maps after a compatibility check), then
+    /// attaches them to the configured or detected devices and records the devices and
+    /// node addresses in the maps.
+    public static func install(_ options: NodePortOptions, logger: Logger) throws -> NodePortDatapath {
+        let datapath = try load(options, logger: logger)
+        try datapath.attach()
+        return datapath
+    }
+
+    /// Loads the programs without attaching them (BPF_PROG_TEST_RUN needs no device).
+    static func load(_ options: NodePortOptions, logger: Logger) throws -> NodePortDatapath {
+        guard options.mode == .snat else {
+            throw BPFError("install external-traffic datapath", target: "nodePort.mode=\(options.mode.rawValue)", errno: ENOTSUP,
+                           detail: "only snat is implemented so far")
+        }
+        guard options.acceleration == .none else {
+            throw BPFError("install external-traffic datapath", target: "nodePort.acceleration=\(options.acceleration.rawValue)",
+                           errno: ENOTSUP, detail: "XDP acceleration is not implemented yet; use none")
+        }
+        guard options.snatPorts.lowerBound > 0 else {
+            throw BPFError("install external-traffic datapath", target: "SNAT ports \(options.snatPorts)", errno: EINVAL)
+        }
+        LibbpfLog.install(logger: logger)
+        try KernelEnvironment.prepareBPFFilesystem(pinPath: options.pinPath)
+        let object = try BPFObjectFile.open(BPFObjects.nodeport, pinRoot: options.pinPath)
+        do {
+            try object.checkPinnedMaps()
+            var low = options.snatPorts.lowerBound, high = options.snatPorts.upperBound
+            try checkBPF(clb_rodata_set(object.handle, "sl_snat_port_min", &low, 2), "set rodata", target: "sl_snat_port_min")
+            try checkBPF(clb_rodata_set(object.handle, "sl_snat_port_max", &high, 2), "set rodata", target: "sl_snat_port_max")
+            try object.load()
+            let ingress = bpf_program__fd(try object.program(named: ingressProgram))
+            let egress = bpf_program__fd(try object.program(named: egressProgram))
+            func path(_ name: String) -> String { options.pinPath + "/" + name }
+            return NodePortDatapath(
+                options: options, object: object, ingressFD: ingress, egressFD: egress, logger: logger,
+                counters: try BPFMap(pinnedAt: path(SL_MAP_NAME_COUNTERS), name: SL_MAP_NAME_COUNTERS),
+                nat: try BPFMap(pinnedAt: path(SL_MAP_NAME_NAT), name: SL_MAP_NAME_NAT),
+                nodeAddresses: try BPFMap(pinnedAt: path(SL_MAP_NAME_NODE_ADDRS), name: SL_MAP_NAME_NODE_ADDRS),
+                deviceMap: try BPFMap(pinnedAt: path(SL_MAP_NAME_DEVICES), name: SL_MAP_NAME_DEVICES))
+        } catch {
+            object.close()
+            throw error
+        }
+    }
+
+    private init(options: NodePortOptions, object: BPFObjectFile, ingressFD: Int32, egressFD: Int32, logger: Logger,
+                 counters: BPFMap<UInt32, UInt64>, nat: BPFMap<sl_nat_key, sl_nat_entry>,
+                 nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>, deviceMap: BPFMap<UInt32, sl_device>) {
+        self.options = options
+        self.object = object
+        self.ingressFD = ingressFD
+        self.egressFD = egressFD
+        self.logger = logger
+        self.counters = counters
+        self.nat = nat
+        self.nodeAddresses = nodeAddresses
+        self.deviceMap = deviceMap
+    }
+
+    deinit { object.close() }
+
+    /// Attaches both programs to every device (replacing ours in place where present) and
+    /// rewrites the device and node-address maps to match, removing stale entries.
+    func attach() throws {
+        let (found, outcomes) = try Self.inNamespace(options.networkNamespace) { () throws -> ([Device], [String: AttachOutcome]) in
+            let addresses = Self.interfaceIPv4Addresses()
+            let names = options.devices.isEmpty ? Self.detectDevices(addresses: addresses) : options.devices
+            guard !names.isEmpty else {
+                throw BPFError("find devices", target: "nodePort.devices", errno: ENODEV,
+                               detail: "no device with an IPv4 address was found; set nodePort.devices")
+            }
+            var devices: [Device] = []
+            var outcomes: [String: AttachOutcome] = [:]
+            for name in names {
+                let ifindex = Int32(if_nametoindex(name))
+                guard ifindex > 0 else { throw BPFError("find device", target: name, errno: errno) }
+                try checkBPF(clb_tc_clsact_create(ifindex), "create clsact qdisc on", target: name)
+                for (egress, fd, hook) in [(Int32(0), ingressFD, "ingress"), (1, egressFD, "egress")] {
+                    var existing: UInt32 = 0
+                    try checkBPF(clb_tc_query(ifindex, egress, Self.filterHandle, Self.filterPriority, &existing),
+                                 "query tc \(hook) filter on", target: name)
+                    try checkBPF(clb_tc_attach(ifindex, egress, fd, Self.filterHandle, Self.filterPriority),
+                                 "attach tc \(hook) program to", target: name)
+                    outcomes["\(name)/\(hook)"] = existing == 0 ? .attached : .replaced
+                }
+                devices.append(Device(name: name, ifindex: ifindex, ipv4: addresses[name] ?? []))
+            }
+            return (devices, outcomes)
+        }
+        self.devices = found
+        self.outcomes = outcomes
+        try writeDeviceMaps()
+        logger.info("external-traffic datapath attached", metadata: [
+            "devices": "\(found.map(\.name))", "mode": "\(options.mode.rawValue)",
+            "replaced": "\(outcomes.values.filter { $0 == .replaced }.count)",
+        ])
+    }
+
+    /// The device map (ifindex → SNAT address) and node-address map (address → serves
+    /// NodePorts?) for the current devices; entries of devices gone are removed.
+    private func writeDeviceMaps() throws {
+        let cidrs = options.nodePortAddresses.compactMap(IPv4CIDR.init)
+        var wantedDevices: [UInt32: sl_device] = [:]
+        var wantedAddresses: [[UInt32]: (sl_node_addr_key, sl_node_addr)] = [:]
+        for device in devices {
+            var entry = sl_device()
+            if let first = device.ipv4.first, let words = Self.v4MappedWords(first) { entry.snat_addr = words }
+            wantedDevices[UInt32(device.ifindex)] = entry
+            for address in device.ipv4 {
+                guard let words = Self.v4MappedWords(address) else { continue }
+                var key = sl_node_addr_key()
+                key.addr = words
+                var value = sl_node_addr()
+                value.ifindex = UInt32(device.ifindex)
+                if cidrs.isEmpty || cidrs.contains(where: { $0.contains(address) }) {
+                    value.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
+                }
+                wantedAddresses[[words.0, words.1, words.2, words.3]] = (key, value)
+            }
+        }
+        for (ifindex, entry) in wantedDevices { try deviceMap.update(ifindex, entry) }
+        for ifindex in deviceMap.keys() where wantedDevices[ifindex] == nil { try deviceMap.delete(ifindex) }
+        for (key, value) in wantedAddresses.values { try nodeAddresses.update(key, value) }
+        for key in nodeAddresses.keys() where wantedAddresses[[key.addr.0, key.addr.1, key.addr.2, key.addr.3]] == nil {
+            try nodeAddresses.delete(key)
+        }
+    }
+
+    // MARK: - Uninstall
+
+    /// Removes Swiftlane's tc filters from `devices` (in `networkNamespace`, nil = the
+    /// caller's). Devices that are gone, or carry no filter of ours, are skipped. Returns
+    /// the hooks removed ("dev/ingress"). The clsact qdisc stays: other programs may use it.
+    @discardableResult
+    public static func uninstall(devices: [String], networkNamespace: String? = nil) -> [String] {
+        (try? inNamespace(networkNamespace) { () -> [String] in
+            var removed: [String] = []
+            for name in devices {
+                let ifindex = Int32(if_nametoindex(name))
+                guard ifindex > 0 else { continue }
+                for (egress, hook) in [(Int32(0), "ingress"), (1, "egress")]
+                where clb_tc_detach(ifindex, egress, filterHandle, filterPriority) == 0 {
+                    removed.append("\(name)/\(hook)")
+                }
+            }
+            return removed
+        }) ?? []
+    }
+
+    // MARK: - Introspection
+
+    /// The per-CPU outcome counters summed across CPUs, by reason name.
+    public func outcomeCounters() -> [String: UInt64] {
+        var result: [String: UInt64] = [:]
+        for (index, name) in OutcomeReason.names.enumerated() {
+            result[name] = counters.perCPUSum(UInt32(index))
+        }
+        return result
+    }
+
+    /// Number of tracked flow entries (both directions) and the table's capacity.
+    public func natPressure() -> (entries: Int, capacity: UInt32) {
+        (nat.keys().count, nat.info.max_entries)
+    }
+
+    // MARK: - Testing
+
+    public enum Program: Sendable { case ingress, egress }
+
+    /// Runs one program on one packet (BPF_PROG_TEST_RUN, in the caller's network
+    /// namespace): the verdict and the packet as the program left it.
+    public func testRun(_ program: Program, packet: [UInt8]) throws -> (verdict: Int32, packet: [UInt8]) {
+        var output = [UInt8](repeating: 0, count: max(packet.count, 128) + 256)
+        var outputSize = UInt32(output.count)
+        var verdict: UInt32 = 0
+        let fd = program == .ingress ? ingressFD : egressFD
+        let result = packet.withUnsafeBytes { input in
+            output.withUnsafeMutableBytes { out in
+                clb_prog_test_run(fd, input.baseAddress, UInt32(input.count), out.baseAddress, &outputSize, &verdict)
+            }
+        }
+        try checkBPF(result, "BPF_PROG_TEST_RUN", target: program == .ingress ? Self.ingressProgram : Self.egressProgram)
+        return (Int32(bitPattern: verdict), Array(output.prefix(Int(outputSize))))
+    }
+
+    // MARK: - Helpers
+
+    /// Devices to attach to by default: every non-loopback interface with an IPv4 address,
+    /// except bridges (pod networks, read from /sys/class/net, which shows the namespace
+    /// sysfs was mounted in: the host's, where the controller runs).
+    static func detectDevices(addresses: [String: [String]]) -> [String] {
+        addresses.keys.filter { name in
+            name != "lo" && !FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/bridge")
+        }.sorted()
+    }
+
+    /// IPv4 addresses by interface name (getifaddrs, in the calling thread's namespace).
+    static func interfaceIPv4Addresses() -> [String: [String]] {
+        var result: [String: [String]] = [:]
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return [:] }
+        defer { freeifaddrs(list) }
+        var cursor: UnsafeMutablePointer<ifaddrs>? = first
+        while let entry = cursor {
+            defer { cursor = entry.pointee.ifa_next }
+            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
+                  entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK) == 0 else { continue }
+            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+            address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                var raw = sin.pointee.sin_addr
+                _ = inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
+            }
+            result[String(cString: entry.pointee.ifa_name), default: []].append(String(cString: text))
+        }
+        return result
+    }
+
+    /// An IPv4 address as the ABI's v4-mapped words (network order).
+    static func v4MappedWords(_ address: String) -> (UInt32, UInt32, UInt32, UInt32)? {
+        var raw = in_addr()
+        guard inet_pton(AF_INET, address, &raw) == 1 else { return nil }
+        return (0, 0, UInt32(0x0000_ffff).bigEndian, raw.s_addr)
+    }
+
+    /// Runs `body` on the calling thread inside the network namespace at `path` (nil: as
+    /// is), and returns the thread to its namespace afterwards, also when `body` throws.
+    private static let cloneNewNet: Int32 = 0x4000_0000  // CLONE_NEWNET (needs _GNU_SOURCE in C)
+
+    static func inNamespace<T>(_ path: String?, _ body: () throws -> T) throws -> T {
+        guard let path else { return try body() }
+        let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        guard original >= 0 else { throw BPFError("open own network namespace", target: "/proc/thread-self/ns/net", errno: errno) }
+        defer { close(original) }
+        let target = open(path, O_RDONLY | O_CLOEXEC)
+        guard target >= 0 else { throw BPFError("open network namespace", target: path, errno: errno) }
+        defer { close(target) }
+        try checkBPF(clb_setns(target, Self.cloneNewNet), "enter network namespace", target: path)
+        defer {
+            // Failing to return would leave this thread in the lab: nothing sane follows.
+            if clb_setns(original, Self.cloneNewNet) != 0 { fatalError("cannot return to the original network namespace") }
+        }
+        return try body()
+    }
+}
+
+/// An IPv4 CIDR of `nodePortAddresses` (IPv6 entries are not of this family: nil).
+struct IPv4CIDR {
+    let network: UInt32
+    let mask: UInt32
+
+    init?(_ text: String) {
+        let parts = text.split(separator: "/")
+        guard parts.count == 2, let bits = UInt32(parts[1]), bits <= 32 else { return nil }
+        var raw = in_addr()
+        guard inet_pton(AF_INET, String(parts[0]), &raw) == 1 else { return nil }
+        mask = bits == 0 ? 0 : ~UInt32(0) << (32 - bits)
+        network = UInt32(bigEndian: raw.s_addr) & mask
+    }
+
+    func contains(_ address: String) -> Bool {
+        var raw = in_addr()
+        guard inet_pton(AF_INET, address, &raw) == 1 else { return false }
+        return UInt32(bigEndian: raw.s_addr) & mask == network
+    }
+}

@@ -1,0 +1,294 @@
+import Foundation
+import Glibc
+
+/// One pod of a `NodeLab`: a network namespace behind its node's bridge.
+public struct NodeLabPod: Hashable, Codable, Sendable {
+    /// "a1", "a2", … on node A; "b1", … on node B (the name its probe server announces).
+    public let name: String
+    public let netns: String
+    public let ipv4: String
+    /// The veth end inside `netns`.
+    public let interface: String
+    /// The veth end enslaved to the node's bridge.
+    public let bridgePort: String
+}
+
+/// One node of a `NodeLab`.
+public struct NodeLabNode: Hashable, Codable, Sendable {
+    public let name: String
+    public let netns: String
+    /// Bridge of the node's pods (pod gateway `bridgeIPv4`).
+    public let bridge: String
+    public let bridgeIPv4: String
+    /// Pod network of this node (CIDR).
+    public let podCIDR: String
+}
+
+/// A throwaway two-node topology for the external-traffic datapath:
+///
+/// ```
+///  client <p>-x            node A <p>-a                       node B <p>-b
+///  ┌───────────────┐ veth  ┌──────────────────────────┐ veth  ┌──────────────────────┐
+///  │ <p>x          ├───────┤ <p>ax  (external device) │       │                      │
+///  │ 198.18.S.1/26 │       │        198.18.S.2/26     │       │                      │
+///  └───────────────┘       │ <p>ab  198.18.S.65/26    ├───────┤ <p>ba 198.18.S.66/26 │
+///                          │ <p>abr 198.18.S.129/26   │       │ <p>bbr 198.18.S.193/26│
+///                          └──┬───────────────────────┘       └──┬───────────────────┘
+///                        pods <p>-a1… .130, .131 …          pods <p>-b1… .194, .195 …
+/// ```
+///
+/// Node A forwards between all its links and routes node B's pod network via node B (and
+/// node B the reverse); pods route 198.18.0.0/15 via their node. The client reaches node A's
+/// external address on-link and the service range `serviceIPv4(_:)` (198.19.S.0/24, for
+/// externalIPs and LoadBalancer VIPs) via node A. No namespace has a default route, and
+/// nothing of the lab lives in the host namespace: every veth is created inside a lab
+/// namespace with its peer placed directly into another one.
+///
+/// Names start with "sn" + a short random id; `teardown()` (also run from deinit) removes
+/// every namespace (and with them every link, bridge and tc attachment made on them) and
+/// stops the lab's processes. The lab writes the same record as `ClusterLab` under
+/// `/run/netlab`, so `ClusterLab.removeOrphans()` cleans up after a process that died.
+public final class NodeLab: @unchecked Sendable {
+    public let id: String
+    public let prefix: String
+    /// S in 198.18.S.0/24 (1…250).
+    public let subnet: Int
+    public let clientNetns: String
+    public let clientIPv4: String
+    public let nodeA: NodeLabNode
+    public let nodeB: NodeLabNode
+    /// Node A's device towards the client, and its address.
+    public let externalDevice: String
+    public let externalIPv4: String
+    /// Node A's device towards node B, and its address (node A's InternalIP).
+    public let interNodeDevice: String
+    public let nodeAIPv4: String
+    /// Node B's device towards node A, and its address.
+    public let nodeBDevice: String
+    public let nodeBIPv4: String
+    public private(set) var pods: [NodeLabPod] = []
+
+    private var namespaces: [String] = []
+    private var processes: [LabProcess] = []
+    private var nextPod: [String: Int] = ["a": 1, "b": 1]
+    private var tornDown = false
+    private var ownsRecord = false
+    private let lock = NSLock()
+
+    /// Builds the client, both nodes and `podsOnA` / `podsOnB` pods. On any failure
+    /// everything made so far is removed before the error is rethrown.
+    public init(podsOnA: Int = 1, podsOnB: Int = 1, id: String? = nil, subnet: Int? = nil) throws {
+        let chosenID = id ?? String((0..<6).map { _ in Array("0123456789abcdef").randomElement()! })
+        guard (1...8).contains(chosenID.count), chosenID.allSatisfy({ ($0.isASCII && $0.isLowercase) || $0.isNumber })
+        else { throw NetLabError.invalidArgument("lab id '\(chosenID)' must be 1-8 of [a-z0-9]") }
+        let s = subnet ?? Int.random(in: 1...250)
+        guard (1...250).contains(s) else { throw NetLabError.invalidArgument("subnet \(s) must be 1...250") }
+        guard (0...50).contains(podsOnA), (0...50).contains(podsOnB) else {
+            throw NetLabError.invalidArgument("at most 50 pods per node")
+        }
+        self.id = chosenID
+        self.prefix = "sn" + chosenID
+        self.subnet = s
+        self.clientNetns = prefix + "-x"
+        self.clientIPv4 = "198.18.\(s).1"
+        self.nodeA = NodeLabNode(name: "node-a", netns: prefix + "-a", bridge: prefix + "abr",
+                                 bridgeIPv4: "198.18.\(s).129", podCIDR: "198.18.\(s).128/26")
+        self.nodeB = NodeLabNode(name: "node-b", netns: prefix + "-b", bridge: prefix + "bbr",
+                                 bridgeIPv4: "198.18.\(s).193", podCIDR: "198.18.\(s).192/26")
+        self.externalDevice = prefix + "ax"
+        self.externalIPv4 = "198.18.\(s).2"
+        self.interNodeDevice = prefix + "ab"
+        self.nodeAIPv4 = "198.18.\(s).65"
+        self.nodeBDevice = prefix + "ba"
+        self.nodeBIPv4 = "198.18.\(s).66"
+        do {
+            try build()
+            for _ in 0..<podsOnA { try addPod(on: nodeA) }
+            for _ in 0..<podsOnB { try addPod(on: nodeB) }
+        } catch {
+            teardown()
+            throw error
+        }
+    }
+
+    deinit { teardown() }
+
+    /// An address of the service range (198.19.S.host), routed by the client via node A.
+    public func serviceIPv4(_ host: Int) -> String { "198.19.\(subnet).\(host)" }
+
+    public var podsOnA: [NodeLabPod] { lock.withLock { pods.filter { $0.name.hasPrefix("a") } } }
+    public var podsOnB: [NodeLabPod] { lock.withLock { pods.filter { $0.name.hasPrefix("b") } } }
+
+    // MARK: - Building
+
+    private func build() throws {
+        for netns in [clientNetns, nodeA.netns, nodeB.netns] {
+            try addNamespace(netns)
+            try ip(netns, "link", "set", "lo", "up")
+        }
+        let s = subnet
+        // client <-> node A (external link)
+        try ip(clientNetns, "link", "add", prefix + "x", "type", "veth", "peer", "name", externalDevice, "netns", nodeA.netns)
+        try ip(clientNetns, "addr", "add", "\(clientIPv4)/26", "dev", prefix + "x")
+        try ip(clientNetns, "link", "set", prefix + "x", "up")
+        try ip(nodeA.netns, "addr", "add", "\(externalIPv4)/26", "dev", externalDevice)
+        try ip(nodeA.netns, "link", "set", externalDevice, "up")
+        try ip(clientNetns, "route", "add", "198.19.\(s).0/24", "via", externalIPv4)
+        try ip(clientNetns, "route", "add", "198.18.\(s).64/26", "via", externalIPv4)
+        // node A <-> node B
+        try ip(nodeA.netns, "link", "add", interNodeDevice, "type", "veth", "peer", "name", nodeBDevice, "netns", nodeB.netns)
+        try ip(nodeA.netns, "addr", "add", "\(nodeAIPv4)/26", "dev", interNodeDevice)
+        try ip(nodeA.netns, "link", "set", interNodeDevice, "up")
+        try ip(nodeB.netns, "addr", "add", "\(nodeBIPv4)/26", "dev", nodeBDevice)
+        try ip(nodeB.netns, "link", "set", nodeBDevice, "up")
+        // pod bridges and the routes between the nodes' pod networks
+        for node in [nodeA, nodeB] {
+            try ip(node.netns, "link", "add", "name", node.bridge, "type", "bridge",
+                   "forward_delay", "0", "stp_state", "0", "mcast_snooping", "0")
+            try ip(node.netns, "addr", "add", "\(node.bridgeIPv4)/26", "dev", node.bridge)
+            try ip(node.netns, "link", "set", node.bridge, "up")
+            try Shell.run(["ip", "netns", "exec", node.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        }
+        try ip(nodeA.netns, "route", "add", nodeB.podCIDR, "via", nodeBIPv4)
+        try ip(nodeB.netns, "route", "add", nodeA.podCIDR, "via", nodeAIPv4)
+        try ip(nodeB.netns, "route", "add", "198.18.\(s).0/26", "via", nodeAIPv4)
+    }
+
+    /// Adds a pod namespace behind `node`'s bridge (next address of its pod network).
+    @discardableResult
+    public func addPod(on node: NodeLabNode) throws -> NodeLabPod {
+        let letter = node == nodeA ? "a" : "b"
+        let index: Int = lock.withLock {
+            let value = nextPod[letter, default: 1]
+            nextPod[letter] = value + 1
+            return value
+        }
+        guard index <= 50 else { throw NetLabError.invalidArgument("at most 50 pods per node") }
+        let base = letter == "a" ? 129 : 193
+        let pod = NodeLabPod(name: "\(letter)\(index)", netns: "\(prefix)-\(letter)\(index)",
+                             ipv4: "198.18.\(subnet).\(base + index)", interface: "\(prefix)p",
+                             bridgePort: "\(prefix)\(letter)v\(index)")
+        try addNamespace(pod.netns)
+        try ip(node.netns, "link", "add", pod.bridgePort, "type", "veth", "peer", "name", pod.interface, "netns", pod.netns)
+        try ip(node.netns, "link", "set", pod.bridgePort, "master", node.bridge, "up")
+        try ip(pod.netns, "link", "set", "lo", "up")
+        try ip(pod.netns, "addr", "add", "\(pod.ipv4)/26", "dev", pod.interface)
+        try ip(pod.netns, "link", "set", pod.interface, "up")
+        try ip(pod.netns, "route", "add", "198.18.0.0/15", "via", node.bridgeIPv4)
+        lock.withLock { pods.append(pod) }
+        return pod
+    }
+
+    // MARK: - Processes
+
+    /// Starts `<binary> probe serve` in a pod and waits until it listens.
+    @discardableResult
+    public func startProbeServer(on pod: NodeLabPod, binary: String = ProbeRunner.defaultBinary(),
+                                 tcpPort: UInt16 = 8080, udpPort: UInt16 = 8053) throws -> LabProcess {
+        let process = track(try LabProcess.start(
+            argv: [binary, "probe", "serve", "--name", pod.name, "--tcp-port", "\(tcpPort)", "--udp-port", "\(udpPort)"],
+            netns: pod.netns))
+        _ = try process.readJSON(ProbeServer.Listening.self, timeout: 15)
+        return process
+    }
+
+    /// A runner for probes from the external client namespace (no cgroup: nothing of the
+    /// socket load balancer applies there).
+    public func clientProbe(binary: String = ProbeRunner.defaultBinary()) -> ProbeRunner {
+        ProbeRunner(binary: binary, netns: clientNetns, cgroup: nil)
+    }
+
+    @discardableResult
+    public func track(_ process: LabProcess) -> LabProcess {
+        lock.withLock { processes.append(process) }
+        return process
+    }
+
+    /// Runs a short command inside `netns` (`ip netns exec`).
+    @discardableResult
+    public func exec(_ argv: [String], netns: String, allowFailure: Bool = false) throws -> (
+        status: Int32, stdout: String, stderr: String
+    ) {
+        try Shell.run(["ip", "netns", "exec", netns] + argv, allowFailure: allowFailure)
+    }
+
+    // MARK: - Teardown
+
+    /// Stops the lab's processes and deletes every namespace it made (their links, bridges
+    /// and tc attachments go with them) and its record. Safe to call repeatedly; never
+    /// throws. Returns the problems met.
+    @discardableResult
+    public func teardown() -> [String] {
+        let (tracked, toDelete): ([LabProcess], [String]) = lock.withLock {
+            if tornDown { return ([], []) }
+            tornDown = true
+            defer { processes.removeAll() }
+            return (processes, namespaces.reversed())
+        }
+        var problems: [String] = []
+        for process in tracked { process.stop() }
+        for name in toDelete {
+            do { try Self.removeNamespace(name) } catch { problems.append("\(error)") }
+        }
+        if ownsRecord { unlink(recordPath) }
+        lock.withLock {
+            namespaces.removeAll()
+            pods.removeAll()
+        }
+        for problem in problems {
+            FileHandle.standardError.write(Data("netlab teardown \(prefix): \(problem)\n".utf8))
+        }
+        return problems
+    }
+
+    // MARK: - Internals
+
+    /// Same fields as ClusterLab's record, so `ClusterLab.removeOrphans()` handles both.
+    private struct Record: Codable {
+        var prefix: String
+        var ownerPid: Int32
+        var namespaces: [String]
+        var cgroups: [String]
+    }
+
+    private var recordPath: String { ClusterLab.recordDirectory + "/\(prefix).json" }
+
+    private func saveRecord() throws {
+        let record = lock.withLock { Record(prefix: prefix, ownerPid: getpid(), namespaces: namespaces, cgroups: []) }
+        try FileManager.default.createDirectory(atPath: ClusterLab.recordDirectory, withIntermediateDirectories: true)
+        if !ownsRecord && FileManager.default.fileExists(atPath: recordPath) {
+            throw NetLabError.other("lab record \(recordPath) already exists (id collision)")
+        }
+        try Data(ProbeJSON.encode(record).utf8).write(to: URL(fileURLWithPath: recordPath), options: .atomic)
+        ownsRecord = true
+    }
+
+    private func addNamespace(_ name: String) throws {
+        // The record is written before the namespace exists, so a crash in between
+        // leaves nothing unrecorded.
+        lock.withLock { namespaces.append(name) }
+        try saveRecord()
+        do {
+            try Shell.run(["ip", "netns", "add", name])
+        } catch {
+            lock.withLock { namespaces.removeAll { $0 == name } }
+            throw error
+        }
+    }
+
+    private static func removeNamespace(_ name: String) throws {
+        let listed = try Shell.run(["ip", "netns", "list"]).stdout
+        guard listed.split(separator: "\n").contains(where: { $0.split(separator: " ").first.map(String.init) == name })
+        else { return }
+        let pids = (try? Shell.run(["ip", "netns", "pids", name], allowFailure: true).stdout) ?? ""
+        for pid in pids.split(separator: "\n").compactMap({ Int32($0.trimmingCharacters(in: .whitespaces)) }) {
+            kill(pid, SIGKILL)
+        }
+        try Shell.run(["ip", "netns", "del", name])
+    }
+
+    @discardableResult
+    private func ip(_ netns: String, _ args: String...) throws -> (status: Int32, stdout: String, stderr: String) {
+        try Shell.run(["ip", "-n", netns] + args)
+    }
+}

@@ -1,0 +1,187 @@
+import CLibBPF
+import Controller
+@testable import Datapath
+import Foundation
+import Glibc
+import NetLab
+import ServiceModel
+import XCTest
+
+/// The external-traffic datapath (`bpf/nodeport.c`) on node A of a `NodeLab`, driven
+/// through the real controller path (manifests → ProxySyncer → pinned maps). Everything
+/// is removed by `tearDown()`, also after a failure: the tc filters with the namespaces,
+/// the pins with their directory.
+final class NodePortHarness {
+    static let tcpNodePort = 30080
+    static let udpNodePort = 30053
+    static let tcpPort: UInt16 = 8080
+    static let udpPort: UInt16 = 8053
+
+    let lab: NodeLab
+    let pinPath: String
+    let datapath: NodePortDatapath
+    let maps: KernelLoadBalancerMaps
+    let syncer: ProxySyncer
+    let client: ProbeRunner
+
+    init(podsOnA: Int, podsOnB: Int, label: String) throws {
+        lab = try NodeLab(podsOnA: podsOnA, podsOnB: podsOnB)
+        pinPath = uniquePinPath(label)
+        do {
+            for pod in lab.podsOnA + lab.podsOnB {
+                try lab.startProbeServer(on: pod, tcpPort: Self.tcpPort, udpPort: Self.udpPort)
+            }
+            datapath = try NodePortDatapath.install(
+                NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice],
+                                networkNamespace: "/run/netns/" + lab.nodeA.netns),
+                logger: testLogger)
+            maps = try KernelLoadBalancerMaps(pinPath: pinPath)
+            syncer = try ProxySyncer(nodeName: "node-a", maps: maps, logger: testLogger)
+            client = lab.clientProbe()
+        } catch {
+            lab.teardown()
+            SocketLoadBalancer.uninstall(pinPath: pinPath)
+            throw error
+        }
+    }
+
+    func tearDown() {
+        lab.teardown()
+        SocketLoadBalancer.uninstall(pinPath: pinPath)
+    }
+
+    /// Programs exactly the objects in `yaml`.
+    func apply(_ yaml: String) throws {
+        let objects = try ManifestDecoder.decode(Data(yaml.utf8), source: "test.yaml")
+        let report = syncer.sync(objects)
+        XCTAssertEqual(report.failures, [], "sync failures")
+    }
+
+    /// A NodePort Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
+    /// 30053) with `pods` as ready endpoints.
+    func webService(pods: [NodeLabPod], externalIPs: [String] = [], extra: String = "") -> String {
+        let endpoints = pods.map { pod in
+            "  - addresses: [\"\(pod.ipv4)\"]\n    conditions: {ready: true}\n    nodeName: \(pod.name.hasPrefix("a") ? "node-a" : "node-b")"
+        }.joined(separator: "\n")
+        return """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: default}
+            spec:
+              type: NodePort
+              clusterIP: 10.96.0.10
+              clusterIPs: [10.96.0.10]
+              ipFamilies: [IPv4]
+              externalIPs: [\(externalIPs.joined(separator: ", "))]
+            \(extra)
+              ports:
+              - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
+              - {name: dns, port: 53, protocol: UDP, nodePort: \(Self.udpNodePort)}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata:
+              name: web-ipv4
+              namespace: default
+              labels: {kubernetes.io/service-name: web}
+            addressType: IPv4
+            endpoints:
+            \(pods.isEmpty ? "  []" : endpoints)
+            ports:
+              - {name: http, port: \(Self.tcpPort), protocol: TCP}
+              - {name: dns, port: \(Self.udpPort), protocol: UDP}
+
+            """
+    }
+
+    var tcpTarget: String { "\(lab.externalIPv4):\(Self.tcpNodePort)" }
+    var udpTarget: String { "\(lab.externalIPv4):\(Self.udpNodePort)" }
+}
+
+/// Real connections from an external client namespace to node A's NodePorts and
+/// externalIPs, served by pods on node A (local) and node B (remote).
+final class NodePortTests: XCTestCase {
+    var harness: NodePortHarness!
+
+    override func tearDown() {
+        harness?.tearDown()
+        harness = nil
+    }
+
+    private func makeHarness(podsOnA: Int, podsOnB: Int) throws -> NodePortHarness {
+        try requireKernelBPF()
+        harness = try NodePortHarness(podsOnA: podsOnA, podsOnB: podsOnB, label: "np" + name.filter { $0.isLetter }.suffix(14))
+        return harness
+    }
+
+    func testANodePortReachesALocalPodWhichSeesTheClientAddress() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 0)
+        try h.apply(h.webService(pods: h.lab.podsOnA))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 20)
+        XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.backends, ["a1": 20])
+        XCTAssertEqual(report.peerNameMismatches, 0, "the client must see replies from nodeIP:nodePort")
+        // A local backend is reached without SNAT: the pod sees the client itself.
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4])
+        let counters = h.datapath.outcomeCounters()
+        XCTAssertEqual(counters["np_forward_new"], 20, "\(counters)")
+        XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, 20, "every connection's replies were translated back")
+    }
+
+    func testANodePortReachesARemotePodThroughSNATToTheNodeAddress() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 2)
+        try h.apply(h.webService(pods: h.lab.podsOnB))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 40)
+        XCTAssertEqual(report.ok, 40, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(Set(report.backends.keys), ["b1", "b2"], "both remote pods are chosen: \(report.backends)")
+        XCTAssertEqual(report.peerNameMismatches, 0)
+        // Source-NATed to node A's address on the device towards the backend.
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv4])
+        let pressure = h.datapath.natPressure()
+        XCTAssertGreaterThanOrEqual(pressure.entries, 2, "each flow holds a FORWARD and a REPLY entry")
+        XCTAssertEqual(pressure.capacity, UInt32(SL_DEFAULT_NAT_MAX))
+    }
+
+    func testUDPNodePortRepliesComeFromTheNodePortWhicheverNodeServes() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
+        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB))
+        let report = try h.client.udp(target: h.udpTarget, count: 60)
+        XCTAssertEqual(report.ok, 60, "errors: \(report.errors) timeouts: \(report.timeouts)")
+        XCTAssertEqual(report.replySourceMismatches, 0, "recvfrom() must show nodeIP:30053")
+        XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
+        XCTAssertEqual(Set(report.seenClientAddresses), [h.lab.clientIPv4, h.lab.nodeAIPv4])
+    }
+
+    func testANodePortWithoutEndpointsIsRefusedAtTheClient() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 0)
+        try h.apply(h.webService(pods: []))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 5)
+        XCTAssertEqual(report.failures, ["ECONNREFUSED": 5], "\(report.firstError ?? "")")
+        XCTAssertEqual(h.datapath.outcomeCounters()["np_reject"], 5)
+    }
+
+    func testAnExternalIPIsServedOnNodeA() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
+        let externalIP = h.lab.serviceIPv4(10)
+        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, externalIPs: [externalIP]))
+        let report = try h.client.tcp(target: "\(externalIP):80", count: 30)
+        XCTAssertEqual(report.ok, 30, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
+        XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from externalIP:80")
+    }
+
+    func testInstallingAgainReplacesTheProgramsInPlace() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 0)
+        XCTAssertEqual(Set(h.datapath.outcomes.values), [.attached])
+        let again = try NodePortDatapath.install(h.datapath.options, logger: testLogger)
+        XCTAssertEqual(again.outcomes.count, 4)
+        XCTAssertEqual(Set(again.outcomes.values), [.replaced])
+        try h.apply(h.webService(pods: h.lab.podsOnA))
+        XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 5).ok, 5)
+        let removed = NodePortDatapath.uninstall(devices: [h.lab.externalDevice, h.lab.interNodeDevice],
+                                                 networkNamespace: h.datapath.options.networkNamespace)
+        XCTAssertEqual(removed.count, 4)
+        // Without the datapath node A has nothing listening on the NodePort.
+        XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 2).failures, ["ECONNREFUSED": 2])
+    }
+}

@@ -1,0 +1,714 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * External traffic: NodePort, externalIPs and LoadBalancer VIPs on tc (clsact), IPv4,
+ * SNAT mode.
+ *
+ * Attached to the node's external devices (those carrying its addresses):
+ *  - ingress (sl_nodeport_ingress): a packet that is
+ *      1. the reply of a translated flow (sl_nat_v1, dir REPLY) is translated back and
+ *         forwarded to the client;
+ *      2. a packet of a tracked flow (dir FORWARD) gets that flow's translation;
+ *      3. a new flow to a frontend (externalIP / LB VIP by exact address; NodePort by the
+ *         wildcard entry on a node address) gets a random backend of the frontend's
+ *         active set. A backend reached through one of the external devices is remote:
+ *         the flow is also source-NATed to that device's address (and a free port), so
+ *         the reply comes back here. A local backend is reached without SNAT (the reply
+ *         passes through this node anyway) and keeps the client's address;
+ *    every translated packet is forwarded with bpf_fib_lookup + bpf_redirect(_neigh),
+ *    bypassing the node's stack. A frontend without usable backend answers with ICMP
+ *    port unreachable; one whose policy drops (eTP=Local without local endpoint) drops.
+ *  - egress (sl_nodeport_egress): replies of local backends, routed by the node's stack
+ *    towards the client, get the frontend as their source.
+ * Everything else passes untouched (TC_ACT_OK). Malformed packets are dropped; every
+ * outcome is counted (enum sl_reason).
+ *
+ * Each SEC() entry point is thin: one worker returns 0 (pass), a negative errno (drop;
+ * the reason is counted where it is found), or 1 with a forwarding decision that the
+ * entry point carries out.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <linux/errno.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "swiftlane/abi.h"
+#include "swiftlane/maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Source ports for SNAT, host order, inclusive. Set by the loader; the default stays
+ * clear of Linux's ephemeral range (32768-60999) so node sockets and NAT never collide. */
+const volatile __u16 sl_snat_port_min = 61000;
+const volatile __u16 sl_snat_port_max = 65535;
+
+/* Tries for a free SNAT port before the flow is dropped (bounded for the verifier). */
+#define SL_SNAT_PORT_TRIES 16
+
+#define SL_AF_INET 2 /* include/linux/socket.h, not in the UAPI headers */
+/* linux/icmp.h drags in libc headers (via linux/if.h) that a BPF build cannot use. */
+#define SL_ICMP_DEST_UNREACH 3
+#define SL_ICMP_PORT_UNREACH 3
+#define SL_IP_MF 0x2000
+#define SL_IP_OFFSET 0x1fff
+
+/* What the worker asks the entry point to do with a packet. */
+enum sl_np_action {
+	SL_NP_PASS = 0,     /* TC_ACT_OK */
+	SL_NP_FORWARD = 1,  /* redirect out of `ifindex` (MACs written, or resolved by neigh) */
+};
+
+struct sl_np_forward {
+	__u32 ifindex;
+	__u8 resolve_neigh; /* 1: bpf_redirect_neigh to nexthop; 0: MACs written, bpf_redirect */
+	__be32 nexthop;
+};
+
+/* The parsed packet: offsets from the start of the frame and the 5-tuple. */
+struct sl_packet {
+	__u32 l3_off;
+	__u32 l4_off;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 ttl;
+	__u8 tos;
+	__u8 ihl_bytes;
+	__u16 tot_len;
+	__u16 pad;
+};
+
+// MARK: - Parsing
+
+/* Bytes pulled into the linear area so headers can be read directly: Ethernet, the
+ * longest IPv4 header (60) and a TCP header (20). */
+#define SL_PULL_LEN (ETH_HLEN + 60 + 20)
+
+/* Parses Ethernet / IPv4 / TCP|UDP with a bounds check before every read.
+ * Returns 0 (parsed), 1 (not ours: pass, counted), or -errno (drop, counted). */
+static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_packet *pkt)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__u32 ihl_bytes;
+	__u16 frag;
+
+	/* tc may see a non-linear skb: pull what the parser reads (at most the frame). */
+	bpf_skb_pull_data(skb, skb->len < SL_PULL_LEN ? skb->len : SL_PULL_LEN);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+
+	eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		sl_count(SL_REASON_NP_TRUNCATED);
+		return -EINVAL;
+	}
+	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
+		sl_count(SL_REASON_NP_NOT_IPV4);
+		return 1;
+	}
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end) {
+		sl_count(SL_REASON_NP_TRUNCATED);
+		return -EINVAL;
+	}
+	if (ip->version != 4 || ip->ihl < 5) {
+		sl_count(SL_REASON_NP_MALFORMED);
+		return -EINVAL;
+	}
+	ihl_bytes = (__u32)ip->ihl * 4;
+	/* tot_len must cover the header and fit in the frame (padding after it is fine). */
+	if (bpf_ntohs(ip->tot_len) < ihl_bytes || ETH_HLEN + (__u32)bpf_ntohs(ip->tot_len) > skb->len) {
+		sl_count(SL_REASON_NP_MALFORMED);
+		return -EINVAL;
+	}
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) {
+		sl_count(SL_REASON_NP_NOT_IPV4);
+		return 1;
+	}
+	frag = bpf_ntohs(ip->frag_off);
+	if (frag & (SL_IP_MF | SL_IP_OFFSET)) {
+		/* Fragments are not tracked yet: later fragments carry no ports. */
+		sl_count(SL_REASON_NP_FRAGMENT);
+		return 1;
+	}
+	pkt->l3_off = ETH_HLEN;
+	pkt->l4_off = ETH_HLEN + ihl_bytes;
+	pkt->saddr = ip->saddr;
+	pkt->daddr = ip->daddr;
+	pkt->proto = ip->protocol;
+	pkt->ttl = ip->ttl;
+	pkt->tos = ip->tos;
+	pkt->ihl_bytes = (__u8)ihl_bytes;
+	pkt->tot_len = bpf_ntohs(ip->tot_len);
+
+	if (pkt->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)ip + ihl_bytes;
+
+		/* The verifier tracks ihl_bytes as 20..60 (a 4-bit field times 4), so this one
+		 * comparison bounds every read of the TCP header. */
+		if ((void *)(tcp + 1) > data_end) {
+			sl_count(SL_REASON_NP_TRUNCATED);
+			return -EINVAL;
+		}
+		if (tcp->doff < 5 || ihl_bytes + (__u32)tcp->doff * 4 > pkt->tot_len) {
+			sl_count(SL_REASON_NP_MALFORMED);
+			return -EINVAL;
+		}
+		pkt->sport = tcp->source;
+		pkt->dport = tcp->dest;
+	} else {
+		struct udphdr *udp = (void *)ip + ihl_bytes;
+
+		if ((void *)(udp + 1) > data_end) {
+			sl_count(SL_REASON_NP_TRUNCATED);
+			return -EINVAL;
+		}
+		if (bpf_ntohs(udp->len) < sizeof(*udp) || ihl_bytes + bpf_ntohs(udp->len) > pkt->tot_len) {
+			sl_count(SL_REASON_NP_MALFORMED);
+			return -EINVAL;
+		}
+		pkt->sport = udp->source;
+		pkt->dport = udp->dest;
+	}
+	return 0;
+}
+
+// MARK: - Addresses
+
+static __always_inline void sl_v4_mapped(__be32 out[4], __be32 addr)
+{
+	out[0] = 0;
+	out[1] = 0;
+	out[2] = bpf_htonl(0x0000ffff);
+	out[3] = addr;
+}
+
+static __always_inline void sl_nat_key_of(struct sl_nat_key *key, const struct sl_packet *pkt, __u8 dir)
+{
+	sl_v4_mapped(key->saddr, pkt->saddr);
+	sl_v4_mapped(key->daddr, pkt->daddr);
+	key->sport = pkt->sport;
+	key->dport = pkt->dport;
+	key->proto = pkt->proto;
+	key->dir = dir;
+	key->pad = 0;
+}
+
+// MARK: - Rewriting
+
+static __always_inline __u32 sl_l4_csum_off(const struct sl_packet *pkt)
+{
+	return pkt->l4_off + (pkt->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check) : offsetof(struct udphdr, check));
+}
+
+/* An IPv4 UDP checksum of 0 means "none" and must stay 0 (BPF_F_MARK_MANGLED_0). */
+static __always_inline __u64 sl_l4_csum_flags(const struct sl_packet *pkt)
+{
+	return pkt->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/* Replaces the source (which = 0) or destination (which = 1) address and port, fixing
+ * the IPv4 header checksum and the L4 checksum (whose pseudo header covers the address).
+ * The helpers handle CHECKSUM_PARTIAL skbs (veth, local senders) correctly. */
+static __always_inline int sl_rewrite(struct __sk_buff *skb, struct sl_packet *pkt, int which, __be32 addr, __be16 port)
+{
+	__u32 addr_off = pkt->l3_off + (which ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+	__u32 port_off = pkt->l4_off + (which ? offsetof(struct tcphdr, dest) : offsetof(struct tcphdr, source));
+	__be32 old_addr = which ? pkt->daddr : pkt->saddr;
+	__be16 old_port = which ? pkt->dport : pkt->sport;
+	__u32 csum_off = sl_l4_csum_off(pkt);
+	__u64 l4_flags = sl_l4_csum_flags(pkt);
+
+	/* UDP and TCP keep their ports at the same offsets. */
+	if (old_addr != addr) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, addr, l4_flags | BPF_F_PSEUDO_HDR | sizeof(addr)) ||
+		    bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), old_addr, addr, sizeof(addr)) ||
+		    bpf_skb_store_bytes(skb, addr_off, &addr, sizeof(addr), 0))
+			goto fail;
+	}
+	if (old_port != port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, port, l4_flags | sizeof(port)) ||
+		    bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0))
+			goto fail;
+	}
+	if (which) {
+		pkt->daddr = addr;
+		pkt->dport = port;
+	} else {
+		pkt->saddr = addr;
+		pkt->sport = port;
+	}
+	return 0;
+fail:
+	sl_count(SL_REASON_NP_REWRITE_FAILED);
+	return -EFAULT;
+}
+
+/* Routes the (translated) packet: on success the MACs are written and *fwd names the
+ * egress device. Returns 1 (forward), 0 (the destination is local: pass to the stack) or
+ * -errno (drop, counted). Decrements the TTL as a router does. */
+static __always_inline int sl_route(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 ttl_off = pkt->l3_off + offsetof(struct iphdr, ttl);
+	__be16 old_word, new_word;
+	__u8 ttl;
+	int rc;
+
+	fib.family = SL_AF_INET;
+	fib.tos = pkt->tos;
+	fib.l4_protocol = pkt->proto;
+	fib.tot_len = pkt->tot_len;
+	fib.ipv4_src = pkt->saddr;
+	fib.ipv4_dst = pkt->daddr;
+	fib.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return 0;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		sl_count(SL_REASON_NP_FIB_FAILED);
+		return -EHOSTUNREACH;
+	}
+	if (pkt->ttl <= 1) {
+		sl_count(SL_REASON_NP_TTL_EXCEEDED);
+		return -ETIMEDOUT;
+	}
+	/* TTL and protocol form one 16-bit word of the header checksum. */
+	ttl = pkt->ttl - 1;
+	old_word = bpf_htons(((__u16)pkt->ttl << 8) | pkt->proto);
+	new_word = bpf_htons(((__u16)ttl << 8) | pkt->proto);
+	if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), old_word, new_word, sizeof(new_word)) ||
+	    bpf_skb_store_bytes(skb, ttl_off, &ttl, sizeof(ttl), 0)) {
+		sl_count(SL_REASON_NP_REWRITE_FAILED);
+		return -EFAULT;
+	}
+	pkt->ttl = ttl;
+	fwd->ifindex = fib.ifindex;
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* The kernel resolves the neighbour (ARP) and fills the MACs on transmit. */
+		fwd->resolve_neigh = 1;
+		fwd->nexthop = fib.ipv4_dst;
+		return 1;
+	}
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN, 0)) {
+		sl_count(SL_REASON_NP_REWRITE_FAILED);
+		return -EFAULT;
+	}
+	fwd->resolve_neigh = 0;
+	return 1;
+}
+
+/* The egress device of `daddr`, as the FIB sees it (0 when local or unroutable). */
+static __always_inline __u32 sl_egress_ifindex(struct __sk_buff *skb, const struct sl_packet *pkt, __be32 daddr)
+{
+	struct bpf_fib_lookup fib = {};
+
+	fib.family = SL_AF_INET;
+	fib.tos = pkt->tos;
+	fib.l4_protocol = pkt->proto;
+	fib.tot_len = pkt->tot_len;
+	fib.ipv4_src = pkt->saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	/* Only the egress device matters here; BPF_FIB_LOOKUP_SKIP_NEIGH would save the
+	 * neighbour lookup but needs 6.5 and is not in the UAPI headers this builds with. */
+	switch (bpf_fib_lookup(skb, &fib, sizeof(fib), 0)) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		return fib.ifindex;
+	default:
+		return 0;
+	}
+}
+
+// MARK: - Reject
+
+/* The ICMP error as written after the Ethernet header: new IPv4 header, ICMP header,
+ * then the offending packet's IPv4 header (without options) and the start of its L4
+ * header (RFC 792 needs 8 bytes; for TCP the whole 20-byte header is quoted so that a
+ * CHECKSUM_PARTIAL skb's checksum offset still falls inside the packet). */
+struct sl_icmp_error {
+	struct iphdr ip;
+	struct {
+		__u8 type;
+		__u8 code;
+		__sum16 checksum;
+		__be32 unused;
+	} icmp;
+	struct iphdr quoted_ip;
+	__u8 quoted_l4[20];
+};
+
+static __always_inline __u16 sl_csum_fold(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* Turns the packet into an ICMP port unreachable back to its sender, sent out of the
+ * device it came in on (MACs swapped). Packets with IP options are not answered (their
+ * quoted header would not fit the fixed layout): dropped, counted. */
+static __always_inline int sl_reject(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+{
+	struct sl_icmp_error msg = {};
+	__u8 macs[2 * ETH_ALEN];
+	__u32 quoted_l4 = pkt->proto == IPPROTO_TCP ? 20 : 8;
+	__u32 msg_len = sizeof(msg) - sizeof(msg.quoted_l4) + quoted_l4;
+	__s64 sum;
+
+	if (pkt->ihl_bytes != sizeof(struct iphdr))
+		goto fail;
+	/* The parser checked that the L4 header (20 bytes TCP, 8 UDP) is in the packet. */
+	if (bpf_skb_load_bytes(skb, pkt->l3_off, &msg.quoted_ip, sizeof(msg.quoted_ip)))
+		goto fail;
+	if (quoted_l4 == 20 ? bpf_skb_load_bytes(skb, pkt->l4_off, msg.quoted_l4, 20)
+			    : bpf_skb_load_bytes(skb, pkt->l4_off, msg.quoted_l4, 8))
+		goto fail;
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)))
+		goto fail;
+
+	msg.icmp.type = SL_ICMP_DEST_UNREACH;
+	msg.icmp.code = SL_ICMP_PORT_UNREACH;
+	/* The verifier wants a constant size for a stack buffer passed to a helper, so each
+	 * length gets its own call. */
+	if (quoted_l4 == 20)
+		sum = bpf_csum_diff(0, 0, (__be32 *)&msg.icmp, sizeof(msg.icmp) + sizeof(msg.quoted_ip) + 20, 0);
+	else
+		sum = bpf_csum_diff(0, 0, (__be32 *)&msg.icmp, sizeof(msg.icmp) + sizeof(msg.quoted_ip) + 8, 0);
+	if (sum < 0)
+		goto fail;
+	msg.icmp.checksum = sl_csum_fold((__u64)sum);
+
+	msg.ip.version = 4;
+	msg.ip.ihl = 5;
+	msg.ip.tos = 0xc0; /* internetwork control, as Linux sends ICMP errors */
+	msg.ip.tot_len = bpf_htons((__u16)msg_len);
+	msg.ip.ttl = 64;
+	msg.ip.protocol = IPPROTO_ICMP;
+	msg.ip.saddr = pkt->daddr;
+	msg.ip.daddr = pkt->saddr;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&msg.ip, sizeof(msg.ip), 0);
+	if (sum < 0)
+		goto fail;
+	msg.ip.check = sl_csum_fold((__u64)sum);
+
+	if (bpf_skb_change_tail(skb, ETH_HLEN + msg_len, 0))
+		goto fail;
+	if (quoted_l4 == 20 ? bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg), 0)
+			    : bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - 12, 0))
+		goto fail;
+	/* Swap the MACs: the error goes back to the previous hop. */
+	if (bpf_skb_store_bytes(skb, 0, macs + ETH_ALEN, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, macs, ETH_ALEN, 0))
+		goto fail;
+	fwd->ifindex = skb->ifindex;
+	fwd->resolve_neigh = 0;
+	sl_count(SL_REASON_NP_REJECT);
+	return 1;
+fail:
+	sl_count(SL_REASON_NP_REJECT_FAILED);
+	return -EINVAL;
+}
+
+// MARK: - Frontends
+
+/* The frontend of a packet from outside: an exact entry (externalIP, LB VIP), else the
+ * NodePort wildcard entry when the destination is a node address serving NodePorts.
+ * ClusterIP entries are left to the stack. */
+static __always_inline const struct sl_service_value *sl_lookup_frontend(const struct sl_packet *pkt,
+									 struct sl_revnat *frontend)
+{
+	const struct sl_service_value *master;
+	const struct sl_node_addr *node_addr;
+	struct sl_node_addr_key node_key;
+	struct sl_service_key key;
+
+	sl_v4_mapped(key.addr, pkt->daddr);
+	key.port = pkt->dport;
+	key.proto = pkt->proto;
+	key.scope = SL_SCOPE_DEFAULT;
+	master = bpf_map_lookup_elem(&sl_services_v2, &key);
+	if (!master) {
+		sl_v4_mapped(node_key.addr, pkt->daddr);
+		node_addr = bpf_map_lookup_elem(&sl_node_addrs_v1, &node_key);
+		if (!node_addr || !(node_addr->flags & SL_NODE_ADDR_F_NODE_PORT))
+			return NULL;
+		sl_v4_mapped(key.addr, 0);
+		master = bpf_map_lookup_elem(&sl_services_v2, &key);
+		if (!master || master->kind != SL_KIND_NODE_PORT)
+			return NULL;
+	} else if (master->kind == SL_KIND_CLUSTER_IP) {
+		return NULL;
+	}
+	sl_v4_mapped(frontend->addr, pkt->daddr);
+	frontend->port = pkt->dport;
+	frontend->pad = 0;
+	return master;
+}
+
+static __always_inline const struct sl_backend_slot *sl_pick(const struct sl_service_value *master)
+{
+	const struct sl_backend_slot *slot;
+	__u32 index = master->slot_base;
+
+	if (master->count > 1)
+		index += bpf_get_prandom_u32() % master->count;
+	slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
+	if (!slot || slot->backend_id == 0) {
+		sl_count(SL_REASON_NP_SLOT_MISSING);
+		return NULL;
+	}
+	return slot;
+}
+
+// MARK: - Connection tracking
+
+/* Writes the REPLY entry of a new source-NATed flow under a free port of the SNAT
+ * range: the port is drawn at random and retried on collision (BPF_NOEXIST makes the
+ * claim atomic against other CPUs). Returns the port (network order) or 0. */
+static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const struct sl_nat_entry *value)
+{
+	__u32 span = (__u32)sl_snat_port_max - sl_snat_port_min + 1;
+	int i;
+
+	for (i = 0; i < SL_SNAT_PORT_TRIES; i++) {
+		__u16 port = sl_snat_port_min + (__u16)(bpf_get_prandom_u32() % span);
+
+		reply->dport = bpf_htons(port);
+		if (bpf_map_update_elem(&sl_nat_v1, reply, value, BPF_NOEXIST) == 0)
+			return reply->dport;
+	}
+	return 0;
+}
+
+/* A new flow to `master`: picks the backend, decides on SNAT, writes both entries, and
+ * leaves the FORWARD entry in *fwd_entry. */
+static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_packet *pkt,
+				       const struct sl_service_value *master, const struct sl_revnat *frontend,
+				       struct sl_nat_entry *fwd_entry)
+{
+	const struct sl_backend_slot *slot;
+	const struct sl_device *device = NULL;
+	struct sl_nat_entry reply_entry = {};
+	struct sl_nat_key key;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 egress;
+
+	slot = sl_pick(master);
+	if (!slot)
+		return -ENOENT;
+	/* externalTrafficPolicy=Local (NODE_SCOPE flag): the client's address is kept. */
+	if (!(master->flags & SL_SVC_F_NODE_SCOPE)) {
+		egress = sl_egress_ifindex(skb, pkt, slot->addr[3]);
+		if (egress)
+			device = bpf_map_lookup_elem(&sl_devices_v1, &egress);
+	}
+
+	__builtin_memset(fwd_entry, 0, sizeof(*fwd_entry));
+	__builtin_memcpy(fwd_entry->to_addr, slot->addr, sizeof(fwd_entry->to_addr));
+	fwd_entry->to_port = slot->port;
+	fwd_entry->rev_nat_id = master->rev_nat_id;
+	fwd_entry->last_seen_ns = now;
+
+	__builtin_memcpy(reply_entry.to_addr, frontend->addr, sizeof(reply_entry.to_addr));
+	reply_entry.to_port = frontend->port;
+	reply_entry.rev_nat_id = master->rev_nat_id;
+	reply_entry.last_seen_ns = now;
+
+	__builtin_memcpy(key.saddr, slot->addr, sizeof(key.saddr));
+	key.sport = slot->port;
+	key.proto = pkt->proto;
+	key.dir = SL_NAT_DIR_REPLY;
+	key.pad = 0;
+	if (device && device->snat_addr[3] != 0) {
+		/* Remote backend: the reply must come back through this node. */
+		__builtin_memcpy(key.daddr, device->snat_addr, sizeof(key.daddr));
+		sl_v4_mapped(reply_entry.nat_addr, pkt->saddr);
+		reply_entry.nat_port = pkt->sport;
+		reply_entry.flags = SL_NAT_F_SNAT;
+		fwd_entry->nat_port = sl_claim_snat_port(&key, &reply_entry);
+		if (!fwd_entry->nat_port) {
+			sl_count(SL_REASON_NP_PORTS_EXHAUSTED);
+			return -EADDRNOTAVAIL;
+		}
+		__builtin_memcpy(fwd_entry->nat_addr, device->snat_addr, sizeof(fwd_entry->nat_addr));
+		fwd_entry->flags = SL_NAT_F_SNAT;
+	} else {
+		sl_v4_mapped(key.daddr, pkt->saddr);
+		key.dport = pkt->sport;
+		if (bpf_map_update_elem(&sl_nat_v1, &key, &reply_entry, BPF_ANY)) {
+			sl_count(SL_REASON_NP_REWRITE_FAILED);
+			return -ENOMEM;
+		}
+	}
+	/* Written last: a packet of this flow on another CPU either finds no FORWARD entry
+	 * (and creates a flow of its own, an orphaned REPLY entry ages out of the LRU) or
+	 * finds one whose REPLY entry already exists. */
+	sl_nat_key_of(&key, pkt, SL_NAT_DIR_FORWARD);
+	if (bpf_map_update_elem(&sl_nat_v1, &key, fwd_entry, BPF_ANY)) {
+		sl_count(SL_REASON_NP_REWRITE_FAILED);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Applies a FORWARD entry: destination to the backend, source to the SNAT address. */
+static __always_inline int sl_apply_forward(struct __sk_buff *skb, struct sl_packet *pkt, const struct sl_nat_entry *entry)
+{
+	__be32 to_addr = entry->to_addr[3];
+	__be16 to_port = entry->to_port;
+	__be32 nat_addr = entry->nat_addr[3];
+	__be16 nat_port = entry->nat_port;
+	__u16 flags = entry->flags;
+
+	if (sl_rewrite(skb, pkt, 1, to_addr, to_port))
+		return -EFAULT;
+	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(skb, pkt, 0, nat_addr, nat_port))
+		return -EFAULT;
+	return 0;
+}
+
+/* Applies a REPLY entry: source back to the frontend, destination back to the client. */
+static __always_inline int sl_apply_reply(struct __sk_buff *skb, struct sl_packet *pkt, const struct sl_nat_entry *entry)
+{
+	__be32 to_addr = entry->to_addr[3];
+	__be16 to_port = entry->to_port;
+	__be32 nat_addr = entry->nat_addr[3];
+	__be16 nat_port = entry->nat_port;
+	__u16 flags = entry->flags;
+
+	if (sl_rewrite(skb, pkt, 0, to_addr, to_port))
+		return -EFAULT;
+	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(skb, pkt, 1, nat_addr, nat_port))
+		return -EFAULT;
+	return 0;
+}
+
+// MARK: - Workers
+
+/* Ingress of an external device. Returns SL_NP_PASS, SL_NP_FORWARD (*fwd filled) or
+ * -errno (drop). */
+static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_forward *fwd)
+{
+	const struct sl_service_value *master;
+	struct sl_nat_entry *tracked;
+	struct sl_nat_entry created;
+	struct sl_revnat frontend;
+	struct sl_packet pkt = {};
+	struct sl_nat_key key;
+	int rc;
+
+	rc = sl_parse(skb, &pkt);
+	if (rc)
+		return rc > 0 ? SL_NP_PASS : rc;
+
+	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
+	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+	if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
+		tracked->last_seen_ns = bpf_ktime_get_ns();
+		rc = sl_apply_reply(skb, &pkt, tracked);
+		if (rc)
+			return rc;
+		rc = sl_route(skb, &pkt, fwd);
+		if (rc >= 0)
+			sl_count(SL_REASON_NP_REPLY);
+		return rc;
+	}
+
+	key.dir = SL_NAT_DIR_FORWARD;
+	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+	if (tracked) {
+		tracked->last_seen_ns = bpf_ktime_get_ns();
+		rc = sl_apply_forward(skb, &pkt, tracked);
+		if (rc)
+			return rc;
+		rc = sl_route(skb, &pkt, fwd);
+		if (rc >= 0)
+			sl_count(SL_REASON_NP_FORWARD);
+		return rc;
+	}
+
+	master = sl_lookup_frontend(&pkt, &frontend);
+	if (!master) {
+		sl_count(SL_REASON_NP_NOT_SERVICE);
+		return SL_NP_PASS;
+	}
+	if (master->flags & SL_SVC_F_DROP) {
+		sl_count(SL_REASON_NP_DROP);
+		return -EPERM;
+	}
+	if ((master->flags & SL_SVC_F_REJECT) || master->count == 0)
+		return sl_reject(skb, &pkt, fwd);
+	rc = sl_new_flow(skb, &pkt, master, &frontend, &created);
+	if (rc)
+		return rc;
+	rc = sl_apply_forward(skb, &pkt, &created);
+	if (rc)
+		return rc;
+	rc = sl_route(skb, &pkt, fwd);
+	if (rc >= 0)
+		sl_count(SL_REASON_NP_FORWARD_NEW);
+	return rc;
+}
+
+/* Egress of an external device: replies of flows that were not source-NATed (local
+ * backends) leave with the frontend as their source. Never drops: a packet it cannot
+ * parse is the node's own business. */
+static __always_inline int sl_to_netdev(struct __sk_buff *skb)
+{
+	struct sl_nat_entry *tracked;
+	struct sl_packet pkt = {};
+	struct sl_nat_key key;
+
+	if (sl_parse(skb, &pkt))
+		return SL_NP_PASS;
+	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
+	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+	if (!tracked || (tracked->flags & SL_NAT_F_SNAT))
+		return SL_NP_PASS;
+	tracked->last_seen_ns = bpf_ktime_get_ns();
+	if (sl_apply_reply(skb, &pkt, tracked))
+		return -EFAULT;
+	sl_count(SL_REASON_NP_REPLY);
+	return SL_NP_PASS;
+}
+
+// MARK: - Entry points
+
+static __always_inline int sl_tc_verdict(int rc, const struct sl_np_forward *fwd)
+{
+	if (rc < 0)
+		return TC_ACT_SHOT;
+	if (rc == SL_NP_PASS)
+		return TC_ACT_OK;
+	if (fwd->resolve_neigh) {
+		struct bpf_redir_neigh nh = { .nh_family = SL_AF_INET, .ipv4_nh = fwd->nexthop };
+
+		return bpf_redirect_neigh(fwd->ifindex, &nh, sizeof(nh), 0);
+	}
+	return bpf_redirect(fwd->ifindex, 0);
+}
+
+SEC("tc")
+int sl_nodeport_ingress(struct __sk_buff *skb)
+{
+	struct sl_np_forward fwd = {};
+
+	return sl_tc_verdict(sl_from_netdev(skb, &fwd), &fwd);
+}
+
+SEC("tc")
+int sl_nodeport_egress(struct __sk_buff *skb)
+{
+	return sl_to_netdev(skb) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+}
