@@ -22,15 +22,17 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
     public let serviceProxyName: String?
     public let minimumSyncInterval: Duration
     public let informerOptions: InformerOptions
+    /// Informer state and arriving changes, for health and metrics.
+    public let status: KubernetesSourceStatus?
     private let apply: @Sendable (ManifestObjects, _ prune: Bool) -> Void
     private let logger: Logger
 
     /// Syncs through `syncer`.
     public init(client: KubeClient, syncer: ProxySyncer, serviceProxyName: String?,
                 minimumSyncInterval: Duration = .milliseconds(100), informerOptions: InformerOptions = InformerOptions(),
-                logger: Logger) {
+                status: KubernetesSourceStatus? = nil, logger: Logger) {
         self.init(client: client, nodeName: syncer.nodeName, serviceProxyName: serviceProxyName,
-                  minimumSyncInterval: minimumSyncInterval, informerOptions: informerOptions, logger: logger) {
+                  minimumSyncInterval: minimumSyncInterval, informerOptions: informerOptions, status: status, logger: logger) {
             syncer.sync($0, prune: $1)
         }
     }
@@ -38,32 +40,44 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
     /// Hands every snapshot to `apply` (tests, benchmarks).
     public init(client: KubeClient, nodeName: String, serviceProxyName: String?,
                 minimumSyncInterval: Duration = .milliseconds(100), informerOptions: InformerOptions = InformerOptions(),
-                logger: Logger, apply: @escaping @Sendable (ManifestObjects, _ prune: Bool) -> Void) {
+                status: KubernetesSourceStatus? = nil, logger: Logger,
+                apply: @escaping @Sendable (ManifestObjects, _ prune: Bool) -> Void) {
         self.client = client
         self.nodeName = nodeName
         self.serviceProxyName = serviceProxyName
         self.minimumSyncInterval = minimumSyncInterval
         self.informerOptions = informerOptions
+        self.status = status
         self.apply = apply
         self.logger = logger
     }
 
     public func run() async throws {
         let changes = ChangeSignal()
+        let status = self.status
         let services = Informer<ServiceModel.Service>(
             client: client, query: .services(serviceProxyName: serviceProxyName), options: informerOptions
-        ) { _ in changes.poke() }
+        ) { _ in
+            status?.noteChange()
+            changes.poke()
+        }
         let slices = Informer<EndpointSlice>(
             client: client, query: .endpointSlices(serviceProxyName: serviceProxyName), options: informerOptions
-        ) { _ in changes.poke() }
+        ) { _ in
+            status?.noteChange()
+            changes.poke()
+        }
         let node = Informer<ServiceModel.Node>(
             client: client, query: .node(named: nodeName), options: informerOptions
         ) { event in
             // Node status changes every few seconds (heartbeats, conditions); only the parts
             // the translation reads are worth a sync.
             if case .updated(let old, let new) = event, ProxyNode(node: old) == ProxyNode(node: new) { return }
+            status?.noteChange()
             changes.poke()
         }
+        status?.attach(services: services, slices: slices, node: node)
+        defer { status?.detach() }
         logger.info("watching the Kubernetes API", metadata: [
             "server": "\(client.configuration.server)", "credentials": "\(client.configuration.origin)",
             "serviceProxyName": "\(serviceProxyName ?? "-")", "node": "\(nodeName)",

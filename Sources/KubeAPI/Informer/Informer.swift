@@ -49,6 +49,7 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
     private var synced = false
     private var lastVersion = ""
     private var stateDescription = "idle"
+    private var counts = InformerStatistics()
 
     public init(client: KubeClient, query: ResourceQuery, options: InformerOptions = InformerOptions(),
                 handler: @escaping @Sendable (InformerEvent<Object>) -> Void) {
@@ -73,6 +74,13 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return lastVersion
+    }
+
+    /// How often the informer had to start over (for metrics).
+    public var statistics: InformerStatistics {
+        lock.lock()
+        defer { lock.unlock() }
+        return counts
     }
 
     /// The cached objects, sorted by namespace/name.
@@ -216,6 +224,7 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
             return await refused(response, request: pathAndQuery, machine: &machine)
         }
         logger.debug("watching", metadata: ["request": "\(pathAndQuery)", "http": "\(response.head.httpVersion)"])
+        lock.withLock { counts.watchesOpened += 1 }
         var actions = machine.handle(.connected)
 
         // The initial events of a streaming list must end by the deadline; the watchdog
@@ -319,6 +328,7 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
         items = list
         let first = !synced
         synced = true
+        if !first { counts.relists += 1 }
         lock.unlock()
         var deleted = 0
         var changed = 0
@@ -349,6 +359,23 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
     private static func same(_ a: Object, _ b: Object) -> Bool {
         if let x = a.metadata.resourceVersion, let y = b.metadata.resourceVersion, !x.isEmpty { return x == y }
         return a == b
+    }
+}
+
+/// Counts of an informer's restarts since it was created.
+public struct InformerStatistics: Equatable, Sendable {
+    /// Watch requests the server accepted (a streaming list counts as the first).
+    public var watchesOpened = 0
+    /// Complete lists after the first one (410 Gone, expired continue tokens…).
+    public var relists = 0
+
+    /// Watches opened after the first: each time a watch ended (server timeout, broken
+    /// stream, 410) and had to be started again.
+    public var watchRestarts: Int { max(0, watchesOpened - 1) }
+
+    public init(watchesOpened: Int = 0, relists: Int = 0) {
+        self.watchesOpened = watchesOpened
+        self.relists = relists
     }
 }
 
