@@ -33,6 +33,8 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
     /// Entries per BPF map, by `DatapathOptions.sizableMaps` key; unset maps keep their
     /// built-in size. Changing a size of a running installation needs `swiftlane cleanup`.
     public var mapSizes: [String: UInt32] = [:]
+    /// `metricsBindAddress` and `healthzBindAddress` (see ConfigurationOperations.swift).
+    public var operations = OperationsSettings()
 
     public enum Source: Equatable, Sendable {
         case directory(Directory)
@@ -197,6 +199,7 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
             }
             try sourceReader.rejectUnknown()
         }
+        try config.operations.parse(&reader)
         try reader.rejectUnknown()
         if let override = environment["NODE_NAME"], !override.isEmpty { config.nodeName = override }
         return config
@@ -272,7 +275,7 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
 
 /// Reads keys out of a YAML mapping, remembering which were used so the rest can be
 /// reported as unknown.
-private struct KeyReader {
+struct KeyReader {
     let mapping: Node.Mapping
     let prefix: String
     var used = Set<String>()

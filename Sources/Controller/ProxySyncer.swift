@@ -87,6 +87,8 @@ public final class ProxySyncer: @unchecked Sendable {
     public var terminateUDPSockets: ((Set<BackendAddress>) -> Void)?
     /// Frontends left on their previous state, by Service, since start (for metrics).
     public private(set) var failuresByService: [String: Int] = [:]
+    /// Told about every sync (metrics, health; see ProxySyncObserver).
+    public var observer: (any ProxySyncObserver)?
 
     /// What one sync did.
     public struct Report: Sendable {
@@ -182,7 +184,7 @@ public final class ProxySyncer: @unchecked Sendable {
         for (change, error) in report.failed {
             logger.error("frontend left on its previous state", metadata: [
                 "service": "\(change.service)", "frontend": "\(change.key.map { "\($0)" } ?? "-")", "error": "\(error)",
-            ])
+            ].merging(ReconcileFailure(error).metadata) { current, _ in current })
         }
         let end = clock.now
         var metadata: Logger.Metadata = [
@@ -192,9 +194,11 @@ public final class ProxySyncer: @unchecked Sendable {
         if let observedAt { metadata["networkProgrammingLatency"] = "\(end - observedAt)" }
         logger.info("synced", metadata: metadata)
         for change in report.applied { logger.debug("\(change)") }
-        return Report(frontends: owners.count, servicesChanged: changed.count, changes: report.applied.count, ops: report.opCount,
-                      failures: report.failed.map { "\($0.change.service): \($0.error)" }, duration: end - start,
-                      networkProgrammingLatency: observedAt.map { end - $0 })
+        let result = Report(frontends: owners.count, servicesChanged: changed.count, changes: report.applied.count, ops: report.opCount,
+                            failures: report.failed.map { "\($0.change.service): \($0.error)" }, duration: end - start,
+                            networkProgrammingLatency: observedAt.map { end - $0 })
+        observer?.proxySyncer(self, didSync: result, objects: objects, prune: prune)
+        return result
     }
 
     /// Takes ownership of the frontend keys no other Service holds; returns those.
