@@ -1,0 +1,220 @@
+import CLibBPF
+@testable import Datapath
+import Foundation
+import Glibc
+import XCTest
+
+/// Frames for BPF_PROG_TEST_RUN, built byte by byte (IPv4 header checksums computed).
+enum TestFrame {
+    static let clientMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x01]
+    static let nodeMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x02]
+    static let client: [UInt8] = [198, 51, 100, 7]
+    static let node: [UInt8] = [192, 0, 2, 1]
+
+    static func ethernet(type: UInt16 = 0x0800, _ payload: [UInt8]) -> [UInt8] {
+        nodeMAC + clientMAC + [UInt8(type >> 8), UInt8(type & 0xff)] + payload
+    }
+
+    static func ipv4(proto: UInt8, src: [UInt8] = client, dst: [UInt8] = node, options: [UInt8] = [], version: UInt8 = 4,
+                     ihl: UInt8? = nil, totalLength: Int? = nil, fragment: UInt16 = 0, ttl: UInt8 = 64,
+                     _ payload: [UInt8]) -> [UInt8] {
+        let headerLength = 20 + options.count
+        let total = totalLength ?? headerLength + payload.count
+        let versionAndLength: UInt8 = version << 4 | (ihl ?? UInt8(headerLength / 4))
+        var header: [UInt8] = [versionAndLength, 0, UInt8(total >> 8), UInt8(total & 0xff)]
+        header += [0x12, 0x34, UInt8(fragment >> 8), UInt8(fragment & 0xff), ttl, proto, 0, 0]
+        header += src
+        header += dst
+        header += options
+        let sum = checksum(header)
+        header[10] = UInt8(sum >> 8)
+        header[11] = UInt8(sum & 0xff)
+        return header + payload
+    }
+
+    static func tcp(sport: UInt16 = 40000, dport: UInt16, dataOffset: UInt8 = 5, flags: UInt8 = 0x02) -> [UInt8] {
+        var header: [UInt8] = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff)]
+        header += [0, 0, 0, 1, 0, 0, 0, 0]
+        header += [dataOffset << 4, flags, 0xff, 0xff, 0xab, 0xcd, 0, 0]
+        return header
+    }
+
+    static func udp(sport: UInt16 = 40000, dport: UInt16, length: Int? = nil, payload: [UInt8] = [1, 2, 3, 4]) -> [UInt8] {
+        let total = length ?? 8 + payload.count
+        var header: [UInt8] = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff)]
+        header += [UInt8(total >> 8), UInt8(total & 0xff), 0, 0]
+        return header + payload
+    }
+
+    /// The Internet checksum of `bytes` (0 when the bytes already hold a valid checksum).
+    static func checksum(_ bytes: [UInt8]) -> UInt16 {
+        var sum: UInt32 = 0
+        var index = 0
+        while index + 1 < bytes.count {
+            sum += UInt32(bytes[index]) << 8 | UInt32(bytes[index + 1])
+            index += 2
+        }
+        if index < bytes.count { sum += UInt32(bytes[index]) << 8 }
+        while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
+        return ~UInt16(sum)
+    }
+}
+
+/// The parser and the reject path of `bpf/nodeport.c` on crafted frames through
+/// BPF_PROG_TEST_RUN: every malformed or truncated frame is dropped with its own counted
+/// reason (the verifier already guarantees no out-of-bounds read), frames that are not
+/// for the datapath pass untouched, and a frontend without endpoints answers with a
+/// well-formed ICMP port unreachable.
+final class NodePortPacketTests: XCTestCase {
+    private static let tcActOK: Int32 = 0
+    private static let tcActShot: Int32 = 2
+    private static let tcActRedirect: Int32 = 7
+    private static let rejectingPort: UInt16 = 30099
+
+    private var pinPath = ""
+    private var datapath: NodePortDatapath!
+
+    override func setUpWithError() throws {
+        try requireKernelBPF()
+        pinPath = uniquePinPath("nppkt")
+        datapath = try NodePortDatapath.load(NodePortOptions(pinPath: pinPath), logger: testLogger)
+        // A NodePort frontend without endpoints on TCP and UDP, served on TestFrame.node.
+        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
+        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] {
+            var key = sl_service_key()
+            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
+            key.port = Self.rejectingPort.bigEndian
+            key.proto = proto
+            var value = sl_service_value()
+            value.rev_nat_id = 1
+            value.flags = UInt16(SL_SVC_F_REJECT.rawValue)
+            value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
+            try maps.services.update(key, value)
+        }
+        var nodeKey = sl_node_addr_key()
+        nodeKey.addr = NodePortDatapath.v4MappedWords("192.0.2.1")!
+        var nodeValue = sl_node_addr()
+        nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
+        try datapath.nodeAddresses.update(nodeKey, nodeValue)
+    }
+
+    override func tearDown() {
+        datapath = nil
+        SocketLoadBalancer.uninstall(pinPath: pinPath)
+    }
+
+    private struct Row {
+        var name: String
+        var frame: [UInt8]
+        var verdict: Int32
+        var reason: String
+    }
+
+    /// Runs each row through the ingress program; each must give its verdict and raise
+    /// exactly its reason's counter by one and no other.
+    private func check(_ rows: [Row], file: StaticString = #filePath, line: UInt = #line) throws {
+        for row in rows {
+            let before = datapath.outcomeCounters()
+            let result: (verdict: Int32, packet: [UInt8])
+            do {
+                result = try datapath.testRun(.ingress, packet: row.frame)
+            } catch {
+                XCTFail("\(row.name): \(error)", file: file, line: line)
+                continue
+            }
+            let after = datapath.outcomeCounters()
+            XCTAssertEqual(result.verdict, row.verdict, "verdict of \(row.name)", file: file, line: line)
+            var changed: [String: UInt64] = [:]
+            for (reason, count) in after where before[reason] != count { changed[reason] = count - (before[reason] ?? 0) }
+            XCTAssertEqual(changed, [row.reason: 1], "counters of \(row.name)", file: file, line: line)
+        }
+    }
+
+    func testTruncatedAndMalformedFramesAreDroppedWithTheirReason() throws {
+        typealias F = TestFrame
+        let tcp = UInt8(IPPROTO_TCP), udp = UInt8(IPPROTO_UDP)
+        // BPF_PROG_TEST_RUN refuses (EINVAL) an IPv4 frame shorter than an IPv4 header, so
+        // the parser's first two bounds checks are covered by the verifier alone.
+        try check([
+            Row(name: "IHL 4", frame: F.ethernet(F.ipv4(proto: tcp, ihl: 4, F.tcp(dport: 80))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "version 6 in an IPv4 frame", frame: F.ethernet(F.ipv4(proto: tcp, version: 6, F.tcp(dport: 80))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "total length beyond the frame", frame: F.ethernet(F.ipv4(proto: tcp, totalLength: 200, F.tcp(dport: 80))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "total length shorter than the header", frame: F.ethernet(F.ipv4(proto: tcp, totalLength: 16, F.tcp(dport: 80))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "IHL beyond the frame", frame: F.ethernet(F.ipv4(proto: tcp, ihl: 15, totalLength: 40, F.tcp(dport: 80))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "TCP header cut at 10 bytes", frame: F.ethernet(F.ipv4(proto: tcp, Array(F.tcp(dport: 80).prefix(10)))),
+                verdict: Self.tcActShot, reason: "np_truncated"),
+            Row(name: "TCP data offset 4", frame: F.ethernet(F.ipv4(proto: tcp, F.tcp(dport: 80, dataOffset: 4))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "TCP data offset beyond the datagram", frame: F.ethernet(F.ipv4(proto: tcp, F.tcp(dport: 80, dataOffset: 15))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "UDP header cut at 6 bytes", frame: F.ethernet(F.ipv4(proto: udp, Array(F.udp(dport: 53).prefix(6)))),
+                verdict: Self.tcActShot, reason: "np_truncated"),
+            Row(name: "UDP length 4", frame: F.ethernet(F.ipv4(proto: udp, F.udp(dport: 53, length: 4))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "UDP length beyond the datagram", frame: F.ethernet(F.ipv4(proto: udp, F.udp(dport: 53, length: 400))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+        ])
+    }
+
+    func testFramesNotForTheDatapathPassUntouched() throws {
+        typealias F = TestFrame
+        let tcp = UInt8(IPPROTO_TCP)
+        let nops: [UInt8] = [1, 1, 1, 1, 1, 1, 1, 0]
+        let rows = [
+            Row(name: "ARP", frame: F.ethernet(type: 0x0806, Array(repeating: 0, count: 28)), verdict: Self.tcActOK, reason: "np_not_ipv4"),
+            Row(name: "IPv6", frame: F.ethernet(type: 0x86dd, Array(repeating: 0, count: 60)), verdict: Self.tcActOK, reason: "np_not_ipv4"),
+            Row(name: "ICMP echo", frame: F.ethernet(F.ipv4(proto: 1, [8, 0, 0, 0, 0, 1, 0, 1])), verdict: Self.tcActOK, reason: "np_not_ipv4"),
+            Row(name: "first fragment", frame: F.ethernet(F.ipv4(proto: tcp, fragment: 0x2000, F.tcp(dport: Self.rejectingPort))),
+                verdict: Self.tcActOK, reason: "np_fragment"),
+            Row(name: "later fragment", frame: F.ethernet(F.ipv4(proto: tcp, fragment: 100, Array(repeating: 0xee, count: 24))),
+                verdict: Self.tcActOK, reason: "np_fragment"),
+            Row(name: "TCP with IP options to no frontend", frame: F.ethernet(F.ipv4(proto: tcp, options: nops, F.tcp(dport: 81))),
+                verdict: Self.tcActOK, reason: "np_not_service"),
+            Row(name: "NodePort on an address that is not the node's",
+                frame: F.ethernet(F.ipv4(proto: tcp, dst: [192, 0, 2, 99], F.tcp(dport: Self.rejectingPort))),
+                verdict: Self.tcActOK, reason: "np_not_service"),
+        ]
+        try check(rows)
+        for row in rows {
+            XCTAssertEqual(try datapath.testRun(.ingress, packet: row.frame).packet, row.frame, "\(row.name) is not modified")
+        }
+    }
+
+    func testAFrontendWithoutEndpointsAnswersWithICMPPortUnreachable() throws {
+        typealias F = TestFrame
+        for (proto, l4, quoted) in [(UInt8(IPPROTO_TCP), F.tcp(dport: Self.rejectingPort), 20),
+                                    (UInt8(IPPROTO_UDP), F.udp(dport: Self.rejectingPort), 8)] {
+            let ip = F.ipv4(proto: proto, l4)
+            let frame = F.ethernet(ip)
+            try check([Row(name: "proto \(proto) to a rejecting NodePort", frame: frame, verdict: Self.tcActRedirect, reason: "np_reject")])
+            let reply = try datapath.testRun(.ingress, packet: frame).packet
+            XCTAssertEqual(reply.count, 14 + 20 + 8 + 20 + quoted, "proto \(proto)")
+            guard reply.count == 14 + 20 + 8 + 20 + quoted else { continue }
+            XCTAssertEqual(Array(reply[0..<6]), F.clientMAC, "back to the previous hop")
+            XCTAssertEqual(Array(reply[6..<12]), F.nodeMAC)
+            let header = Array(reply[14..<34])
+            XCTAssertEqual(header[0], 0x45)
+            XCTAssertEqual(Int(header[2]) << 8 | Int(header[3]), 20 + 8 + 20 + quoted, "total length")
+            XCTAssertEqual(header[9], 1, "ICMP")
+            XCTAssertEqual(Array(header[12..<16]), F.node, "from the address the client asked for")
+            XCTAssertEqual(Array(header[16..<20]), F.client)
+            XCTAssertEqual(F.checksum(header), 0, "IPv4 header checksum")
+            let icmp = Array(reply[34...])
+            XCTAssertEqual(icmp[0], 3, "destination unreachable")
+            XCTAssertEqual(icmp[1], 3, "port unreachable")
+            XCTAssertEqual(F.checksum(icmp), 0, "ICMP checksum")
+            XCTAssertEqual(Array(icmp[8...]), Array(ip.prefix(20 + quoted)), "quotes the offending header")
+        }
+    }
+
+    func testARejectedPacketWithIPOptionsIsDroppedNotAnsweredWrongly() throws {
+        typealias F = TestFrame
+        let frame = F.ethernet(F.ipv4(proto: UInt8(IPPROTO_TCP), options: [1, 1, 1, 0], F.tcp(dport: Self.rejectingPort)))
+        try check([Row(name: "SYN with IP options to a rejecting NodePort", frame: frame, verdict: Self.tcActShot, reason: "np_reject_failed")])
+    }
+}
