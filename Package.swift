@@ -7,6 +7,7 @@ import PackageDescription
 //   BPFObjects (embedded .o) ────┘
 // KubeAPI (libcurl list/watch client) feeds the Controller.
 // NetLab (namespaces, cgroups, traffic probes) serves the demo, the tests and the benchmarks.
+// Operations (metrics, health, config reload) sits beside the Controller and uses it.
 let package = Package(
     name: "Swiftlane",
     platforms: [.macOS(.v14)],
@@ -19,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
     ],
     targets: [
         // MARK: C shims
@@ -71,13 +75,31 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The operator's view of a running controller: Prometheus metrics, the health and
+        // readiness endpoints (SwiftNIO HTTP/1.1), configuration reload, log levels.
+        .target(
+            name: "Operations",
+            dependencies: [
+                "Controller", "Datapath", "Reconciler", "ServiceModel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .target(name: "NetLab"),
         .executableTarget(
             name: "swiftlane",
             dependencies: [
-                "Controller", "Datapath", "ServiceModel", "NetLab", "KubeAPI",
+                "Controller", "Datapath", "ServiceModel", "NetLab", "KubeAPI", "Operations", "Reconciler",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -102,6 +124,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["FakeAPIServer", "Fixtures"]
+        ),
+        .testTarget(
+            name: "OperationsTests",
+            dependencies: [
+                "Operations", "Controller", "Datapath", "Reconciler", "ServiceModel", "NetLab", "swiftlane",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "DatapathKernelTests",

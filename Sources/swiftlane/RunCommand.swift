@@ -4,6 +4,9 @@ import Datapath
 import Foundation
 import KubeAPI
 import Logging
+import Metrics
+import Operations
+import Prometheus
 import ServiceLifecycle
 
 struct RunCommand: AsyncParsableCommand {
@@ -13,7 +16,13 @@ struct RunCommand: AsyncParsableCommand {
         discussion: """
             Loads the BPF programs (reusing the pinned maps of a previous run), attaches them \
             to the configured cgroup, then watches the configured source and programs every \
-            change. SIGTERM/SIGINT stop the controller and leave the datapath serving.
+            change. Serves Prometheus metrics on metricsBindAddress (/metrics, default \
+            0.0.0.0:10249) and /healthz, /livez and /readyz on healthzBindAddress (default \
+            0.0.0.0:10256). Re-reads the configuration file every second: log level, source \
+            and translation keys are applied at once, other changed keys are logged as \
+            needing a restart, and an invalid file is logged and ignored. SIGTERM/SIGINT \
+            stop the controller and leave the datapath serving; only `swiftlane cleanup` \
+            removes it.
             """
     )
 
@@ -27,15 +36,14 @@ struct RunCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
-        let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let logLevel = LogLevelControl(configuration.logLevel)
+        LoggingSystem.bootstrap { label in logLevel.makeHandler(label: label) }
         let logger = Logger(label: "swiftlane")
-        let datapath = try SocketLoadBalancer.install(
-            configuration.datapathOptions, logger: logger)
+        let registry = PrometheusCollectorRegistry()
+        // Libraries that report through swift-metrics land in the same exposition.
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+
+        let datapath = try SocketLoadBalancer.install(configuration.datapathOptions, logger: logger)
         let syncer = try ProxySyncer(
             nodeName: configuration.nodeName, options: configuration.translation, maps: datapath.maps, logger: logger)
         do {
@@ -44,10 +52,53 @@ struct RunCommand: AsyncParsableCommand {
         } catch {
             logger.warning("UDP sockets of removed backends will not be terminated", metadata: ["error": "\(error)"])
         }
-        let service: any Service
+
+        // Health and metrics see every sync through the syncer's observer, and every change
+        // arriving from the API server through the source status.
+        let health = ProxyHealth()
+        let telemetryBox = TelemetryBox()
+        let kubernetesStatus = KubernetesSourceStatus { telemetryBox.telemetry?.changeArrived() }
+        let maps = datapath.maps
+        let metrics = SwiftlaneMetrics(
+            registry: registry, pinPath: configuration.bpfPinPath, outcomeCounters: { maps.outcomeCounters() },
+            kubernetesStatus: kubernetesStatus, version: SwiftlaneVersion.current)
+        let telemetry = SyncTelemetry(metrics: metrics, health: health)
+        telemetryBox.telemetry = telemetry
+        syncer.observer = telemetry
+        health.answered = { endpoint, code in metrics.recordHealthCheck(endpoint: endpoint, code: code) }
+        health.liveNode = { kubernetesStatus.node }
+        let expectedLinks = datapath.attachments.filter { $0.outcome != .skipped }
+            .map { SocketLoadBalancer.linkDirectory(pinPath: configuration.bpfPinPath) + "/" + $0.hook.linkName }
+        health.datapathAttached = { Self.linksAttached(expectedLinks, pinPath: configuration.bpfPinPath) }
+        let supervisor = try SourceSupervisor(configuration: configuration, syncer: syncer, logger: logger) { current in
+            health.sourceReady = Self.sourceReadiness(current, kubernetesStatus)
+            return try Self.makeSource(current, syncer: syncer, status: kubernetesStatus, logger: logger)
+        }
+        let reloader = ConfigReloader(path: config, running: configuration, metrics: metrics, logger: logger) { next in
+            logLevel.level = next.logLevel
+            supervisor.reload(next)
+        }
+
+        // Shut down in reverse order: the source first, the endpoints last.
+        var services: [any Service] = []
+        if let address = configuration.operations.healthzBindAddress {
+            services.append(HTTPEndpointServer(name: "health", address: address, logger: logger) { health.respond(to: $0) })
+        }
+        if let address = configuration.operations.metricsBindAddress {
+            services.append(HTTPEndpointServer(name: "metrics", address: address, logger: logger) { metrics.respond(to: $0) })
+        }
+        services += [reloader, supervisor]
+        let group = ServiceGroup(configuration: .init(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    /// The sync service for the configured source.
+    static func makeSource(_ configuration: SwiftlaneConfiguration, syncer: ProxySyncer, status: KubernetesSourceStatus,
+                           logger: Logger) throws -> any Service {
         switch configuration.source {
         case .directory(let directory):
-            service = DirectorySyncService(
+            return DirectorySyncService(
                 source: DirectorySource(path: directory.path, logger: logger), syncer: syncer,
                 pollInterval: .milliseconds(directory.pollIntervalMilliseconds),
                 minSyncPeriod: .milliseconds(configuration.minSyncPeriodMilliseconds), logger: logger)
@@ -66,12 +117,43 @@ struct RunCommand: AsyncParsableCommand {
             let client = try KubeClient(
                 configuration: clientConfiguration, limits: .init(qps: kubernetes.qps, burst: kubernetes.burst),
                 transportOptions: transport, logger: logger)
-            service = KubernetesSyncService(
+            return KubernetesSyncService(
                 client: client, syncer: syncer, serviceProxyName: configuration.serviceProxyName,
-                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), logger: logger)
+                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), status: status, logger: logger)
         }
-        let group = ServiceGroup(configuration: .init(
-            services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
     }
+
+    /// /readyz's source check: every informer synced, or the manifest folder readable.
+    static func sourceReadiness(_ configuration: SwiftlaneConfiguration, _ status: KubernetesSourceStatus)
+        -> @Sendable () -> (Bool, String)
+    {
+        switch configuration.source {
+        case .kubernetes:
+            return {
+                let resources = status.resources
+                let waiting = resources.isEmpty ? ["services", "endpointslices", "node"] : resources.filter { !$0.synced }.map(\.name)
+                return (waiting.isEmpty, "waiting for the initial list of " + waiting.joined(separator: ", "))
+            }
+        case .directory(let directory):
+            return {
+                var isDirectory: ObjCBool = false
+                let exists = FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory) && isDirectory.boolValue
+                return (exists, "\(directory.path) is not a directory")
+            }
+        }
+    }
+
+    /// /readyz's datapath check: every link `install` attached is still pinned and attached.
+    static func linksAttached(_ expected: [String], pinPath: String) -> (Bool, String) {
+        let links = Dictionary(DatapathInspection.linkAttachments(pinPath: pinPath).map { (pinPath + "/" + $0.pin, $0.attached) },
+                               uniquingKeysWith: { first, _ in first })
+        let missing = expected.filter { links[$0] != true }
+        return (missing.isEmpty, "not attached: " + missing.joined(separator: ", "))
+    }
+}
+
+/// Breaks the cycle between the source status (created first, calls the telemetry) and
+/// the telemetry (needs the metrics, which read the status).
+private final class TelemetryBox: @unchecked Sendable {
+    var telemetry: SyncTelemetry?
 }
