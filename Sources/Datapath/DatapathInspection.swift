@@ -98,10 +98,51 @@ public enum DatapathInspection {
         public var isEmpty: Bool { programIDs.isEmpty && mapIDs.isEmpty }
     }
 
-    /// The programs the pinned links run and the pinned maps, by kernel id.
+    /// One tc filter of the external-traffic datapath.
+    public struct TCAttachment: Equatable, Sendable {
+        public var device: String
+        /// `ingress` or `egress`.
+        public var hook: String
+        public var programID: UInt32
+    }
+
+    /// Swiftlane's tc filters (its handle and priority on clsact) on every device of this
+    /// network namespace. tc filters are not pinned, so they are found on the devices.
+    public static func tcAttachments() -> [TCAttachment] {
+        var result: [TCAttachment] = []
+        for device in networkDevices() {
+            let ifindex = Int32(if_nametoindex(device))
+            guard ifindex > 0 else { continue }
+            for (egress, hook) in [(Int32(0), "ingress"), (1, "egress")] {
+                var programID: UInt32 = 0
+                if clb_tc_query(ifindex, egress, NodePortDatapath.filterHandle, NodePortDatapath.filterPriority, &programID) == 0,
+                   programID != 0 {
+                    result.append(TCAttachment(device: device, hook: hook, programID: programID))
+                }
+            }
+        }
+        return result
+    }
+
+    /// The names of this network namespace's devices.
+    public static func networkDevices() -> [String] {
+        guard let list = if_nameindex() else { return [] }
+        defer { if_freenameindex(list) }
+        var names: [String] = []
+        var entry = list
+        while entry.pointee.if_index != 0, let name = entry.pointee.if_name {
+            names.append(String(cString: name))
+            entry += 1
+        }
+        return names
+    }
+
+    /// The programs the pinned links and Swiftlane's tc filters run, and the pinned maps,
+    /// by kernel id.
     public static func ownedObjects(pinPath: String) -> OwnedObjects {
         var owned = OwnedObjects()
         for link in linkAttachments(pinPath: pinPath) { owned.programIDs.insert(link.programID) }
+        for filter in tcAttachments() { owned.programIDs.insert(filter.programID) }
         for name in pinnedFiles(pinPath) {
             let fd = bpf_obj_get(pinPath + "/" + name)
             guard fd >= 0 else { continue }
