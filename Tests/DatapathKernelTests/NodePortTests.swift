@@ -184,4 +184,39 @@ final class NodePortTests: XCTestCase {
         // Without the datapath node A has nothing listening on the NodePort.
         XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 2).failures, ["ECONNREFUSED": 2])
     }
+
+    func testExternalTrafficPolicyLocalKeepsTheClientAddressAndUsesOnlyLocalPods() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
+        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, extra: "  externalTrafficPolicy: Local"))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 20)
+        XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.backends, ["a1": 20], "only node A's own pod serves external traffic")
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4], "eTP=Local preserves the client address")
+    }
+
+    func testExternalTrafficPolicyLocalWithoutALocalPodDropsExternalTraffic() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        try h.apply(h.webService(pods: h.lab.podsOnB, extra: "  externalTrafficPolicy: Local"))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 3, connectTimeoutMs: 300)
+        XCTAssertEqual(report.ok, 0)
+        XCTAssertEqual(report.failures, ["ETIMEDOUT": 3], "dropped, not refused: \(report.failures)")
+        XCTAssertGreaterThanOrEqual(h.datapath.outcomeCounters()["np_drop"] ?? 0, 3)
+        XCTAssertEqual(h.datapath.outcomeCounters()["np_forward_new"], 0)
+    }
+
+    func testTCPConnectionsOutliveAChangeOfTheBackendSet() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 2)
+        let (a1, b1, b2) = (h.lab.podsOnA[0], h.lab.podsOnB[0], h.lab.podsOnB[1])
+        try h.apply(h.webService(pods: [a1, b1]))
+        let hold = try h.client.startHold(target: h.tcpTarget, connections: 20)
+        XCTAssertEqual(hold.established.established, 20, "\(hold.established.failures)")
+        XCTAssertEqual(Set(hold.established.backends.keys), ["a1", "b1"], "held flows cover a local and a source-NATed backend")
+        // Both held backends leave the set (their pods keep running); b2 joins.
+        try h.apply(h.webService(pods: [b2]))
+        let after = try h.client.tcp(target: h.tcpTarget, count: 10)
+        XCTAssertEqual(after.backends, ["b2": 10], "new connections use the new set")
+        let final = try hold.finish()
+        XCTAssertEqual(final.survived, 20, "held connections keep their backend: lost \(final.lost ?? [:])")
+        XCTAssertEqual(final.survivedBackends, hold.established.backends)
+    }
 }
