@@ -81,8 +81,14 @@ struct sl_packet {
 	__u8 tos;
 	__u8 ihl_bytes;
 	__u16 tot_len;
-	__u16 pad;
+	__u8 tcp_flags; /* FIN, SYN, RST, … (byte 13 of the TCP header); 0 for UDP */
+	__u8 pad;
 };
+
+#define SL_TCP_FIN 0x01
+#define SL_TCP_SYN 0x02
+#define SL_TCP_RST 0x04
+#define SL_TCP_ACK 0x10
 
 // MARK: - Parsing
 
@@ -164,6 +170,7 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_packet *pkt
 		}
 		pkt->sport = tcp->source;
 		pkt->dport = tcp->dest;
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
 	} else {
 		struct udphdr *udp = (void *)ip + ihl_bytes;
 
@@ -594,6 +601,20 @@ static __always_inline int sl_apply_reply(struct __sk_buff *skb, struct sl_packe
 	return 0;
 }
 
+/* Marks a tracked entry as used now, and as closing once a FIN or RST passes, so the
+ * controller's garbage collection gives it the short timeout. A new SYN on the same
+ * tuple (a client reusing its port) opens it again. */
+static __always_inline void sl_touch(struct sl_nat_entry *entry, const struct sl_packet *pkt)
+{
+	__u8 syn_only = (pkt->tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
+
+	entry->last_seen_ns = bpf_ktime_get_ns();
+	if ((pkt->tcp_flags & (SL_TCP_FIN | SL_TCP_RST)) && !(entry->flags & SL_NAT_F_CLOSING))
+		entry->flags |= SL_NAT_F_CLOSING;
+	else if (syn_only && (entry->flags & SL_NAT_F_CLOSING))
+		entry->flags &= ~SL_NAT_F_CLOSING;
+}
+
 // MARK: - Workers
 
 /* Ingress of an external device. Returns SL_NP_PASS, SL_NP_FORWARD (*fwd filled) or
@@ -615,7 +636,7 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
 	if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
-		tracked->last_seen_ns = bpf_ktime_get_ns();
+		sl_touch(tracked, &pkt);
 		rc = sl_apply_reply(skb, &pkt, tracked);
 		if (rc)
 			return rc;
@@ -628,7 +649,7 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 	key.dir = SL_NAT_DIR_FORWARD;
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
 	if (tracked) {
-		tracked->last_seen_ns = bpf_ktime_get_ns();
+		sl_touch(tracked, &pkt);
 		rc = sl_apply_forward(skb, &pkt, tracked);
 		if (rc)
 			return rc;
@@ -676,7 +697,7 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
 	if (!tracked || (tracked->flags & SL_NAT_F_SNAT))
 		return SL_NP_PASS;
-	tracked->last_seen_ns = bpf_ktime_get_ns();
+	sl_touch(tracked, &pkt);
 	if (sl_apply_reply(skb, &pkt, tracked))
 		return -EFAULT;
 	sl_count(SL_REASON_NP_REPLY);

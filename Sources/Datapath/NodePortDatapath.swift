@@ -259,6 +259,103 @@ public final class NodePortDatapath: @unchecked Sendable {
         (nat.keys().count, nat.info.max_entries)
     }
 
+    // MARK: - Connection tracking garbage collection
+
+    /// How long an idle tracked flow is kept (seconds since its last packet in either
+    /// direction). The defaults follow Cilium's: 6 h for TCP, 10 s once a FIN or RST was
+    /// seen, 60 s for UDP.
+    public struct ConntrackTimeouts: Sendable, Equatable {
+        public var tcp: Double
+        public var tcpClosing: Double
+        public var udp: Double
+
+        public init(tcp: Double = 21600, tcpClosing: Double = 10, udp: Double = 60) {
+            self.tcp = tcp
+            self.tcpClosing = tcpClosing
+            self.udp = udp
+        }
+    }
+
+    /// What one garbage collection pass did, and the table's pressure afterwards.
+    public struct ConntrackReport: Sendable, Equatable {
+        /// Entries looked at (each flow has a FORWARD and a REPLY entry).
+        public var scanned = 0
+        /// Entries deleted.
+        public var removed = 0
+        /// Entries left, and the table's capacity (LRU: when full, new flows evict the
+        /// least recently used ones).
+        public var remaining = 0
+        public var capacity: UInt32 = 0
+    }
+
+    /// Deletes the entries of flows idle longer than their timeout. A flow's two entries
+    /// are judged together, by the later of their last-seen times (a one-way UDP stream
+    /// refreshes only one of them) and go together; an entry whose partner is gone goes
+    /// by its own age. `now` is CLOCK_MONOTONIC in ns (bpf_ktime_get_ns's clock);
+    /// tests pass a later one instead of waiting.
+    @discardableResult
+    public func collectGarbage(timeouts: ConntrackTimeouts = ConntrackTimeouts(), now: UInt64? = nil) -> ConntrackReport {
+        let now = now ?? Self.monotonicNanoseconds()
+        var report = ConntrackReport(capacity: nat.info.max_entries)
+        let entries = nat.entries()
+        report.scanned = entries.count
+        var byKey: [[UInt32]: (sl_nat_key, sl_nat_entry)] = [:]
+        for (key, value) in entries { byKey[Self.words(key)] = (key, value) }
+        var doomed: [sl_nat_key] = []
+        var judged = Set<[UInt32]>()
+        for (key, value) in entries {
+            let id = Self.words(key)
+            guard !judged.contains(id) else { continue }
+            judged.insert(id)
+            let partnerKey = Self.partner(of: key, value)
+            let partner = byKey[Self.words(partnerKey)]
+            if partner != nil { judged.insert(Self.words(partnerKey)) }
+            let lastSeen = max(value.last_seen_ns, partner?.1.last_seen_ns ?? 0)
+            let closing = (value.flags | (partner?.1.flags ?? 0)) & UInt16(SL_NAT_F_CLOSING.rawValue) != 0
+            let timeout = key.proto == UInt8(IPPROTO_TCP) ? (closing ? timeouts.tcpClosing : timeouts.tcp) : timeouts.udp
+            guard now > lastSeen, Double(now - lastSeen) / 1e9 > timeout else { continue }
+            doomed.append(key)
+            if let partner { doomed.append(partner.0) }
+        }
+        for key in doomed where (try? nat.delete(key)) != nil { report.removed += 1 }
+        report.remaining = report.scanned - report.removed
+        return report
+    }
+
+    /// The other entry of a flow: a FORWARD entry's REPLY entry and the reverse.
+    static func partner(of key: sl_nat_key, _ value: sl_nat_entry) -> sl_nat_key {
+        let snat = value.flags & UInt16(SL_NAT_F_SNAT.rawValue) != 0
+        var other = sl_nat_key()
+        other.proto = key.proto
+        if key.dir == UInt8(SL_NAT_DIR_FORWARD.rawValue) {
+            // client -> frontend  ⇒  backend -> (SNAT address : port | client)
+            other.dir = UInt8(SL_NAT_DIR_REPLY.rawValue)
+            other.saddr = value.to_addr
+            other.sport = value.to_port
+            other.daddr = snat ? value.nat_addr : key.saddr
+            other.dport = snat ? value.nat_port : key.sport
+        } else {
+            // backend -> (SNAT address : port | client)  ⇒  client -> frontend
+            other.dir = UInt8(SL_NAT_DIR_FORWARD.rawValue)
+            other.saddr = snat ? value.nat_addr : key.daddr
+            other.sport = snat ? value.nat_port : key.dport
+            other.daddr = value.to_addr
+            other.dport = value.to_port
+        }
+        return other
+    }
+
+    private static func words(_ key: sl_nat_key) -> [UInt32] {
+        [key.saddr.0, key.saddr.1, key.saddr.2, key.saddr.3, key.daddr.0, key.daddr.1, key.daddr.2, key.daddr.3,
+         UInt32(key.sport) << 16 | UInt32(key.dport), UInt32(key.proto) << 8 | UInt32(key.dir)]
+    }
+
+    static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
     // MARK: - Testing
 
     public enum Program: Sendable { case ingress, egress }

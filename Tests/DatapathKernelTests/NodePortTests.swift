@@ -219,4 +219,29 @@ final class NodePortTests: XCTestCase {
         XCTAssertEqual(final.survived, 20, "held connections keep their backend: lost \(final.lost ?? [:])")
         XCTAssertEqual(final.survivedBackends, hold.established.backends)
     }
+
+    func testConntrackGarbageCollectionRemovesIdleFlowsByTheirTimeoutAndSparesLiveOnes() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
+        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB))
+        let hold = try h.client.startHold(target: h.tcpTarget, connections: 5)
+        XCTAssertEqual(hold.established.established, 5)
+        XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 10).ok, 10)  // closed with FIN
+        XCTAssertEqual(try h.client.udp(target: h.udpTarget, count: 10).ok, 10)
+        XCTAssertEqual(h.datapath.natPressure().entries, 2 * (5 + 10 + 10), "a FORWARD and a REPLY entry per flow")
+
+        let start = NodePortDatapath.monotonicNanoseconds()
+        let timeouts = NodePortDatapath.ConntrackTimeouts(tcp: 3600, tcpClosing: 10, udp: 60)
+        let early = h.datapath.collectGarbage(timeouts: timeouts, now: start + 5_000_000_000)
+        XCTAssertEqual(early.removed, 0, "nothing is idle for 5 s yet")
+        let closed = h.datapath.collectGarbage(timeouts: timeouts, now: start + 30_000_000_000)
+        XCTAssertEqual(closed.removed, 20, "closed TCP flows go after 10 s")
+        let udp = h.datapath.collectGarbage(timeouts: timeouts, now: start + 61_000_000_000)
+        XCTAssertEqual(udp.removed, 20, "UDP flows go after 60 s")
+        XCTAssertEqual(udp.remaining, 10, "the held connections stay")
+        XCTAssertEqual(udp.capacity, UInt32(SL_DEFAULT_NAT_MAX))
+        let final = try hold.finish()
+        XCTAssertEqual(final.survived, 5, "lost \(final.lost ?? [:])")
+        XCTAssertEqual(h.datapath.collectGarbage(timeouts: timeouts, now: start + 3_700_000_000_000).remaining, 0,
+                       "idle established flows go after the TCP timeout")
+    }
 }

@@ -241,7 +241,8 @@ struct sl_nat_key {
 _Static_assert(sizeof(struct sl_nat_key) == 40, "sl_nat_key layout");
 
 enum sl_nat_flags {
-	SL_NAT_F_SNAT = 1 << 0, /* the client's address and port were replaced (nat_addr/nat_port) */
+	SL_NAT_F_SNAT = 1 << 0,    /* the client's address and port were replaced (nat_addr/nat_port) */
+	SL_NAT_F_CLOSING = 1 << 1, /* TCP FIN or RST seen in this entry's direction: short GC timeout */
 };
 
 struct sl_nat_entry {
