@@ -21,33 +21,47 @@ public final class ProxySyncer: @unchecked Sendable {
     /// A class: the syncer keeps and compares thousands of them every sync, and copying
     /// the Kubernetes structs they hold costs a retain per field.
     private final class ServiceInputs: Equatable {
-        var service: ServiceModel.Service?
-        var slices: [EndpointSlice] = []
+        private(set) var service: ServiceModel.Service?
+        private(set) var slices: [EndpointSlice] = []
+        /// The objects' resourceVersions, read once when grouping; nil as soon as one
+        /// object has none (manifest files).
+        private var versions: [String]? = []
 
-        init(service: ServiceModel.Service? = nil) { self.service = service }
-
-        /// Objects from the API server always carry a resourceVersion, which changes at
-        /// every modification: equal versions mean equal objects, and the deep comparison
-        /// (the cost of a sync at scale) is skipped. Objects without one (manifest files)
-        /// are compared field by field.
-        static func == (lhs: ServiceInputs, rhs: ServiceInputs) -> Bool {
-            guard lhs.slices.count == rhs.slices.count, same(lhs.service?.metadata, rhs.service?.metadata) ?? (lhs.service == rhs.service)
-            else { return false }
-            for (left, right) in zip(lhs.slices, rhs.slices) where !(same(left.metadata, right.metadata) ?? (left == right)) {
-                return false
-            }
-            return true
+        init(service: ServiceModel.Service? = nil) {
+            if let service { setService(service) }
         }
 
-        /// nil when a version is missing (then compare the objects).
-        private static func same(_ left: ObjectMeta?, _ right: ObjectMeta?) -> Bool? {
-            switch (left, right) {
-            case (nil, nil): return true
-            case (let left?, let right?):
-                guard let a = left.resourceVersion, let b = right.resourceVersion else { return nil }
-                return a == b && left.name == right.name && left.namespace == right.namespace
-            default: return false
+        func setService(_ service: ServiceModel.Service) {
+            self.service = service
+            if let version = service.metadata.resourceVersion { versions?.insert(version, at: 0) } else { versions = nil }
+        }
+
+        func addSlice(_ slice: EndpointSlice) {
+            slices.append(slice)
+            if let version = slice.metadata.resourceVersion { versions?.append(version) } else { versions = nil }
+        }
+
+        func sortSlices() {
+            guard slices.count > 1 else { return }
+            slices.sort { $0.metadata.name < $1.metadata.name }
+            // Versions are compared as a multiset: order them independently of arrival.
+            if let first = versions?.first, service?.metadata.resourceVersion == first {
+                versions = [first] + versions!.dropFirst().sorted()
+            } else {
+                versions?.sort()
             }
+        }
+
+        /// Objects from the API server always carry a resourceVersion, unique across the
+        /// cluster and changed at every modification: equal versions mean equal objects,
+        /// and the deep comparison (the cost of a sync at scale) is skipped. Objects
+        /// without one (manifest files) are compared field by field.
+        static func == (lhs: ServiceInputs, rhs: ServiceInputs) -> Bool {
+            if let left = lhs.versions, let right = rhs.versions,
+               (lhs.service == nil) == (rhs.service == nil), lhs.slices.count == rhs.slices.count {
+                return left == right
+            }
+            return lhs.service == rhs.service && lhs.slices == rhs.slices
         }
     }
 
@@ -77,6 +91,9 @@ public final class ProxySyncer: @unchecked Sendable {
     /// Which Service serves each frontend key (the first by name when two claim one).
     private var owners: [FrontendKey: ServiceKey] = [:]
     private var keysByService: [ServiceKey: [FrontendKey]] = [:]
+    /// Services that asked for a frontend key another Service held: they get it when it
+    /// is freed.
+    private var shadowed: [FrontendKey: Set<ServiceKey>] = [:]
     /// Services whose last reconcile failed (map full…): reconciled again next sync even
     /// if their inputs did not change.
     private var retryServices = Set<ServiceKey>()
@@ -157,6 +174,7 @@ public final class ProxySyncer: @unchecked Sendable {
         if full {
             owners = [:]
             keysByService = [:]
+            shadowed = [:]
             var desired: [DesiredFrontend] = []
             for service in translated.keys.sorted() {
                 desired += claim(translated[service]!.frontends, for: service)
@@ -165,15 +183,28 @@ public final class ProxySyncer: @unchecked Sendable {
         } else {
             var upserting: [DesiredFrontend] = []
             var removing: [FrontendKey] = []
-            for service in changed.union(retryServices).sorted() {
+            var pending = changed.union(retryServices).sorted()
+            var done = Set<ServiceKey>()
+            while let service = pending.first {
+                pending.removeFirst()
+                guard done.insert(service).inserted else { continue }
                 let previous = keysByService[service] ?? []
                 for key in previous where owners[key] == service { owners[key] = nil }
                 let claimed = claim(translated[service]?.frontends ?? [], for: service)
                 let kept = Set(claimed.map(\.key))
                 upserting += claimed
-                removing += previous.filter { !kept.contains($0) && owners[$0] == nil }
+                for key in previous where !kept.contains(key) && owners[key] == nil {
+                    removing.append(key)
+                    // A Service that lost this key to us earlier can have it now.
+                    for waiting in shadowed.removeValue(forKey: key) ?? [] where translated[waiting] != nil {
+                        done.remove(waiting)
+                        pending.append(waiting)
+                    }
+                }
                 if claimed.isEmpty { keysByService[service] = nil }
             }
+            let upsertedKeys = Set(upserting.map(\.key))
+            removing.removeAll { upsertedKeys.contains($0) }
             report = reconciler.reconcile(.only(upserting: upserting, removing: removing), healthChecks: healthChecks, maps: maps)
         }
         retryServices = Set(report.failed.compactMap { $0.change.key.flatMap { owners[$0] } })
@@ -209,6 +240,7 @@ public final class ProxySyncer: @unchecked Sendable {
                 logger.warning("duplicate frontend ignored", metadata: [
                     "service": "\(service)", "frontend": "\(frontend.key)", "servedFor": "\(owner)",
                 ])
+                shadowed[frontend.key, default: []].insert(service)
                 continue
             }
             owners[frontend.key] = service
@@ -239,19 +271,17 @@ public final class ProxySyncer: @unchecked Sendable {
         result.reserveCapacity(objects.services.count)
         for service in objects.services {
             let key = ServiceKey(namespace: service.metadata.namespace, name: service.metadata.name)
-            if let inputs = result[key] { inputs.service = service } else { result[key] = ServiceInputs(service: service) }
+            if let inputs = result[key] { inputs.setService(service) } else { result[key] = ServiceInputs(service: service) }
         }
         for slice in objects.endpointSlices {
             let owner = ServiceKey(namespace: slice.metadata.namespace, name: slice.serviceName ?? "")
-            if let inputs = result[owner] { inputs.slices.append(slice) } else {
+            if let inputs = result[owner] { inputs.addSlice(slice) } else {
                 let inputs = ServiceInputs()
-                inputs.slices = [slice]
+                inputs.addSlice(slice)
                 result[owner] = inputs
             }
         }
-        for inputs in result.values where inputs.slices.count > 1 {
-            inputs.slices.sort { $0.metadata.name < $1.metadata.name }
-        }
+        for inputs in result.values { inputs.sortSlices() }
         return result
     }
 }

@@ -251,13 +251,6 @@ public enum MapOp: Hashable, Sendable, CustomStringConvertible {
         case .deleteHealthCheck(let port): return "delete health check :\(port)"
         }
     }
-
-    var isMasterWrite: Bool {
-        switch self {
-        case .upsertMaster, .deleteMaster: return true
-        default: return false
-        }
-    }
 }
 
 /// A write that failed part-way: the first `appliedCount` operations took effect.

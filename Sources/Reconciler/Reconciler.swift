@@ -13,6 +13,8 @@ public struct FrontendChange: Sendable, CustomStringConvertible {
     public var ops: [MapOp]
     /// Set when the change could not even be planned (no room in the slot array).
     public var planningError: String?
+    /// The addresses of the backends this change deletes (garbage collection).
+    public var removedBackends: [BackendAddress] = []
 
     public var description: String {
         "\(reason.rawValue) \(key.map { "\($0)" } ?? "-") (\(service)): \(ops.count) ops"
@@ -40,6 +42,9 @@ public struct Reconciler: Sendable {
     /// not scan every backend.
     private var unreferencedBackends = Set<UInt32>()
     private var unreferencedRevNats = Set<UInt32>()
+    /// Metadata and source ranges of no frontend (found when the maps are re-read).
+    private var orphanMeta = Set<FrontendKey>()
+    private var orphanRanges = Set<SourceRange>()
     private var nextBackendID: UInt32 = 1
     private var nextRevNatID: UInt32 = 1
     /// Monotonic nanoseconds; injected so tests can step through quarantines.
@@ -77,22 +82,7 @@ public struct Reconciler: Sendable {
     public func changes(to desired: [DesiredFrontend], healthChecks: [UInt16: HealthCheckEntry]? = nil, prune: Bool,
                         keeping: Set<FrontendKey> = []) -> [FrontendChange] {
         var planner = self
-        var result: [FrontendChange] = []
-        var wanted = Set<FrontendKey>()
-        var unique: [DesiredFrontend] = []
-        for frontend in desired where wanted.insert(frontend.key).inserted { unique.append(frontend) }
-        // Removals go first: they free service-map entries for what is added next.
-        if prune {
-            for key in planner.state.masters.keys.sorted() where !wanted.contains(key) && !keeping.contains(key) {
-                result.append(planner.planRemoval(of: key))
-            }
-        }
-        for frontend in unique {
-            if let change = planner.plan(frontend) { result.append(change) }
-        }
-        if let healthChecks, let change = planner.planHealthChecks(healthChecks, prune: prune) { result.append(change) }
-        if let collection = planner.collectUnreferenced() { result.append(collection) }
-        return result
+        return planner.planEverything(desired, healthChecks: healthChecks, prune: prune, keeping: keeping)
     }
 
     /// The changes that bring just these frontends to their desired state and remove just
@@ -102,17 +92,46 @@ public struct Reconciler: Sendable {
         -> [FrontendChange]
     {
         var planner = self
+        return planner.planOnly(upserting: upserting, removing: removing, healthChecks: healthChecks)
+    }
+
+    /// Plans (and records into this reconciler's picture of the maps) the full diff.
+    /// Planning in place, rather than on a copy, matters at scale: the first write to a
+    /// copied picture would duplicate every slot and backend.
+    private mutating func planEverything(_ desired: [DesiredFrontend], healthChecks: [UInt16: HealthCheckEntry]?, prune: Bool,
+                                         keeping: Set<FrontendKey>) -> [FrontendChange] {
+        var result: [FrontendChange] = []
+        var wanted = Set<FrontendKey>()
+        var unique: [DesiredFrontend] = []
+        for frontend in desired where wanted.insert(frontend.key).inserted { unique.append(frontend) }
+        // Removals go first: they free service-map entries for what is added next.
+        if prune {
+            for key in state.masters.keys.sorted() where !wanted.contains(key) && !keeping.contains(key) {
+                result.append(planRemoval(of: key))
+            }
+        }
+        for frontend in unique {
+            if let change = plan(frontend) { result.append(change) }
+        }
+        if let healthChecks, let change = planHealthChecks(healthChecks, prune: prune) { result.append(change) }
+        if let collection = collectUnreferenced() { result.append(collection) }
+        return result
+    }
+
+    /// Plans (and records) an incremental diff; see `changes(upserting:removing:)`.
+    private mutating func planOnly(upserting: [DesiredFrontend], removing: [FrontendKey],
+                                   healthChecks: [UInt16: HealthCheckEntry]?) -> [FrontendChange] {
         var result: [FrontendChange] = []
         let upserted = Set(upserting.map(\.key))
-        for key in removing.sorted() where planner.state.masters[key] != nil && !upserted.contains(key) {
-            result.append(planner.planRemoval(of: key))
+        for key in removing.sorted() where state.masters[key] != nil && !upserted.contains(key) {
+            result.append(planRemoval(of: key))
         }
         var seen = Set<FrontendKey>()
         for frontend in upserting where seen.insert(frontend.key).inserted {
-            if let change = planner.plan(frontend) { result.append(change) }
+            if let change = plan(frontend) { result.append(change) }
         }
-        if let healthChecks, let change = planner.planHealthChecks(healthChecks, prune: true) { result.append(change) }
-        if let collection = planner.collectUnreferenced() { result.append(collection) }
+        if let healthChecks, let change = planHealthChecks(healthChecks, prune: true) { result.append(change) }
+        if let collection = collectUnreferenced() { result.append(collection) }
         return result
     }
 
@@ -200,11 +219,22 @@ public struct Reconciler: Sendable {
     /// every flip, so a backend moving from one frontend to another keeps its id.
     private mutating func collectUnreferenced() -> FrontendChange? {
         var ops: [MapOp] = []
-        for id in unreferencedBackends.sorted() where backendRefs[id] == 0 { ops.append(.deleteBackend(id)) }
+        var removed: [BackendAddress] = []
+        for id in unreferencedBackends.sorted() where backendRefs[id] == 0 {
+            ops.append(.deleteBackend(id))
+            if let backend = state.backends[id] { removed.append(backend) }
+        }
         for id in unreferencedRevNats.sorted() where revNatRefs[id] == 0 { ops.append(.deleteRevNat(id)) }
+        // Left by a change that failed before its master write (found when re-reading).
+        for key in orphanMeta.sorted() where state.masters[key] == nil { ops.append(.deleteMeta(key)) }
+        for range in orphanRanges.sorted(by: { ($0.revNatID, $0.cidr) < ($1.revNatID, $1.cidr) }) where (revNatRefs[range.revNatID] ?? 0) == 0 {
+            ops.append(.deleteSourceRange(range))
+        }
+        orphanMeta = []
+        orphanRanges = []
         guard !ops.isEmpty else { return nil }
         for op in ops { record(op) }
-        return FrontendChange(key: nil, service: "-", reason: .garbage, ops: ops)
+        return FrontendChange(key: nil, service: "-", reason: .garbage, ops: ops, removedBackends: removed)
     }
 
     // MARK: - Apply
@@ -222,8 +252,10 @@ public struct Reconciler: Sendable {
     /// Makes `maps` serve `desired`. A change that fails (map full, ENOMEM…) leaves its
     /// frontend on its previous state: the maps are read back, the frontend is set aside
     /// (kept as it is, not removed), and the remaining changes are planned again from the
-    /// truth, so that no later change relies on a write that never happened. The caller
-    /// retries the failed frontends on its next sync.
+    /// truth, so that no later change relies on a write that never happened; what the
+    /// failed change had written before its master (backends, metadata) is collected as
+    /// garbage in that second pass. The caller retries the failed frontends on its next
+    /// sync.
     public mutating func reconcile(_ desired: [DesiredFrontend], healthChecks: [UInt16: HealthCheckEntry]? = nil, prune: Bool,
                                    maps: LoadBalancerMaps) -> ApplyReport {
         reconcile(.everything(desired, prune: prune), healthChecks: healthChecks, maps: maps)
@@ -243,14 +275,16 @@ public struct Reconciler: Sendable {
         var report = ApplyReport()
         var setAside = Set<FrontendKey>()
         while true {
+            // Planning records each change into `state` as if applied; a failure below
+            // re-reads the maps, which puts the picture back to the truth.
             let pending: [FrontendChange]
             switch target {
             case .everything(let desired, let prune):
-                pending = changes(to: desired.filter { !setAside.contains($0.key) }, healthChecks: healthChecks,
-                                  prune: prune, keeping: setAside)
+                pending = planEverything(desired.filter { !setAside.contains($0.key) }, healthChecks: healthChecks,
+                                         prune: prune, keeping: setAside)
             case .only(let upserting, let removing):
-                pending = changes(upserting: upserting.filter { !setAside.contains($0.key) },
-                                  removing: removing.filter { !setAside.contains($0) }, healthChecks: healthChecks)
+                pending = planOnly(upserting: upserting.filter { !setAside.contains($0.key) },
+                                   removing: removing.filter { !setAside.contains($0) }, healthChecks: healthChecks)
             }
             var failure: FrontendChange?
             for change in pending {
@@ -261,15 +295,11 @@ public struct Reconciler: Sendable {
                 }
                 do {
                     try maps.apply(change.ops)
-                    for op in change.ops {
-                        if case .deleteBackend(let id) = op, let backend = state.backends[id] { report.removedBackends.append(backend) }
-                        record(op)
-                    }
                     report.applied.append(change)
+                    report.removedBackends += change.removedBackends
                 } catch {
                     report.failed.append((change, "\((error as? MapApplyError)?.underlying ?? error)"))
                     failure = change
-                    rollBack(change, appliedCount: (error as? MapApplyError)?.appliedCount ?? change.ops.count, maps: maps)
                     break
                 }
             }
@@ -278,25 +308,6 @@ public struct Reconciler: Sendable {
             // Garbage collection failing is retried on the next sync; nothing depends on it.
             guard let key = failed.key, setAside.insert(key).inserted else { return report }
         }
-    }
-
-    /// Undoes the backend and rev-NAT entries a failed change created before its master
-    /// write, so they do not take up space others need. (Slots need no undo: a range no
-    /// master names is free.) Once the master has been written the frontend is on its new
-    /// set and nothing is undone.
-    private func rollBack(_ change: FrontendChange, appliedCount: Int, maps: LoadBalancerMaps) {
-        let applied = change.ops.prefix(appliedCount)
-        if applied.contains(where: \.isMasterWrite) { return }
-        let undo: [MapOp] = applied.reversed().compactMap { op in
-            switch op {
-            case .upsertBackend(let id, _) where state.backends[id] == nil: return .deleteBackend(id)
-            case .upsertRevNat(let id, _) where state.revNats[id] == nil: return .deleteRevNat(id)
-            case .upsertMeta(let key, _) where state.meta[key] == nil: return .deleteMeta(key)
-            case .addSourceRange(let range) where !state.sourceRanges.contains(range): return .deleteSourceRange(range)
-            default: return nil
-            }
-        }
-        try? maps.apply(undo)
     }
 
     /// Starts over from what the maps really hold, keeping the quarantine of released
@@ -359,7 +370,7 @@ public struct Reconciler: Sendable {
 
     private mutating func rebuildIndexes() {
         backendIDs = [:]; backendRefs = [:]; revNatIDs = [:]; revNatRefs = [:]
-        unreferencedBackends = []; unreferencedRevNats = []
+        unreferencedBackends = []; unreferencedRevNats = []; orphanMeta = []; orphanRanges = []
         for (id, backend) in state.backends.sorted(by: { $0.key < $1.key }) {
             backendRefs[id] = 0
             // Two ids for one address (never written by this reconciler): keep the lowest;
@@ -374,6 +385,8 @@ public struct Reconciler: Sendable {
         for slot in state.slots.values { backendRefs[slot.backendID, default: 0] += 1 }
         unreferencedBackends = Set(backendRefs.filter { $0.value == 0 }.keys)
         unreferencedRevNats = Set(revNatRefs.filter { $0.value == 0 }.keys)
+        orphanMeta = Set(state.meta.keys.filter { state.masters[$0] == nil })
+        orphanRanges = state.sourceRanges.filter { (revNatRefs[$0.revNatID] ?? 0) == 0 }
         nextBackendID = (state.backends.keys.max() ?? 0) &+ 1
         nextRevNatID = (state.revNats.keys.max() ?? 0) &+ 1
     }
