@@ -130,6 +130,7 @@ let package = Package(
             dependencies: [
                 "Operations", "Controller", "Datapath", "Reconciler", "ServiceModel", "NetLab", "swiftlane",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         .testTarget(

@@ -124,8 +124,9 @@ public final class ProxyHealth: @unchecked Sendable {
         let now = clock()
         let (healthy, lastUpdated) = isHealthy()
         let ok = healthy && extraCondition
-        let shown = ok ? now : (lastUpdated ?? Date(timeIntervalSince1970: -62_135_596_800))  // Go's zero time
-        let body = "{\"lastUpdated\": \"\(Self.format(shown))\",\"currentTime\": \"\(Self.format(now))\"\(extraField)}"
+        // Never synced: Go's zero time, as kube-proxy prints it for a zero time.Time.
+        let shown = ok ? Self.format(now) : lastUpdated.map(Self.format) ?? "0001-01-01T00:00:00Z"
+        let body = "{\"lastUpdated\": \"\(shown)\",\"currentTime\": \"\(Self.format(now))\"\(extraField)}"
         let code = ok ? 200 : 503
         answered(endpoint, code)
         return EndpointResponse(status: ok ? .ok : .serviceUnavailable,
