@@ -24,7 +24,7 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
     public let informerOptions: InformerOptions
     /// Informer state and arriving changes, for health and metrics.
     public let status: KubernetesSourceStatus?
-    private let apply: @Sendable (ManifestObjects, _ prune: Bool) -> Void
+    private let apply: @Sendable (ManifestObjects, _ prune: Bool, _ observedAt: ContinuousClock.Instant?) -> Void
     private let logger: Logger
 
     /// Syncs through `syncer`.
@@ -33,7 +33,7 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
                 status: KubernetesSourceStatus? = nil, logger: Logger) {
         self.init(client: client, nodeName: syncer.nodeName, serviceProxyName: serviceProxyName,
                   minimumSyncInterval: minimumSyncInterval, informerOptions: informerOptions, status: status, logger: logger) {
-            syncer.sync($0, prune: $1)
+            syncer.sync($0, prune: $1, observedAt: $2)
         }
     }
 
@@ -41,7 +41,7 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
     public init(client: KubeClient, nodeName: String, serviceProxyName: String?,
                 minimumSyncInterval: Duration = .milliseconds(100), informerOptions: InformerOptions = InformerOptions(),
                 status: KubernetesSourceStatus? = nil, logger: Logger,
-                apply: @escaping @Sendable (ManifestObjects, _ prune: Bool) -> Void) {
+                apply: @escaping @Sendable (ManifestObjects, _ prune: Bool, _ observedAt: ContinuousClock.Instant?) -> Void) {
         self.client = client
         self.nodeName = nodeName
         self.serviceProxyName = serviceProxyName
@@ -110,7 +110,9 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
             }
             let objects = ManifestObjects(
                 services: services.objects(), endpointSlices: slices.objects(), nodes: node.objects())
-            apply(objects, node.hasSynced)
+            // The oldest change this sync programs: network programming latency runs
+            // from when it was observed to when the maps hold it.
+            apply(objects, node.hasSynced, changes.takeFirstPoke())
             // Changes arriving meanwhile collapse into the one pending signal.
             do {
                 try await Task.sleep(for: minimumSyncInterval)
@@ -122,16 +124,27 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
 }
 
 /// "Something changed": any number of pokes between two reads count as one.
-final class ChangeSignal: Sendable {
+final class ChangeSignal: @unchecked Sendable {
     let stream: AsyncStream<Void>
     private let continuation: AsyncStream<Void>.Continuation
+    private let lock = NSLock()
+    private var firstPoke: ContinuousClock.Instant?
 
     init() {
         (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     func poke() {
+        lock.withLock { if firstPoke == nil { firstPoke = ContinuousClock.now } }
         continuation.yield()
+    }
+
+    /// When the first change since the previous call arrived (nil if none did).
+    func takeFirstPoke() -> ContinuousClock.Instant? {
+        lock.withLock {
+            defer { firstPoke = nil }
+            return firstPoke
+        }
     }
 
     func finish() {

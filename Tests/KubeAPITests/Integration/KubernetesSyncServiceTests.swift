@@ -22,10 +22,12 @@ final class KubernetesSyncServiceTests: XCTestCase {
     /// Snapshots handed to the syncer, with their prune flag.
     final class AppliedLog: @unchecked Sendable {
         private let lock = NSLock()
-        private var entries: [(objects: ManifestObjects, prune: Bool)] = []
+        private var entries: [(objects: ManifestObjects, prune: Bool, observedAt: ContinuousClock.Instant?)] = []
 
-        func record(_ objects: ManifestObjects, _ prune: Bool) { lock.withLock { entries.append((objects, prune)) } }
-        var all: [(objects: ManifestObjects, prune: Bool)] { lock.withLock { entries } }
+        func record(_ objects: ManifestObjects, _ prune: Bool, _ observedAt: ContinuousClock.Instant?) {
+            lock.withLock { entries.append((objects, prune, observedAt)) }
+        }
+        var all: [(objects: ManifestObjects, prune: Bool, observedAt: ContinuousClock.Instant?)] { lock.withLock { entries } }
 
         func wait(for what: String, _ condition: (ManifestObjects) -> Bool) async throws {
             let deadline = Date().addingTimeInterval(30)
@@ -43,7 +45,7 @@ final class KubernetesSyncServiceTests: XCTestCase {
         let applied = self.applied
         let service = KubernetesSyncService(
             client: client, nodeName: nodeName, serviceProxyName: nil, minimumSyncInterval: .milliseconds(100),
-            informerOptions: InformerHarness<Service>.options(), logger: testLogger) { applied.record($0, $1) }
+            informerOptions: InformerHarness<Service>.options(), logger: testLogger) { applied.record($0, $1, $2) }
         task = Task { try await service.run() }
     }
 
@@ -68,6 +70,8 @@ final class KubernetesSyncServiceTests: XCTestCase {
         try await applied.wait(for: "a pruning sync with the node") { $0.nodes.count == 1 }
         XCTAssertEqual(applied.all.last?.prune, true, "stale frontends are pruned once every informer synced")
         XCTAssertEqual(applied.all.last?.objects.nodes.first?.metadata.labels["topology.kubernetes.io/zone"], "zone-a")
+        XCTAssertTrue(applied.all.allSatisfy { $0.observedAt != nil },
+                      "every sync carries when its change was observed (network programming latency)")
     }
 
     func testABurstOfChangesIsCoalesced() async throws {
