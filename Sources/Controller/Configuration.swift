@@ -35,6 +35,8 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
     public var mapSizes: [String: UInt32] = [:]
     /// `metricsBindAddress` and `healthzBindAddress` (see ConfigurationOperations.swift).
     public var operations = OperationsSettings()
+    /// The external-traffic datapath (`nodePort.*`, see ConfigurationNodePort.swift).
+    public var nodePort = NodePortSettings()
 
     public enum Source: Equatable, Sendable {
         case directory(Directory)
@@ -200,6 +202,7 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
             try sourceReader.rejectUnknown()
         }
         try config.operations.parse(&reader)
+        try config.nodePort.parse(&reader)
         try reader.rejectUnknown()
         if let override = environment["NODE_NAME"], !override.isEmpty { config.nodeName = override }
         return config

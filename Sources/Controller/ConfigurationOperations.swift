@@ -102,6 +102,7 @@ extension SwiftlaneConfiguration {
         }
         compare("metricsBindAddress", operations.metricsBindAddress, new.operations.metricsBindAddress, live: false)
         compare("healthzBindAddress", operations.healthzBindAddress, new.operations.healthzBindAddress, live: false)
+        compare("nodePort", nodePort, new.nodePort, live: false)
         return result
     }
 

@@ -44,6 +44,13 @@ struct RunCommand: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
 
         let datapath = try SocketLoadBalancer.install(configuration.datapathOptions, logger: logger)
+        // The external-traffic datapath shares the maps pinned above; off unless configured.
+        let nodePort = configuration.nodePort.enabled
+            ? try NodePortDatapath.install(
+                configuration.nodePort.options(pinPath: configuration.bpfPinPath,
+                                               nodePortAddresses: configuration.translation.nodePortAddresses),
+                logger: logger)
+            : nil
         let syncer = try ProxySyncer(
             nodeName: configuration.nodeName, options: configuration.translation, maps: datapath.maps, logger: logger)
         do {
@@ -86,6 +93,11 @@ struct RunCommand: AsyncParsableCommand {
         }
         if let address = configuration.operations.metricsBindAddress {
             services.append(HTTPEndpointServer(name: "metrics", address: address, logger: logger) { metrics.respond(to: $0) })
+        }
+        if let nodePort {
+            services.append(NodePortConntrackCollector(
+                datapath: nodePort, timeouts: configuration.nodePort.conntrack,
+                intervalSeconds: configuration.nodePort.conntrackGCIntervalSeconds, logger: logger))
         }
         services += [reloader, supervisor]
         let group = ServiceGroup(configuration: .init(
