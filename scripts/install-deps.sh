@@ -8,6 +8,7 @@ packages=(
   clang llvm                                                      # BPF objects (Swift's clang works too)
   iproute2 bpftool                                                # namespaces, veth, inspection
   dnsmasq-base bind9-dnsutils                                     # DNS server and dig for demo/tests
+  iptables nftables                                               # kube-proxy peers in the benchmarks
   python3 python3-h2 openssl                                      # KubeAPI tests: fake API server (HTTP/2), test PKI
   python3-prometheus-client                                       # operations tests: the reference Prometheus text parser
 )
