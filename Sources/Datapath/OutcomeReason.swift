@@ -32,6 +32,8 @@ public enum OutcomeReason {
         "np_rewrite_failed",
         "np_reject_failed",
         "np_not_ipv4",
+        "np_affinity_hit",
+        "np_affinity_new",
     ]
 
     /// Number of reasons the BPF side counts.

@@ -244,4 +244,17 @@ final class NodePortTests: XCTestCase {
         XCTAssertEqual(h.datapath.collectGarbage(timeouts: timeouts, now: start + 3_700_000_000_000).remaining, 0,
                        "idle established flows go after the TCP timeout")
     }
+
+    func testClientIPAffinitySendsEveryConnectionOfAClientToOneBackend() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 2)
+        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB,
+                                 extra: "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}"))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 20)
+        XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
+        // Without affinity, 20 uniform choices among 3 pods all agree with probability 3⁻¹⁹.
+        XCTAssertEqual(report.backends.count, 1, "one backend for the client: \(report.backends)")
+        let counters = h.datapath.outcomeCounters()
+        XCTAssertEqual(counters["np_affinity_new"], 1)
+        XCTAssertEqual(counters["np_affinity_hit"], 19)
+    }
 }

@@ -170,9 +170,13 @@ struct sl_sock_frontend {
 _Static_assert(sizeof(struct sl_sock_frontend) == 40, "sl_sock_frontend layout");
 
 /* ClientIP affinity (LRU). The client is the network namespace of the socket (its netns
- * cookie): one pod, or the host. Scoped per frontend and protocol. */
+ * cookie): one pod, or the host; for traffic from outside the node (bpf/nodeport.c) it is
+ * the client's IPv4 address marked with SL_AFFINITY_CLIENT_IPV4 (netns cookies count up
+ * from 1 and never reach bit 63). Scoped per frontend and protocol. */
+#define SL_AFFINITY_CLIENT_IPV4 (1ULL << 63)
+
 struct sl_affinity_key {
-	__u64 client;      /* bpf_get_netns_cookie() of the connecting socket */
+	__u64 client;      /* netns cookie, or SL_AFFINITY_CLIENT_IPV4 | IPv4 address (network order) */
 	__u32 rev_nat_id;  /* the frontend */
 	__u8 proto;        /* IPPROTO_* */
 	__u8 pad[3];
@@ -320,7 +324,9 @@ enum sl_reason {
 	SL_REASON_NP_REWRITE_FAILED = 25,   /* dropped: a packet write or checksum helper failed */
 	SL_REASON_NP_REJECT_FAILED = 26,    /* dropped: the ICMP error could not be built */
 	SL_REASON_NP_NOT_IPV4 = 27,         /* not IPv4 (or not TCP/UDP): passed to the stack */
-	SL_REASON_MAX = 28,
+	SL_REASON_NP_AFFINITY_HIT = 28,     /* ClientIP affinity reused the client's backend */
+	SL_REASON_NP_AFFINITY_NEW = 29,     /* ClientIP affinity chose (afresh) and remembered */
+	SL_REASON_MAX = 30,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 
