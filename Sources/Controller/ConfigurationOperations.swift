@@ -42,7 +42,7 @@ public struct BindAddress: Equatable, Sendable, CustomStringConvertible {
         let invalid = SwiftlaneConfiguration.Invalid(
             key: key, message: "\"\(text)\" is not host:port (e.g. 0.0.0.0:10249 or [::]:10249); empty disables it")
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-              (0...65_535).contains(port)
+            (0...65_535).contains(port)
         else { throw invalid }
         var host = String(text[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") {
@@ -92,8 +92,9 @@ extension SwiftlaneConfiguration {
         compare("nodePortAddresses", translation.nodePortAddresses, new.translation.nodePortAddresses, live: true)
         compare("clusterCIDR", translation.clusterCIDRs, new.translation.clusterCIDRs, live: true)
         compare("masqueradeAll", translation.masqueradeAll, new.translation.masqueradeAll, live: true)
-        compare("featureGates.PreferSameTrafficDistribution", translation.preferSameTrafficDistribution,
-                new.translation.preferSameTrafficDistribution, live: true)
+        compare(
+            "featureGates.PreferSameTrafficDistribution", translation.preferSameTrafficDistribution,
+            new.translation.preferSameTrafficDistribution, live: true)
         compare("nodeName", nodeName, new.nodeName, live: false)
         compare("cgroupPath", cgroupPath, new.cgroupPath, live: false)
         compare("bpfPinPath", bpfPinPath, new.bpfPinPath, live: false)

@@ -63,7 +63,9 @@ public final class KubernetesSourceStatus: @unchecked Sendable {
 
     // MARK: - Called by KubernetesSyncService
 
-    func attach(services: Informer<ServiceModel.Service>, slices: Informer<EndpointSlice>, node: Informer<ServiceModel.Node>) {
+    func attach(
+        services: Informer<ServiceModel.Service>, slices: Informer<EndpointSlice>, node: Informer<ServiceModel.Node>
+    ) {
         lock.withLock {
             current = [
                 ("services", { services.hasSynced }, { services.statistics }),

@@ -20,6 +20,11 @@ public struct ReconcileFailure: Equatable, Sendable {
     /// The BPF map written, when the text names one.
     public var map: String?
 
+    public init(reason: String, map: String?) {
+        self.reason = reason
+        self.map = map
+    }
+
     public init(_ message: String) {
         reason = Self.firstMatch(of: #"\bE[A-Z0-9]{2,}\b"#, in: message) ?? "other"
         if message.contains("slot array full") {
@@ -38,8 +43,8 @@ public struct ReconcileFailure: Equatable, Sendable {
 
     private static func firstMatch(of pattern: String, in text: String) -> String? {
         guard let expression = try? NSRegularExpression(pattern: pattern),
-              let match = expression.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)),
-              let range = Range(match.range, in: text)
+            let match = expression.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)),
+            let range = Range(match.range, in: text)
         else { return nil }
         return String(text[range])
     }

@@ -42,19 +42,21 @@ public enum DatapathInspection {
             let entries: Int
             switch bpf_map_type(rawValue: info.type) {
             case BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_PERCPU_HASH,
-                 BPF_MAP_TYPE_LRU_PERCPU_HASH:
+                BPF_MAP_TYPE_LRU_PERCPU_HASH:
                 entries = countKeys(fd: fd, keySize: Int(info.key_size), limit: Int(info.max_entries))
             case BPF_MAP_TYPE_ARRAY where name == SL_MAP_NAME_SLOTS:
                 // An array always holds max_entries slots; what is in use are the ranges
                 // the frontends point at (released ranges are free whatever they contain).
-                guard let services = try? BPFMap<sl_service_key, sl_service_value>(
-                    pinnedAt: pinPath + "/" + SL_MAP_NAME_SERVICES, name: SL_MAP_NAME_SERVICES)
+                guard
+                    let services = try? BPFMap<sl_service_key, sl_service_value>(
+                        pinnedAt: pinPath + "/" + SL_MAP_NAME_SERVICES, name: SL_MAP_NAME_SERVICES)
                 else { continue }
                 entries = services.entries().reduce(0) { $0 + Int($1.1.count) }
             default:
                 continue
             }
-            result.append(MapUsage(name: name, id: info.id, type: info.type, entries: entries, capacity: info.max_entries))
+            result.append(
+                MapUsage(name: name, id: info.id, type: info.type, entries: entries, capacity: info.max_entries))
         }
         return result.sorted { $0.name < $1.name }
     }
@@ -82,8 +84,10 @@ public enum DatapathInspection {
             guard objectKind(fd: fd) == .link, clb_link_info(fd, &info) == 0 else { continue }
             var attached = true
             if info.type == BPF_LINK_TYPE_CGROUP.rawValue { attached = info.cgroup.cgroup_id != 0 }
-            result.append(LinkAttachment(pin: relative, programID: info.prog_id,
-                                         programName: programName(id: info.prog_id) ?? "?", attached: attached))
+            result.append(
+                LinkAttachment(
+                    pin: relative, programID: info.prog_id,
+                    programName: programName(id: info.prog_id) ?? "?", attached: attached))
         }
         return result.sorted { $0.pin < $1.pin }
     }
@@ -115,8 +119,10 @@ public enum DatapathInspection {
             guard ifindex > 0 else { continue }
             for (egress, hook) in [(Int32(0), "ingress"), (1, "egress")] {
                 var programID: UInt32 = 0
-                if clb_tc_query(ifindex, egress, NodePortDatapath.filterHandle, NodePortDatapath.filterPriority, &programID) == 0,
-                   programID != 0 {
+                if clb_tc_query(
+                    ifindex, egress, NodePortDatapath.filterHandle, NodePortDatapath.filterPriority, &programID) == 0,
+                    programID != 0
+                {
                     result.append(TCAttachment(device: device, hook: hook, programID: programID))
                 }
             }
@@ -182,10 +188,12 @@ public enum DatapathInspection {
                 for line in text.split(separator: "\n") {
                     let fields = line.split(whereSeparator: { $0 == ":" || $0 == "\t" || $0 == " " })
                     guard fields.count == 2, let id = UInt32(fields[1]) else { continue }
-                    let held = (fields[0] == "prog_id" && objects.programIDs.contains(id))
+                    let held =
+                        (fields[0] == "prog_id" && objects.programIDs.contains(id))
                         || (fields[0] == "map_id" && objects.mapIDs.contains(id))
                     if held {
-                        let command = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
+                        let command =
+                            (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
                             .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
                         result.insert("\(pid) (\(command))")
                     }
@@ -216,7 +224,8 @@ public enum DatapathInspection {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         return names.filter { name in
             var isDirectory: ObjCBool = false
-            return FileManager.default.fileExists(atPath: directory + "/" + name, isDirectory: &isDirectory) && !isDirectory.boolValue
+            return FileManager.default.fileExists(atPath: directory + "/" + name, isDirectory: &isDirectory)
+                && !isDirectory.boolValue
         }.sorted()
     }
 

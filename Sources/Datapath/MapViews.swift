@@ -52,7 +52,8 @@ extension KernelLoadBalancerMaps {
         var users: [UInt32: [String]] = [:]
         for (key, master) in state.masters {
             let meta = state.meta[key]
-            let name = "\(meta?.service ?? "(unknown)")\(meta.map { $0.portName.isEmpty ? "" : ":" + $0.portName } ?? "")"
+            let name =
+                "\(meta?.service ?? "(unknown)")\(meta.map { $0.portName.isEmpty ? "" : ":" + $0.portName } ?? "")"
             let scope = key.scope == .node ? " (node scope)" : ""
             for index in master.slots {
                 guard let slot = state.slots[index] else { continue }
@@ -61,14 +62,17 @@ extension KernelLoadBalancerMaps {
         }
         return state.backends.keys.sorted().map { id in
             let backend = state.backends[id]!
-            return BackendView(id: id, address: backend.description, protocol: backend.proto.rawValue,
-                               frontends: Array(Set(users[id] ?? [])).sorted())
+            return BackendView(
+                id: id, address: backend.description, protocol: backend.proto.rawValue,
+                frontends: Array(Set(users[id] ?? [])).sorted())
         }
     }
 
     /// Every ClientIP affinity record, read against `now` (CLOCK_MONOTONIC, the clock of
     /// `bpf_ktime_get_ns`).
-    public func affinityViews(nowNanoseconds: UInt64 = KernelLoadBalancerMaps.monotonicNanoseconds()) throws -> [AffinityView] {
+    public func affinityViews(nowNanoseconds: UInt64 = KernelLoadBalancerMaps.monotonicNanoseconds()) throws
+        -> [AffinityView]
+    {
         let state = try readState()
         var timeoutByRevNat: [UInt32: UInt32] = [:]
         for master in state.masters.values where master.affinitySeconds > 0 {
@@ -84,13 +88,19 @@ extension KernelLoadBalancerMaps {
                 backendID: value.backend_id, backend: state.backends[value.backend_id]?.description,
                 lastUsedSecondsAgo: Double(age) / 1e9, timeoutSeconds: timeout,
                 expired: timeout.map { age >= UInt64($0) * 1_000_000_000 } ?? true)
-        }.sorted { ($0.clientNetnsCookie, $0.frontend ?? "", $0.protocol) < ($1.clientNetnsCookie, $1.frontend ?? "", $1.protocol) }
+        }.sorted {
+            ($0.clientNetnsCookie, $0.frontend ?? "", $0.protocol) < (
+                $1.clientNetnsCookie, $1.frontend ?? "", $1.protocol
+            )
+        }
     }
 
     /// Every entry of the socket reverse-NAT LRU.
     public func socketReverseNATViews() -> [SocketReverseNATView] {
         sockRevNats.entries().compactMap { key, value -> SocketReverseNATView? in
-            guard let backend = IPAddress(abiWords: key.addr), let frontend = IPAddress(abiWords: value.addr) else { return nil }
+            guard let backend = IPAddress(abiWords: key.addr), let frontend = IPAddress(abiWords: value.addr) else {
+                return nil
+            }
             return SocketReverseNATView(
                 socketCookie: key.cookie, backend: hostPort(backend, UInt16(bigEndian: key.port)),
                 frontend: hostPort(frontend, UInt16(bigEndian: value.port)), revNatID: value.rev_nat_id)

@@ -23,9 +23,11 @@ public final class ConfigReloader: Service, @unchecked Sendable {
     /// What the controller started with: keys that need a restart are compared with it.
     private let started: SwiftlaneConfiguration
 
-    public init(path: String, running: SwiftlaneConfiguration, pollInterval: Duration = .seconds(1),
-                environment: [String: String] = ProcessInfo.processInfo.environment, metrics: SwiftlaneMetrics?, logger: Logger,
-                apply: @escaping @Sendable (SwiftlaneConfiguration) -> Void) {
+    public init(
+        path: String, running: SwiftlaneConfiguration, pollInterval: Duration = .seconds(1),
+        environment: [String: String] = ProcessInfo.processInfo.environment, metrics: SwiftlaneMetrics?, logger: Logger,
+        apply: @escaping @Sendable (SwiftlaneConfiguration) -> Void
+    ) {
         self.path = path
         self.started = running
         self.pollInterval = pollInterval
@@ -55,8 +57,9 @@ public final class ConfigReloader: Service, @unchecked Sendable {
     public func reload(_ text: String, effective: SwiftlaneConfiguration) -> SwiftlaneConfiguration? {
         let parsed: SwiftlaneConfiguration
         do {
-            parsed = try SwiftlaneConfiguration.parse(yaml: text, environment: environment,
-                                                      relativeTo: (path as NSString).deletingLastPathComponent)
+            parsed = try SwiftlaneConfiguration.parse(
+                yaml: text, environment: environment,
+                relativeTo: (path as NSString).deletingLastPathComponent)
         } catch {
             var metadata: Logger.Metadata = ["file": "\(path)", "error": "\(error)"]
             if let invalid = error as? SwiftlaneConfiguration.Invalid { metadata["key"] = "\(invalid.key)" }
@@ -68,13 +71,16 @@ public final class ConfigReloader: Service, @unchecked Sendable {
         let restart = started.reloadDifferences(to: parsed).needRestart
         metrics?.recordConfigReload(applied: true, restartRequired: !restart.isEmpty)
         if !restart.isEmpty {
-            logger.notice("configuration keys changed that take effect only after a restart", metadata: [
-                "keys": "\(restart.joined(separator: ", "))", "file": "\(path)",
-            ])
+            logger.notice(
+                "configuration keys changed that take effect only after a restart",
+                metadata: [
+                    "keys": "\(restart.joined(separator: ", "))", "file": "\(path)",
+                ])
         }
         guard !live.isEmpty else { return nil }
         let next = effective.applyingLiveKeys(of: parsed)
-        logger.notice("configuration reloaded", metadata: ["keys": "\(live.joined(separator: ", "))", "file": "\(path)"])
+        logger.notice(
+            "configuration reloaded", metadata: ["keys": "\(live.joined(separator: ", "))", "file": "\(path)"])
         apply(next)
         return next
     }

@@ -26,7 +26,9 @@ public struct EndpointResponse: Sendable {
     }
 
     public static func notFound(_ path: String) -> EndpointResponse {
-        EndpointResponse(status: .notFound, headers: [("Content-Type", "text/plain; charset=utf-8")], body: "404 page not found: \(path)\n")
+        EndpointResponse(
+            status: .notFound, headers: [("Content-Type", "text/plain; charset=utf-8")],
+            body: "404 page not found: \(path)\n")
     }
 }
 
@@ -39,17 +41,23 @@ public struct EndpointResponse: Sendable {
 public final class HTTPEndpointServer: Service, @unchecked Sendable {
     public let name: String
     public let address: BindAddress
+    /// The configuration key that sets `address`, named in a bind failure.
+    public let configKey: String
     private let respond: @Sendable (EndpointRequest) async -> EndpointResponse
     private let logger: Logger
     private let lock = NSLock()
     private var boundPort: Int?
     private let onBound: (@Sendable (Int) -> Void)?
 
-    /// `name` (e.g. "metrics") and `configKey` appear in logs and bind errors.
-    public init(name: String, address: BindAddress, logger: Logger, onBound: (@Sendable (Int) -> Void)? = nil,
-                respond: @escaping @Sendable (EndpointRequest) async -> EndpointResponse) {
+    /// `name` (e.g. "metrics") appears in logs; `configKey` in bind errors.
+    public init(
+        name: String, address: BindAddress, configKey: String = "", logger: Logger,
+        onBound: (@Sendable (Int) -> Void)? = nil,
+        respond: @escaping @Sendable (EndpointRequest) async -> EndpointResponse
+    ) {
         self.name = name
         self.address = address
+        self.configKey = configKey
         self.logger = logger
         self.onBound = onBound
         self.respond = respond
@@ -62,9 +70,12 @@ public final class HTTPEndpointServer: Service, @unchecked Sendable {
     /// configuration key to change.
     public struct BindFailed: Error, CustomStringConvertible {
         public var server: String
+        public var configKey: String
         public var address: BindAddress
         public var underlying: any Error
-        public var description: String { "cannot listen for \(server) on \(address): \(underlying)" }
+        public var description: String {
+            "cannot listen for \(server) on \(address)\(configKey.isEmpty ? "" : " (config key \(configKey))"): \(underlying)"
+        }
     }
 
     public func run() async throws {
@@ -81,11 +92,12 @@ public final class HTTPEndpointServer: Service, @unchecked Sendable {
                     }
                 }
         } catch {
-            throw BindFailed(server: name, address: address, underlying: error)
+            throw BindFailed(server: name, configKey: configKey, address: address, underlying: error)
         }
         let port = server.channel.localAddress?.port ?? address.port
         lock.withLock { boundPort = port }
-        logger.info("listening", metadata: ["server": "\(name)", "address": "\(BindAddress(host: address.host, port: port))"])
+        logger.info(
+            "listening", metadata: ["server": "\(name)", "address": "\(BindAddress(host: address.host, port: port))"])
         onBound?(port)
 
         // Cancelling on graceful shutdown ends the accept loop and every connection task;
@@ -100,7 +112,8 @@ public final class HTTPEndpointServer: Service, @unchecked Sendable {
                     }
                 } catch {
                     if !Task.isCancelled {
-                        self.logger.warning("server stopped accepting", metadata: ["server": "\(self.name)", "error": "\(error)"])
+                        self.logger.warning(
+                            "server stopped accepting", metadata: ["server": "\(self.name)", "error": "\(error)"])
                     }
                 }
                 group.cancelAll()
@@ -125,16 +138,20 @@ public final class HTTPEndpointServer: Service, @unchecked Sendable {
                         guard let requestHead = head else { continue }
                         head = nil
                         let pathAndQuery = requestHead.uri.split(separator: "?", maxSplits: 1).map(String.init)
-                        let request = EndpointRequest(method: requestHead.method, path: pathAndQuery.first ?? "/",
-                                                      query: pathAndQuery.count > 1 ? pathAndQuery[1] : nil)
+                        let request = EndpointRequest(
+                            method: requestHead.method, path: pathAndQuery.first ?? "/",
+                            query: pathAndQuery.count > 1 ? pathAndQuery[1] : nil)
                         let response = await respond(request)
                         var headers = HTTPHeaders(response.headers)
                         let body = ByteBuffer(string: requestHead.method == .HEAD ? "" : response.body)
                         headers.replaceOrAdd(name: "Content-Length", value: "\(response.body.utf8.count)")
                         let keepAlive = requestHead.isKeepAlive
                         headers.replaceOrAdd(name: "Connection", value: keepAlive ? "keep-alive" : "close")
-                        try await outbound.write(.head(HTTPResponseHead(version: requestHead.version, status: response.status,
-                                                                        headers: headers)))
+                        try await outbound.write(
+                            .head(
+                                HTTPResponseHead(
+                                    version: requestHead.version, status: response.status,
+                                    headers: headers)))
                         if body.readableBytes > 0 { try await outbound.write(.body(.byteBuffer(body))) }
                         try await outbound.write(.end(nil))
                         if !keepAlive { return }

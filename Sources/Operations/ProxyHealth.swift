@@ -129,8 +129,9 @@ public final class ProxyHealth: @unchecked Sendable {
         let body = "{\"lastUpdated\": \"\(shown)\",\"currentTime\": \"\(Self.format(now))\"\(extraField)}"
         let code = ok ? 200 : 503
         answered(endpoint, code)
-        return EndpointResponse(status: ok ? .ok : .serviceUnavailable,
-                                headers: [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")], body: body)
+        return EndpointResponse(
+            status: ok ? .ok : .serviceUnavailable,
+            headers: [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")], body: body)
     }
 
     /// One line per check, as the Kubernetes API server's `/readyz?verbose` prints them.
@@ -144,9 +145,14 @@ public final class ProxyHealth: @unchecked Sendable {
         switch sync {
         case nil:
             checks.append(("programmed", false, "no sync yet"))
-        case let (failures, complete)? where !complete || failures > 0:
-            checks.append(("programmed", false, complete
-                ? "the last sync left \(failures) frontends on their previous state" : "the Node is not known yet"))
+        case (let failures, let complete)? where !complete || failures > 0:
+            checks.append(
+                (
+                    "programmed", false,
+                    complete
+                        ? "the last sync left \(failures) frontends on their previous state"
+                        : "the Node is not known yet"
+                ))
         default:
             checks.append(("programmed", true, ""))
         }
@@ -156,9 +162,10 @@ public final class ProxyHealth: @unchecked Sendable {
             body += check.ok ? "[+]\(check.name) ok\n" : "[-]\(check.name) failed: \(check.detail)\n"
         }
         body += ready ? "readyz check passed\n" : "readyz check failed\n"
-        return EndpointResponse(status: ready ? .ok : .serviceUnavailable,
-                                headers: [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")],
-                                body: body)
+        return EndpointResponse(
+            status: ready ? .ok : .serviceUnavailable,
+            headers: [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")],
+            body: body)
     }
 
     /// Routes the health server's requests: any method, kube-proxy's two paths plus readyz.

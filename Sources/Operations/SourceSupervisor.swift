@@ -24,8 +24,10 @@ public final class SourceSupervisor: Service, @unchecked Sendable {
     private var source: any Service
 
     /// Builds the first source now, so that a bad source fails start-up.
-    public init(configuration: SwiftlaneConfiguration, syncer: ProxySyncer, logger: Logger,
-                makeSource: @escaping SourceFactory) throws {
+    public init(
+        configuration: SwiftlaneConfiguration, syncer: ProxySyncer, logger: Logger,
+        makeSource: @escaping SourceFactory
+    ) throws {
         self.configuration = configuration
         self.syncer = syncer
         self.logger = logger
@@ -41,7 +43,8 @@ public final class SourceSupervisor: Service, @unchecked Sendable {
     public func run() async throws {
         while true {
             let current = source
-            let next: SwiftlaneConfiguration? = try await withThrowingTaskGroup(of: SwiftlaneConfiguration?.self) { group in
+            let next: SwiftlaneConfiguration? = try await withThrowingTaskGroup(of: SwiftlaneConfiguration?.self) {
+                group in
                 group.addTask {
                     try await current.run()
                     return nil
@@ -62,22 +65,26 @@ public final class SourceSupervisor: Service, @unchecked Sendable {
     /// Switches to `next` if anything the source depends on changed (the source is
     /// stopped at this point).
     private func apply(_ next: SwiftlaneConfiguration) {
-        let sourceChanged = next.source != configuration.source || next.serviceProxyName != configuration.serviceProxyName
+        let sourceChanged =
+            next.source != configuration.source || next.serviceProxyName != configuration.serviceProxyName
             || next.minSyncPeriodMilliseconds != configuration.minSyncPeriodMilliseconds
         let translationChanged = next.translation != configuration.translation
         if sourceChanged {
             do {
                 source = try makeSource(next)
             } catch {
-                logger.error("cannot build the reloaded source; keeping the running one", metadata: ["error": "\(error)"])
+                logger.error(
+                    "cannot build the reloaded source; keeping the running one", metadata: ["error": "\(error)"])
                 return
             }
         }
         if translationChanged { syncer.options = next.translation }
         configuration = next
-        logger.notice("source restarted with the reloaded configuration", metadata: [
-            "sourceChanged": "\(sourceChanged)", "translationChanged": "\(translationChanged)",
-        ])
+        logger.notice(
+            "source restarted with the reloaded configuration",
+            metadata: [
+                "sourceChanged": "\(sourceChanged)", "translationChanged": "\(translationChanged)",
+            ])
     }
 }
 

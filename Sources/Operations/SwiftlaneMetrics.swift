@@ -53,12 +53,15 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
     /// kube-proxy's buckets: 0.25 s, 0.5 s, 1–59 s by 1, 60–115 s by 5, 120–300 s by 30.
     static let networkProgrammingBuckets: [Duration] =
         [.milliseconds(250), .milliseconds(500)] + (1...59).map { .seconds($0) }
-            + stride(from: 60, through: 115, by: 5).map { .seconds($0) } + stride(from: 120, through: 300, by: 30).map { .seconds($0) }
+        + stride(from: 60, through: 115, by: 5).map { .seconds($0) }
+        + stride(from: 120, through: 300, by: 30).map { .seconds($0) }
 
     /// `outcomeCounters` reads the datapath's per-CPU counters (summed over CPUs) by reason.
-    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), pinPath: String,
-                outcomeCounters: @escaping @Sendable () -> [String: UInt64], kubernetesStatus: KubernetesSourceStatus? = nil,
-                version: String, startedAt: Date = Date()) {
+    public init(
+        registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), pinPath: String,
+        outcomeCounters: @escaping @Sendable () -> [String: UInt64], kubernetesStatus: KubernetesSourceStatus? = nil,
+        version: String, startedAt: Date = Date()
+    ) {
         self.registry = registry
         self.pinPath = pinPath
         self.outcomeCounters = outcomeCounters
@@ -71,29 +74,44 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
             "kubeproxy_network_programming_duration_seconds", labels: [], buckets: Self.networkProgrammingBuckets,
             help: "In Cluster Network Programming Latency in seconds: from an EndpointSlice change "
                 + "(endpoints.kubernetes.io/last-change-trigger-time) to the maps serving it")
-        lastSyncTimestamp = registry.gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        lastSyncTimestamp = registry.gauge(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             help: "The last time proxy rules were successfully synced (every frontend programmed), in Unix seconds")
-        lastQueuedTimestamp = registry.gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            help: "The last time a sync of proxy rules was queued (a change arrived from the API server), in Unix seconds")
-        endpointChanges = registry.counter("kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        lastQueuedTimestamp = registry.gauge(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            help:
+                "The last time a sync of proxy rules was queued (a change arrived from the API server), in Unix seconds"
+        )
+        endpointChanges = registry.counter(
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
             help: "Cumulative proxy rules EndpointSlice changes (added, changed or removed slices seen by syncs)")
-        serviceChanges = registry.counter("kubeproxy_sync_proxy_rules_service_changes_total",
+        serviceChanges = registry.counter(
+            "kubeproxy_sync_proxy_rules_service_changes_total",
             help: "Cumulative proxy rules Service changes (added, changed or removed Services seen by syncs)")
         let noLocalHelp = "Number of services with a Local traffic policy and no endpoints"
-        noLocalEndpointsInternal = registry.gauge("kubeproxy_sync_proxy_rules_no_local_endpoints_total", labels: [("traffic_policy", "internal")], help: noLocalHelp)
-        noLocalEndpointsExternal = registry.gauge("kubeproxy_sync_proxy_rules_no_local_endpoints_total", labels: [("traffic_policy", "external")], help: noLocalHelp)
-        frontends = registry.gauge("swiftlane_frontends", help: "Frontends (address, port, protocol) the maps serve after the last sync")
-        mapOperations = registry.counter("swiftlane_sync_map_operations_total", help: "BPF map writes and deletes made by syncs")
-        registry.gauge("swiftlane_build_info",
+        noLocalEndpointsInternal = registry.gauge(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total", labels: [("traffic_policy", "internal")],
+            help: noLocalHelp)
+        noLocalEndpointsExternal = registry.gauge(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total", labels: [("traffic_policy", "external")],
+            help: noLocalHelp)
+        frontends = registry.gauge(
+            "swiftlane_frontends", help: "Frontends (address, port, protocol) the maps serve after the last sync")
+        mapOperations = registry.counter(
+            "swiftlane_sync_map_operations_total", help: "BPF map writes and deletes made by syncs")
+        registry.gauge(
+            "swiftlane_build_info",
             labels: [("version", version), ("abi_version", "\(DatapathInspection.abiVersion)")],
-            help: "Always 1; the labels say which Swiftlane build is running").set(to: 1)
+            help: "Always 1; the labels say which Swiftlane build is running"
+        ).set(to: 1)
     }
 
     // MARK: - Recording
 
     /// Records one sync (see `ProxySyncObserver`): duration, changes, latency, failures,
     /// and kube-proxy's no-local-endpoints gauges from `state` (what the maps hold).
-    public func recordSync(_ report: ProxySyncer.Report, objects: ManifestObjects, state: MapState, now: Date = Date()) {
+    public func recordSync(_ report: ProxySyncer.Report, objects: ManifestObjects, state: MapState, now: Date = Date())
+    {
         syncDuration.record(report.duration)
         mapOperations.increment(by: Int64(report.ops))
         frontends.set(to: Double(report.frontends))
@@ -104,7 +122,9 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
         for trigger in triggerTimes where trigger >= startedAt && now >= trigger {
             networkProgrammingDuration.record(.nanoseconds(Int64(now.timeIntervalSince(trigger) * 1e9)))
         }
-        if triggerTimes.isEmpty, sliceChangeCount + serviceChangeCount > 0, let latency = report.networkProgrammingLatency {
+        if triggerTimes.isEmpty, sliceChangeCount + serviceChangeCount > 0,
+            let latency = report.networkProgrammingLatency
+        {
             // Sources without trigger times (manifest files): from the change being seen.
             networkProgrammingDuration.record(latency)
         }
@@ -113,8 +133,10 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
             lastSyncTimestamp.set(to: now.timeIntervalSince1970)
         }
         for failure in report.failures {
-            registry.counter("swiftlane_reconcile_errors_total", labels: [("reason", ReconcileFailure(failure).reason)],
-                                 help: "Frontend changes left on their previous state, by errno (E2BIG: a map is full)").increment()
+            registry.counter(
+                "swiftlane_reconcile_errors_total", labels: [("reason", ReconcileFailure(failure).reason)],
+                help: "Frontend changes left on their previous state, by errno (E2BIG: a map is full)"
+            ).increment()
         }
 
         let (internalCount, externalCount) = Self.servicePortsWithoutLocalEndpoints(state)
@@ -129,17 +151,23 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
 
     /// kube-proxy's `kubeproxy_proxy_healthz_total` / `kubeproxy_proxy_livez_total`.
     public func recordHealthCheck(endpoint: String, code: Int) {
-        registry.counter("kubeproxy_proxy_\(endpoint)_total", labels: [("code", "\(code)")],
-                             help: "Cumulative proxy \(endpoint) HTTP status").increment()
+        registry.counter(
+            "kubeproxy_proxy_\(endpoint)_total", labels: [("code", "\(code)")],
+            help: "Cumulative proxy \(endpoint) HTTP status"
+        ).increment()
     }
 
     /// A configuration file change was applied or rejected.
     public func recordConfigReload(applied: Bool, restartRequired: Bool) {
-        registry.counter("swiftlane_config_reloads_total", labels: [("result", applied ? "applied" : "rejected")],
-                             help: "Configuration file changes seen, by whether they were applied or rejected as invalid").increment()
+        registry.counter(
+            "swiftlane_config_reloads_total", labels: [("result", applied ? "applied" : "rejected")],
+            help: "Configuration file changes seen, by whether they were applied or rejected as invalid"
+        ).increment()
         if applied {
-            registry.gauge("swiftlane_config_restart_required",
-                               help: "1 when the configuration file changes keys that only a restart applies").set(to: restartRequired ? 1 : 0)
+            registry.gauge(
+                "swiftlane_config_restart_required",
+                help: "1 when the configuration file changes keys that only a restart applies"
+            ).set(to: restartRequired ? 1 : 0)
         }
     }
 
@@ -166,7 +194,8 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
         }
         var services: [String: String] = [:]
         for service in objects.services {
-            services[service.metadata.namespace + "/" + service.metadata.name] = version(service.metadata, service.hashValue)
+            services[service.metadata.namespace + "/" + service.metadata.name] = version(
+                service.metadata, service.hashValue)
         }
         var slices: [String: String] = [:]
         var triggers: [Date] = []
@@ -175,13 +204,15 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
             let current = version(slice.metadata, slice.hashValue)
             slices[key] = current
             if sliceVersions[key] != current,
-               let text = slice.metadata.annotations["endpoints.kubernetes.io/last-change-trigger-time"],
-               let trigger = Self.parseTimestamp(text) {
+                let text = slice.metadata.annotations["endpoints.kubernetes.io/last-change-trigger-time"],
+                let trigger = Self.parseTimestamp(text)
+            {
                 triggers.append(trigger)
             }
         }
         func changes(_ old: [String: String], _ new: [String: String]) -> Int {
-            new.reduce(0) { $0 + (old[$1.key] == $1.value ? 0 : 1) } + old.keys.reduce(0) { $0 + (new[$1] == nil ? 1 : 0) }
+            new.reduce(0) { $0 + (old[$1.key] == $1.value ? 0 : 1) }
+                + old.keys.reduce(0) { $0 + (new[$1] == nil ? 1 : 0) }
         }
         defer {
             serviceVersions = services
@@ -214,22 +245,31 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
         var seen = Set<String>()
         for usage in DatapathInspection.mapUsage(pinPath: pinPath) {
             let labels = [("map", usage.name)]
-            scrapedGauge("swiftlane_bpf_map_entries", labels, "Entries in each pinned BPF map (slot array: slots of active backend sets)",
-                         &seen).set(to: Double(usage.entries))
-            scrapedGauge("swiftlane_bpf_map_capacity", labels, "max_entries of each pinned BPF map", &seen).set(to: Double(usage.capacity))
-            scrapedGauge("swiftlane_bpf_map_pressure", labels,
-                         "Fill level of each pinned BPF map, entries / max_entries (0 to 1); a full map refuses new frontends",
-                         &seen).set(to: usage.pressure)
+            scrapedGauge(
+                "swiftlane_bpf_map_entries", labels,
+                "Entries in each pinned BPF map (slot array: slots of active backend sets)",
+                &seen
+            ).set(to: Double(usage.entries))
+            scrapedGauge("swiftlane_bpf_map_capacity", labels, "max_entries of each pinned BPF map", &seen).set(
+                to: Double(usage.capacity))
+            scrapedGauge(
+                "swiftlane_bpf_map_pressure", labels,
+                "Fill level of each pinned BPF map, entries / max_entries (0 to 1); a full map refuses new frontends",
+                &seen
+            ).set(to: usage.pressure)
         }
         for link in DatapathInspection.linkAttachments(pinPath: pinPath) {
-            scrapedGauge("swiftlane_bpf_program_attached", [("link", link.pin), ("program", link.programName)],
-                         "1 for each pinned link whose program is attached (0: attached to nothing, e.g. its cgroup is gone)",
-                         &seen).set(to: link.attached ? 1 : 0)
+            scrapedGauge(
+                "swiftlane_bpf_program_attached", [("link", link.pin), ("program", link.programName)],
+                "1 for each pinned link whose program is attached (0: attached to nothing, e.g. its cgroup is gone)",
+                &seen
+            ).set(to: link.attached ? 1 : 0)
         }
         dropStaleGauges(keeping: seen)
         for (reason, value) in outcomeCounters() {
-            setCounter("swiftlane_datapath_outcomes_total", [("reason", reason)],
-                       "What the BPF programs did, by reason (per-CPU counters summed over CPUs)", value)
+            setCounter(
+                "swiftlane_datapath_outcomes_total", [("reason", reason)],
+                "What the BPF programs did, by reason (per-CPU counters summed over CPUs)", value)
         }
     }
 
@@ -237,13 +277,18 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
         guard let kubernetesStatus else { return }
         for resource in kubernetesStatus.resources {
             let labels = [("resource", resource.name)]
-            registry.gauge("swiftlane_informer_synced", labels: labels,
-                               help: "1 once the informer delivered its initial list").set(to: resource.synced ? 1 : 0)
-            setCounter("swiftlane_informer_watch_restarts_total", labels,
-                       "Watches opened again after the first one ended (server timeouts included)",
-                       UInt64(resource.statistics.watchRestarts))
-            setCounter("swiftlane_informer_relists_total", labels,
-                       "Complete lists after the initial one (410 Gone, expired continue tokens)", UInt64(resource.statistics.relists))
+            registry.gauge(
+                "swiftlane_informer_synced", labels: labels,
+                help: "1 once the informer delivered its initial list"
+            ).set(to: resource.synced ? 1 : 0)
+            setCounter(
+                "swiftlane_informer_watch_restarts_total", labels,
+                "Watches opened again after the first one ended (server timeouts included)",
+                UInt64(resource.statistics.watchRestarts))
+            setCounter(
+                "swiftlane_informer_relists_total", labels,
+                "Complete lists after the initial one (410 Gone, expired continue tokens)",
+                UInt64(resource.statistics.relists))
         }
     }
 
@@ -254,7 +299,9 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
         counter.increment(by: Int64(clamping: value))
     }
 
-    private func scrapedGauge(_ name: String, _ labels: [(String, String)], _ help: String, _ seen: inout Set<String>) -> Gauge {
+    private func scrapedGauge(_ name: String, _ labels: [(String, String)], _ help: String, _ seen: inout Set<String>)
+        -> Gauge
+    {
         let key = name + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
         seen.insert(key)
         if let gauge = scrapedGauges[key] { return gauge }
@@ -275,8 +322,9 @@ extension SwiftlaneMetrics {
     /// Routes the metrics server's requests: `/metrics` in Prometheus text format 0.0.4.
     public func respond(to request: EndpointRequest) -> EndpointResponse {
         guard request.path == "/metrics" else { return .notFound(request.path) }
-        return EndpointResponse(status: .ok, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
-                                body: render())
+        return EndpointResponse(
+            status: .ok, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+            body: render())
     }
 }
 
@@ -290,8 +338,11 @@ extension PrometheusCollectorRegistry {
         makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
     }
 
-    func durationHistogram(_ name: String, labels: [(String, String)] = [], buckets: [Duration], help: String) -> DurationHistogram {
-        makeDurationHistogram(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels,
-                              buckets: buckets)
+    func durationHistogram(_ name: String, labels: [(String, String)] = [], buckets: [Duration], help: String)
+        -> DurationHistogram
+    {
+        makeDurationHistogram(
+            descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels,
+            buckets: buckets)
     }
 }

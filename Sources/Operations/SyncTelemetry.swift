@@ -11,10 +11,13 @@ public final class SyncTelemetry: ProxySyncObserver, @unchecked Sendable {
         self.health = health
     }
 
-    public func proxySyncer(_ syncer: ProxySyncer, didSync report: ProxySyncer.Report, objects: ManifestObjects, prune: Bool) {
+    public func proxySyncer(
+        _ syncer: ProxySyncer, didSync report: ProxySyncer.Report, objects: ManifestObjects, prune: Bool
+    ) {
         metrics?.recordSync(report, objects: objects, state: syncer.reconciler.state)
-        health.recordSync(failures: report.failures.count, complete: prune,
-                          node: objects.nodes.first { $0.metadata.name == syncer.nodeName })
+        health.recordSync(
+            failures: report.failures.count, complete: prune,
+            node: objects.nodes.first { $0.metadata.name == syncer.nodeName })
     }
 
     /// A change arrived from the source; the next sync will program it.

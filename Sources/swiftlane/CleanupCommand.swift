@@ -31,12 +31,17 @@ struct CleanupCommand: ParsableCommand {
     var wait: Double = 10
 
     func run() throws {
-        let path = try pinPath ?? config.map { try SwiftlaneConfiguration.load(path: $0).bpfPinPath } ?? DatapathOptions.defaultPinPath
+        let path =
+            try pinPath ?? config.map { try SwiftlaneConfiguration.load(path: $0).bpfPinPath }
+            ?? DatapathOptions.defaultPinPath
         let owned = DatapathInspection.ownedObjects(pinPath: path)
         // tc filters first: they run programs that use the pinned maps.
-        let removed = NodePortDatapath.uninstall(devices: DatapathInspection.networkDevices()).map { "tc:" + $0 }
+        let removed =
+            NodePortDatapath.uninstall(devices: DatapathInspection.networkDevices()).map { "tc:" + $0 }
             + SocketLoadBalancer.uninstall(pinPath: path)
-        print(removed.isEmpty ? "nothing installed under \(path)" : "removed under \(path): " + removed.joined(separator: " "))
+        print(
+            removed.isEmpty
+                ? "nothing installed under \(path)" : "removed under \(path): " + removed.joined(separator: " "))
 
         // Dropping the last pin of a link detaches it, but the kernel frees links (and so
         // programs and maps) in deferred work, a moment later.
@@ -49,8 +54,9 @@ struct CleanupCommand: ParsableCommand {
         var problems: [String] = []
         if !left.isEmpty {
             let holders = DatapathInspection.holders(of: left)
-            problems.append("still loaded after \(wait)s: program ids \(left.programIDs.sorted()), map ids \(left.mapIDs.sorted())"
-                + (holders.isEmpty ? "" : "; held open by " + holders.joined(separator: ", ")))
+            problems.append(
+                "still loaded after \(wait)s: program ids \(left.programIDs.sorted()), map ids \(left.mapIDs.sorted())"
+                    + (holders.isEmpty ? "" : "; held open by " + holders.joined(separator: ", ")))
         }
         if FileManager.default.fileExists(atPath: path) {
             let rest = (try? FileManager.default.subpathsOfDirectory(atPath: path)) ?? []
@@ -60,7 +66,9 @@ struct CleanupCommand: ParsableCommand {
             throw CleanupIncomplete(problems: problems)
         }
         if !owned.isEmpty {
-            print("released: \(owned.programIDs.count) programs, \(owned.mapIDs.count) maps; nothing of Swiftlane is left under \(path)")
+            print(
+                "released: \(owned.programIDs.count) programs, \(owned.mapIDs.count) maps; nothing of Swiftlane is left under \(path)"
+            )
         }
     }
 

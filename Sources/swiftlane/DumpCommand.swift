@@ -53,7 +53,9 @@ struct DumpCommand: ParsableCommand {
     var counters = false
 
     func run() throws {
-        let path = try pinPath ?? config.map { try SwiftlaneConfiguration.load(path: $0).bpfPinPath } ?? DatapathOptions.defaultPinPath
+        let path =
+            try pinPath ?? config.map { try SwiftlaneConfiguration.load(path: $0).bpfPinPath }
+            ?? DatapathOptions.defaultPinPath
         let maps: KernelLoadBalancerMaps
         do {
             maps = try KernelLoadBalancerMaps(pinPath: path)
@@ -65,26 +67,44 @@ struct DumpCommand: ParsableCommand {
             print(try maps.readState().servedPlan.rendered(output))
         case .backends:
             let rows = try maps.backendViews()
-            print(output == .json ? try Self.json(rows) : Self.table(
-                ["ID", "BACKEND", "PROTO", "FRONTENDS"],
-                rows.map { ["\($0.id)", $0.address, $0.protocol, $0.frontends.isEmpty ? "-" : $0.frontends.joined(separator: "; ")] }))
+            print(
+                output == .json
+                    ? try Self.json(rows)
+                    : Self.table(
+                        ["ID", "BACKEND", "PROTO", "FRONTENDS"],
+                        rows.map {
+                            [
+                                "\($0.id)", $0.address, $0.protocol,
+                                $0.frontends.isEmpty ? "-" : $0.frontends.joined(separator: "; "),
+                            ]
+                        }))
         case .affinity:
             let rows = try maps.affinityViews()
-            print(output == .json ? try Self.json(rows) : Self.table(
-                ["CLIENT NETNS", "FRONTEND", "PROTO", "BACKEND", "LAST USED", "TIMEOUT", "STATE"],
-                rows.map { row in
-                    ["\(row.clientNetnsCookie)", row.frontend ?? "(rev-NAT id gone)", row.protocol,
-                     row.backend ?? "id \(row.backendID) (gone)", String(format: "%.1fs ago", row.lastUsedSecondsAgo),
-                     row.timeoutSeconds.map { "\($0)s" } ?? "-", row.expired ? "expired" : "active"]
-                }))
+            print(
+                output == .json
+                    ? try Self.json(rows)
+                    : Self.table(
+                        ["CLIENT NETNS", "FRONTEND", "PROTO", "BACKEND", "LAST USED", "TIMEOUT", "STATE"],
+                        rows.map { row in
+                            [
+                                "\(row.clientNetnsCookie)", row.frontend ?? "(rev-NAT id gone)", row.protocol,
+                                row.backend ?? "id \(row.backendID) (gone)",
+                                String(format: "%.1fs ago", row.lastUsedSecondsAgo),
+                                row.timeoutSeconds.map { "\($0)s" } ?? "-", row.expired ? "expired" : "active",
+                            ]
+                        }))
         case .conntrack:
             let rows = maps.socketReverseNATViews()
             if output == .json {
                 print(try Self.json(SocketReverseNATDump(entries: rows)))
             } else {
-                print("# socket reverse-NAT of unconnected UDP sockets; connect()ed sockets keep theirs in socket storage")
-                print(Self.table(["SOCKET COOKIE", "BACKEND", "FRONTEND", "REV-NAT ID"],
-                                 rows.map { ["\($0.socketCookie)", $0.backend, $0.frontend, "\($0.revNatID)"] }))
+                print(
+                    "# socket reverse-NAT of unconnected UDP sockets; connect()ed sockets keep theirs in socket storage"
+                )
+                print(
+                    Self.table(
+                        ["SOCKET COOKIE", "BACKEND", "FRONTEND", "REV-NAT ID"],
+                        rows.map { ["\($0.socketCookie)", $0.backend, $0.frontend, "\($0.revNatID)"] }))
             }
         }
         if counters {

@@ -45,17 +45,20 @@ struct RunCommand: AsyncParsableCommand {
 
         let datapath = try SocketLoadBalancer.install(configuration.datapathOptions, logger: logger)
         // The external-traffic datapath shares the maps pinned above; off unless configured.
-        let nodePort = configuration.nodePort.enabled
+        let nodePort =
+            configuration.nodePort.enabled
             ? try NodePortDatapath.install(
-                configuration.nodePort.options(pinPath: configuration.bpfPinPath,
-                                               nodePortAddresses: configuration.translation.nodePortAddresses),
+                configuration.nodePort.options(
+                    pinPath: configuration.bpfPinPath,
+                    nodePortAddresses: configuration.translation.nodePortAddresses),
                 logger: logger)
             : nil
         let syncer = try ProxySyncer(
             nodeName: configuration.nodeName, options: configuration.translation, maps: datapath.maps, logger: logger)
         do {
-            syncer.terminateUDPSockets(with: try UDPSocketTerminator.install(pinPath: configuration.bpfPinPath, logger: logger),
-                                       logger: logger)
+            syncer.terminateUDPSockets(
+                with: try UDPSocketTerminator.install(pinPath: configuration.bpfPinPath, logger: logger),
+                logger: logger)
         } catch {
             logger.warning("UDP sockets of removed backends will not be terminated", metadata: ["error": "\(error)"])
         }
@@ -89,25 +92,37 @@ struct RunCommand: AsyncParsableCommand {
         // Shut down in reverse order: the source first, the endpoints last.
         var services: [any Service] = []
         if let address = configuration.operations.healthzBindAddress {
-            services.append(HTTPEndpointServer(name: "health", address: address, logger: logger) { health.respond(to: $0) })
+            services.append(
+                HTTPEndpointServer(
+                    name: "health", address: address, configKey: "healthzBindAddress",
+                    logger: logger
+                ) { health.respond(to: $0) })
         }
         if let address = configuration.operations.metricsBindAddress {
-            services.append(HTTPEndpointServer(name: "metrics", address: address, logger: logger) { metrics.respond(to: $0) })
+            services.append(
+                HTTPEndpointServer(
+                    name: "metrics", address: address, configKey: "metricsBindAddress",
+                    logger: logger
+                ) { metrics.respond(to: $0) })
         }
         if let nodePort {
-            services.append(NodePortConntrackCollector(
-                datapath: nodePort, timeouts: configuration.nodePort.conntrack,
-                intervalSeconds: configuration.nodePort.conntrackGCIntervalSeconds, logger: logger))
+            services.append(
+                NodePortConntrackCollector(
+                    datapath: nodePort, timeouts: configuration.nodePort.conntrack,
+                    intervalSeconds: configuration.nodePort.conntrackGCIntervalSeconds, logger: logger))
         }
         services += [reloader, supervisor]
-        let group = ServiceGroup(configuration: .init(
-            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 
     /// The sync service for the configured source.
-    static func makeSource(_ configuration: SwiftlaneConfiguration, syncer: ProxySyncer, status: KubernetesSourceStatus,
-                           logger: Logger) throws -> any Service {
+    static func makeSource(
+        _ configuration: SwiftlaneConfiguration, syncer: ProxySyncer, status: KubernetesSourceStatus,
+        logger: Logger
+    ) throws -> any Service {
         switch configuration.source {
         case .directory(let directory):
             return DirectorySyncService(
@@ -125,13 +140,15 @@ struct RunCommand: AsyncParsableCommand {
             }
             var transport = TransportOptions()
             transport.deadConnectionTimeout = .seconds(kubernetes.deadConnectionTimeoutSeconds)
-            transport.keepaliveIdle = min(transport.keepaliveIdle, .seconds(kubernetes.deadConnectionTimeoutSeconds / 2))
+            transport.keepaliveIdle = min(
+                transport.keepaliveIdle, .seconds(kubernetes.deadConnectionTimeoutSeconds / 2))
             let client = try KubeClient(
                 configuration: clientConfiguration, limits: .init(qps: kubernetes.qps, burst: kubernetes.burst),
                 transportOptions: transport, logger: logger)
             return KubernetesSyncService(
                 client: client, syncer: syncer, serviceProxyName: configuration.serviceProxyName,
-                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), status: status, logger: logger)
+                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), status: status,
+                logger: logger)
         }
     }
 
@@ -143,13 +160,17 @@ struct RunCommand: AsyncParsableCommand {
         case .kubernetes:
             return {
                 let resources = status.resources
-                let waiting = resources.isEmpty ? ["services", "endpointslices", "node"] : resources.filter { !$0.synced }.map(\.name)
+                let waiting =
+                    resources.isEmpty
+                    ? ["services", "endpointslices", "node"] : resources.filter { !$0.synced }.map(\.name)
                 return (waiting.isEmpty, "waiting for the initial list of " + waiting.joined(separator: ", "))
             }
         case .directory(let directory):
             return {
                 var isDirectory: ObjCBool = false
-                let exists = FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory) && isDirectory.boolValue
+                let exists =
+                    FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory)
+                    && isDirectory.boolValue
                 return (exists, "\(directory.path) is not a directory")
             }
         }
@@ -157,8 +178,9 @@ struct RunCommand: AsyncParsableCommand {
 
     /// /readyz's datapath check: every link `install` attached is still pinned and attached.
     static func linksAttached(_ expected: [String], pinPath: String) -> (Bool, String) {
-        let links = Dictionary(DatapathInspection.linkAttachments(pinPath: pinPath).map { (pinPath + "/" + $0.pin, $0.attached) },
-                               uniquingKeysWith: { first, _ in first })
+        let links = Dictionary(
+            DatapathInspection.linkAttachments(pinPath: pinPath).map { (pinPath + "/" + $0.pin, $0.attached) },
+            uniquingKeysWith: { first, _ in first })
         let missing = expected.filter { links[$0] != true }
         return (missing.isEmpty, "not attached: " + missing.joined(separator: ", "))
     }

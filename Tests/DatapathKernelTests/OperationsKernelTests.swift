@@ -51,8 +51,10 @@ final class OperationsKernelTests: XCTestCase {
             """,
         ]
         for index in 0..<extraServices {
-            documents.append(LabManifests.service(name: "extra-\(index)", clusterIPs: [lab.vipIPv4(100 + index)],
-                                                  ports: [("http", 80, "TCP")]))
+            documents.append(
+                LabManifests.service(
+                    name: "extra-\(index)", clusterIPs: [lab.vipIPv4(100 + index)],
+                    ports: [("http", 80, "TCP")]))
         }
         return documents.joined(separator: "---\n")
     }
@@ -79,7 +81,8 @@ final class OperationsKernelTests: XCTestCase {
         let kernelCounters = maps.outcomeCounters()
         XCTAssertEqual(samples.types["swiftlane_datapath_outcomes"], "counter")
         for (reason, value) in kernelCounters {
-            XCTAssertEqual(samples.value("swiftlane_datapath_outcomes_total", ["reason": reason]), Double(value), reason)
+            XCTAssertEqual(
+                samples.value("swiftlane_datapath_outcomes_total", ["reason": reason]), Double(value), reason)
         }
         XCTAssertGreaterThanOrEqual(kernelCounters["sock_forward"] ?? 0, 12)
         XCTAssertGreaterThanOrEqual(kernelCounters["sock_reject"] ?? 0, 3)
@@ -87,32 +90,38 @@ final class OperationsKernelTests: XCTestCase {
         // Map occupancy, against the maps read entry by entry, and capacity against bpftool.
         let state = try maps.readState()
         let expectedEntries: [String: Int] = [
-            "sl_services_v2": state.masters.count, "sl_backends_v1": state.backends.count, "sl_revnat_v1": state.revNats.count,
+            "sl_services_v2": state.masters.count, "sl_backends_v1": state.backends.count,
+            "sl_revnat_v1": state.revNats.count,
             "sl_fe_meta_v1": state.meta.count, "sl_slots_v1": state.masters.values.reduce(0) { $0 + Int($1.count) },
             "sl_affinity_v1": maps.affinity.keys().count, "sl_sock_rnat_v1": maps.sockRevNats.keys().count,
         ]
         XCTAssertEqual(state.masters.count, 5, "web and empty on 80/TCP and 53/UDP, local-only on 80/TCP")
         for (map, entries) in expectedEntries {
             XCTAssertEqual(samples.value("swiftlane_bpf_map_entries", ["map": map]), Double(entries), map)
-            let shown = try XCTUnwrap(bpftool(["map", "show", "pinned", controller.pinPath + "/" + map]) as? [String: Any])
+            let shown = try XCTUnwrap(
+                bpftool(["map", "show", "pinned", controller.pinPath + "/" + map]) as? [String: Any])
             let capacity = try XCTUnwrap(shown["max_entries"] as? Int)
             XCTAssertEqual(samples.value("swiftlane_bpf_map_capacity", ["map": map]), Double(capacity), map)
-            XCTAssertEqual(try XCTUnwrap(samples.value("swiftlane_bpf_map_pressure", ["map": map])),
-                           Double(entries) / Double(capacity), accuracy: 1e-12, map)
+            XCTAssertEqual(
+                try XCTUnwrap(samples.value("swiftlane_bpf_map_pressure", ["map": map])),
+                Double(entries) / Double(capacity), accuracy: 1e-12, map)
         }
 
         // Attached programs: one series per pinned link, as many as bpftool sees on the cgroup.
         let attached = samples.all("swiftlane_bpf_program_attached")
         let onCgroup = try XCTUnwrap(bpftool(["cgroup", "show", lab.clientCgroup.path]) as? [[String: Any]])
         XCTAssertEqual(attached.filter { $0.value == 1 }.count, onCgroup.count)
-        XCTAssertEqual(Set(attached.compactMap { $0.labels["program"] }), Set(onCgroup.compactMap { $0["name"] as? String }))
+        XCTAssertEqual(
+            Set(attached.compactMap { $0.labels["program"] }), Set(onCgroup.compactMap { $0["name"] as? String }))
 
         // kube-proxy's metrics: every Service and slice seen once, the iTP=Local Service
         // counted as having no local endpoints, one successful sync at least.
         XCTAssertEqual(samples.value("kubeproxy_sync_proxy_rules_service_changes_total"), 3)
         XCTAssertEqual(samples.value("kubeproxy_sync_proxy_rules_endpoint_changes_total"), 2, "empty has no slice")
-        XCTAssertEqual(samples.value("kubeproxy_sync_proxy_rules_no_local_endpoints_total", ["traffic_policy": "internal"]), 1)
-        XCTAssertEqual(samples.value("kubeproxy_sync_proxy_rules_no_local_endpoints_total", ["traffic_policy": "external"]), 0)
+        XCTAssertEqual(
+            samples.value("kubeproxy_sync_proxy_rules_no_local_endpoints_total", ["traffic_policy": "internal"]), 1)
+        XCTAssertEqual(
+            samples.value("kubeproxy_sync_proxy_rules_no_local_endpoints_total", ["traffic_policy": "external"]), 0)
         XCTAssertEqual(samples.types["kubeproxy_sync_proxy_rules_duration_seconds"], "histogram")
         XCTAssertGreaterThanOrEqual(samples.value("kubeproxy_sync_proxy_rules_duration_seconds_count") ?? 0, 1)
         XCTAssertGreaterThanOrEqual(samples.value("kubeproxy_network_programming_duration_seconds_count") ?? 0, 1)
@@ -128,8 +137,9 @@ final class OperationsKernelTests: XCTestCase {
 
     func testHealthAndReadinessFollowTheSyncState() throws {
         // A services map of 16 entries: the extra Services below overflow it.
-        let controller = try RunningController(lab: lab, label: "health", manifests: manifests(),
-                                               extraConfig: "mapSizes: {services: 16}")
+        let controller = try RunningController(
+            lab: lab, label: "health", manifests: manifests(),
+            extraConfig: "mapSizes: {services: 16}")
         self.controller = controller
         try controller.waitUntil("ready") { try controller.get("/readyz").status == 200 }
         let ready = try controller.get("/readyz")
@@ -140,7 +150,8 @@ final class OperationsKernelTests: XCTestCase {
         XCTAssertEqual(healthz.headers["x-content-type-options"], "nosniff")
         let body = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(healthz.body.utf8)) as? [String: Any])
         XCTAssertEqual(body["nodeEligible"] as? Bool, true)
-        XCTAssertEqual(body["lastUpdated"] as? String, body["currentTime"] as? String, "healthy: lastUpdated is now (kube-proxy)")
+        XCTAssertEqual(
+            body["lastUpdated"] as? String, body["currentTime"] as? String, "healthy: lastUpdated is now (kube-proxy)")
         XCTAssertEqual(try controller.get("/livez").status, 200)
         XCTAssertEqual(try controller.get("/nothing").status, 404)
 
@@ -180,7 +191,9 @@ final class OperationsKernelTests: XCTestCase {
 
         // An invalid value is rejected and named; the running configuration stays.
         try (base + "\nlogLevel: chatty\n").write(toFile: controller.configPath, atomically: true, encoding: .utf8)
-        try controller.waitUntil("the rejection") { controller.process.stderrText.contains("configuration change rejected") }
+        try controller.waitUntil("the rejection") {
+            controller.process.stderrText.contains("configuration change rejected")
+        }
         XCTAssertTrue(controller.process.stderrText.contains(#"config key logLevel: "chatty""#))
         XCTAssertEqual(try controller.scrape().value("swiftlane_config_reloads_total", ["result": "rejected"]), 1)
 
@@ -194,8 +207,10 @@ final class OperationsKernelTests: XCTestCase {
         }
         let log = controller.process.stderrText
         XCTAssertTrue(log.contains("keys=source [Operations] configuration reloaded"), log)
-        XCTAssertTrue(log.contains("keys=metricsBindAddress [Operations] configuration keys changed that take effect only after a restart"),
-                      log)
+        XCTAssertTrue(
+            log.contains(
+                "keys=metricsBindAddress [Operations] configuration keys changed that take effect only after a restart"),
+            log)
         let samples = try controller.scrape()  // still on the port it started with
         XCTAssertEqual(samples.value("swiftlane_config_restart_required"), 1)
         XCTAssertEqual(samples.value("swiftlane_config_reloads_total", ["result": "applied"]), 1)
@@ -215,8 +230,10 @@ final class OperationsKernelTests: XCTestCase {
         let before = try KernelLoadBalancerMaps(pinPath: controller.pinPath).readState()
 
         let client = try LabProcess.start(
-            argv: lab.probeRunner().command(["tcp", "--target", "\(lab.vipIPv4(40)):80", "--count", "1000000",
-                                             "--interval-ms", "5", "--duration-seconds", "3"]),
+            argv: lab.probeRunner().command([
+                "tcp", "--target", "\(lab.vipIPv4(40)):80", "--count", "1000000",
+                "--interval-ms", "5", "--duration-seconds", "3",
+            ]),
             netns: lab.clientNetns)
         defer { client.stop() }
         kill(controller.process.pid, SIGTERM)
@@ -229,7 +246,8 @@ final class OperationsKernelTests: XCTestCase {
         XCTAssertEqual(Set(report.backends.keys), Set(lab.backends.map(\.name)))
         let onCgroup = try XCTUnwrap(bpftool(["cgroup", "show", lab.clientCgroup.path]) as? [[String: Any]])
         XCTAssertEqual(onCgroup.count, SocketLoadBalancer.hooks.count, "every program still attached")
-        XCTAssertEqual(try KernelLoadBalancerMaps(pinPath: controller.pinPath).readState(), before, "the maps are untouched")
+        XCTAssertEqual(
+            try KernelLoadBalancerMaps(pinPath: controller.pinPath).readState(), before, "the maps are untouched")
     }
 
     // MARK: - Cleanup
@@ -238,11 +256,13 @@ final class OperationsKernelTests: XCTestCase {
         let controller = try RunningController(lab: lab, label: "cleanup", manifests: manifests())
         self.controller = controller
         try controller.waitUntil("ready") { try controller.get("/readyz").status == 200 }
-        let programIDs = try XCTUnwrap(bpftool(["cgroup", "show", lab.clientCgroup.path]) as? [[String: Any]]).compactMap { $0["id"] as? Int }
+        let programIDs = try XCTUnwrap(bpftool(["cgroup", "show", lab.clientCgroup.path]) as? [[String: Any]])
+            .compactMap { $0["id"] as? Int }
         XCTAssertEqual(programIDs.count, SocketLoadBalancer.hooks.count)
         let pinned = try FileManager.default.contentsOfDirectory(atPath: controller.pinPath).filter { $0 != "links" }
         let mapIDs = try pinned.map { name in
-            try XCTUnwrap((bpftool(["map", "show", "pinned", controller.pinPath + "/" + name]) as? [String: Any])?["id"] as? Int)
+            try XCTUnwrap(
+                (bpftool(["map", "show", "pinned", controller.pinPath + "/" + name]) as? [String: Any])?["id"] as? Int)
         }
         let qdiscsBefore = try runCommand(["tc", "qdisc", "show"]).1
         let binary = ProbeRunner.defaultBinary()
@@ -254,8 +274,9 @@ final class OperationsKernelTests: XCTestCase {
         XCTAssertTrue(output.contains("released: \(programIDs.count) programs, \(mapIDs.count) maps"), output)
 
         XCTAssertFalse(FileManager.default.fileExists(atPath: controller.pinPath), "no pin directory")
-        XCTAssertEqual(try XCTUnwrap(bpftool(["cgroup", "show", lab.clientCgroup.path]) as? [[String: Any]]).count, 0,
-                       "no cgroup attachment")
+        XCTAssertEqual(
+            try XCTUnwrap(bpftool(["cgroup", "show", lab.clientCgroup.path]) as? [[String: Any]]).count, 0,
+            "no cgroup attachment")
         let programs = try XCTUnwrap(bpftool(["prog", "show"]) as? [[String: Any]]).compactMap { $0["id"] as? Int }
         XCTAssertTrue(Set(programIDs).isDisjoint(with: programs), "no program left loaded")
         let maps = try XCTUnwrap(bpftool(["map", "show"]) as? [[String: Any]]).compactMap { $0["id"] as? Int }
@@ -279,12 +300,15 @@ final class OperationsKernelTests: XCTestCase {
         var datapath: SocketLoadBalancer? = try SocketLoadBalancer.install(
             DatapathOptions(pinPath: pinPath, cgroupPath: lab.clientCgroup.path), logger: testLogger)
         XCTAssertNotNil(datapath)
-        let (status, _, errors) = try runCommand([ProbeRunner.defaultBinary(), "cleanup", "--pin-path", pinPath, "--wait", "0.5"])
+        let (status, _, errors) = try runCommand([
+            ProbeRunner.defaultBinary(), "cleanup", "--pin-path", pinPath, "--wait", "0.5",
+        ])
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(errors.contains("cleanup incomplete"), errors)
         XCTAssertTrue(errors.contains("held open by \(getpid()) ("), errors)
-        XCTAssertEqual(try XCTUnwrap(bpftool(["cgroup", "show", lab.clientCgroup.path]) as? [[String: Any]]).count, 0,
-                       "the programs were detached all the same")
+        XCTAssertEqual(
+            try XCTUnwrap(bpftool(["cgroup", "show", lab.clientCgroup.path]) as? [[String: Any]]).count, 0,
+            "the programs were detached all the same")
         datapath = nil
     }
 }

@@ -23,9 +23,12 @@ final class RunningController {
         pinPath = uniquePinPath(label)
         try FileManager.default.createDirectory(atPath: directory + "/manifests", withIntermediateDirectories: true)
         try manifests.write(toFile: directory + "/manifests/services.yaml", atomically: true, encoding: .utf8)
-        try Self.config(lab: lab, pinPath: pinPath, extra: extraConfig).write(toFile: directory + "/config.yaml", atomically: true,
-                                                                             encoding: .utf8)
-        process = try LabProcess.start(argv: [ProbeRunner.defaultBinary(), "run", "--config", directory + "/config.yaml"])
+        try Self.config(lab: lab, pinPath: pinPath, extra: extraConfig).write(
+            toFile: directory + "/config.yaml", atomically: true,
+            encoding: .utf8)
+        process = try LabProcess.start(argv: [
+            ProbeRunner.defaultBinary(), "run", "--config", directory + "/config.yaml",
+        ])
         do {
             metricsPort = try Self.waitForPort(of: "metrics", in: process)
             healthPort = try Self.waitForPort(of: "health", in: process)
@@ -76,7 +79,9 @@ final class RunningController {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if try condition() { return }
-            guard process.isRunning else { throw Failure("controller exited while waiting for \(what): \(process.stderrText)") }
+            guard process.isRunning else {
+                throw Failure("controller exited while waiting for \(what): \(process.stderrText)")
+            }
             Thread.sleep(forTimeInterval: 0.05)
         }
         throw Failure("\(what) did not happen within \(timeout)s; controller log:\n\(process.stderrText.suffix(4000))")
@@ -89,7 +94,8 @@ final class RunningController {
         while Date() < deadline {
             let text = process.stderrText
             if let match = pattern.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)),
-               let range = Range(match.range(at: 1), in: text), let port = Int(text[range]) {
+                let range = Range(match.range(at: 1), in: text), let port = Int(text[range])
+            {
                 return port
             }
             guard process.isRunning else { throw Failure("controller exited: \(text)") }
@@ -121,7 +127,9 @@ struct HTTPAnswer {
         address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard connected == 0 else { throw Failure("connect to 127.0.0.1:\(port): errno \(errno)") }
         var timeout = timeval(tv_sec: 30, tv_usec: 0)
@@ -145,7 +153,8 @@ struct HTTPAnswer {
         var headers: [String: String] = [:]
         for line in lines.dropFirst() {
             guard let colon = line.firstIndex(of: ":") else { continue }
-            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(
+                in: .whitespaces)
         }
         return HTTPAnswer(status: status, headers: headers, body: String(text[split.upperBound...]))
     }
@@ -176,7 +185,9 @@ struct PrometheusSamples {
 
     static func parse(_ text: String) throws -> PrometheusSamples {
         let (status, output, errors) = try runCommand(["/usr/bin/python3", "-c", parserScript], input: text)
-        guard status == 0 else { throw Failure("prometheus_client rejected the exposition: \(errors)\n\(text.prefix(2000))") }
+        guard status == 0 else {
+            throw Failure("prometheus_client rejected the exposition: \(errors)\n\(text.prefix(2000))")
+        }
         struct Parsed: Decodable {
             var types: [String: String]
             var samples: [Sample]
@@ -201,7 +212,9 @@ func runCommand(_ argv: [String], input: String? = nil) throws -> (Int32, String
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try Shell.which(argv[0]))
     process.arguments = Array(argv.dropFirst())
-    let stdout = Pipe(), stderr = Pipe(), stdin = Pipe()
+    let stdout = Pipe()
+    let stderr = Pipe()
+    let stdin = Pipe()
     process.standardOutput = stdout
     process.standardError = stderr
     process.standardInput = stdin

@@ -1,8 +1,9 @@
 import Controller
 import Foundation
 import Logging
-@testable import Operations
 import XCTest
+
+@testable import Operations
 
 /// The operations keys, reload classification and the reloader's decisions.
 final class ConfigurationOperationsTests: XCTestCase {
@@ -13,10 +14,11 @@ final class ConfigurationOperationsTests: XCTestCase {
     }
 
     func testBindAddressesParseBothFamiliesAndEmptyDisables() throws {
-        let config = try SwiftlaneConfiguration.parse(yaml: """
-            metricsBindAddress: "[::1]:9100"
-            healthzBindAddress: ""
-            """, environment: [:])
+        let config = try SwiftlaneConfiguration.parse(
+            yaml: """
+                metricsBindAddress: "[::1]:9100"
+                healthzBindAddress: ""
+                """, environment: [:])
         XCTAssertEqual(config.operations.metricsBindAddress, BindAddress(host: "::1", port: 9100))
         XCTAssertEqual(config.operations.metricsBindAddress?.description, "[::1]:9100")
         XCTAssertNil(config.operations.healthzBindAddress)
@@ -41,7 +43,8 @@ final class ConfigurationOperationsTests: XCTestCase {
                 XCTAssertTrue("\(error)".contains("\"\(value)\""), "\(error) should name \(value)")
             }
         }
-        XCTAssertThrowsError(try SwiftlaneConfiguration.parse(yaml: "metricsBindAddress: [a]", environment: [:])) { error in
+        XCTAssertThrowsError(try SwiftlaneConfiguration.parse(yaml: "metricsBindAddress: [a]", environment: [:])) {
+            error in
             XCTAssertEqual((error as? SwiftlaneConfiguration.Invalid)?.key, "metricsBindAddress")
         }
     }
@@ -52,17 +55,29 @@ final class ConfigurationOperationsTests: XCTestCase {
         let cases: [(yaml: String, key: String, value: String)] = [
             ("bpfPinPath: relative/path", "bpfPinPath", "relative/path"),
             ("logLevel: loud", "logLevel", "loud"),
-            ("source: {directory: {path: /m, pollIntervalMilliseconds: 5}}", "source.directory.pollIntervalMilliseconds", "5"),
-            ("source: {directory: {path: /m, pollIntervalMilliseconds: soon}}", "source.directory.pollIntervalMilliseconds", "soon"),
+            (
+                "source: {directory: {path: /m, pollIntervalMilliseconds: 5}}",
+                "source.directory.pollIntervalMilliseconds", "5"
+            ),
+            (
+                "source: {directory: {path: /m, pollIntervalMilliseconds: soon}}",
+                "source.directory.pollIntervalMilliseconds", "soon"
+            ),
             ("source: {kubernetes: {qps: fast}}", "source.kubernetes.qps", "fast"),
             ("source: {kubernetes: {burst: 0}}", "source.kubernetes.burst", "0"),
-            ("source: {kubernetes: {deadConnectionTimeoutSeconds: 2}}", "source.kubernetes.deadConnectionTimeoutSeconds", "2"),
+            (
+                "source: {kubernetes: {deadConnectionTimeoutSeconds: 2}}",
+                "source.kubernetes.deadConnectionTimeoutSeconds", "2"
+            ),
             ("source: {kubernetes: {apiServer: 'ftp://10.0.0.1'}}", "source.kubernetes.apiServer", "ftp://10.0.0.1"),
             ("serviceProxyName: 'has space'", "serviceProxyName", "has space"),
             ("nodePortAddresses: [10.0.0.0/8, nonsense]", "nodePortAddresses", "nonsense"),
             ("clusterCIDR: 10.0.0.0/8,banana", "clusterCIDR", "banana"),
             ("masqueradeAll: sometimes", "masqueradeAll", "sometimes"),
-            ("featureGates: {PreferSameTrafficDistribution: maybe}", "featureGates.PreferSameTrafficDistribution", "maybe"),
+            (
+                "featureGates: {PreferSameTrafficDistribution: maybe}", "featureGates.PreferSameTrafficDistribution",
+                "maybe"
+            ),
             ("minSyncPeriodMilliseconds: 100000", "minSyncPeriodMilliseconds", "100000"),
             ("mapSizes: {services: 8}", "mapSizes.services", "8"),
             ("metricsBindAddress: nowhere", "metricsBindAddress", "nowhere"),
@@ -79,8 +94,10 @@ final class ConfigurationOperationsTests: XCTestCase {
     /// The shipped default file and the ConfigMap of the manifests parse, and say what
     /// the docs say they say.
     func testTheShippedConfigurationFilesParse() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let shipped = try SwiftlaneConfiguration.load(path: root.appendingPathComponent("config/swiftlane.yaml").path, environment: [:])
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let shipped = try SwiftlaneConfiguration.load(
+            path: root.appendingPathComponent("config/swiftlane.yaml").path, environment: [:])
         XCTAssertEqual(shipped.operations, OperationsSettings(), "config/swiftlane.yaml keeps kube-proxy's ports")
         XCTAssertEqual(shipped.bpfPinPath, "/sys/fs/bpf/swiftlane")
 
@@ -90,13 +107,15 @@ final class ConfigurationOperationsTests: XCTestCase {
         XCTAssertEqual(cluster.nodeName, "node-1", "NODE_NAME from the downward API wins")
         guard case .kubernetes(let kubernetes) = cluster.source else { return XCTFail("the DaemonSet watches the API") }
         XCTAssertNotNil(kubernetes.apiServer, "a kube-proxy replacement cannot reach the API through its own Service")
-        XCTAssertEqual(cluster.cgroupPath, "/run/swiftlane/cgroupv2", "the host's cgroup root, mounted by the DaemonSet")
+        XCTAssertEqual(
+            cluster.cgroupPath, "/run/swiftlane/cgroupv2", "the host's cgroup root, mounted by the DaemonSet")
     }
 
     /// The `swiftlane.yaml` entry of the ConfigMap, un-indented.
     static func configMapFile(in manifests: String) -> String? {
         let lines = manifests.components(separatedBy: "\n")
-        guard let start = lines.firstIndex(where: { $0.trimmingCharacters(in: .whitespaces) == "swiftlane.yaml: |" }) else { return nil }
+        guard let start = lines.firstIndex(where: { $0.trimmingCharacters(in: .whitespaces) == "swiftlane.yaml: |" })
+        else { return nil }
         let indent = String(lines[start + 1].prefix { $0 == " " })
         return lines[(start + 1)...].prefix { $0.hasPrefix(indent) || $0.isEmpty }
             .map { $0.hasPrefix(indent) ? String($0.dropFirst(indent.count)) : $0 }.joined(separator: "\n")
@@ -106,25 +125,34 @@ final class ConfigurationOperationsTests: XCTestCase {
 
     func testReloadSplitsLiveKeysFromKeysThatNeedARestart() throws {
         let old = try SwiftlaneConfiguration.parse(yaml: "source: {directory: /a}", environment: [:])
-        let new = try SwiftlaneConfiguration.parse(yaml: """
-            source: {directory: /b}
-            logLevel: debug
-            clusterCIDR: 10.244.0.0/16
-            masqueradeAll: true
-            minSyncPeriodMilliseconds: 500
-            serviceProxyName: other
-            nodeName: elsewhere
-            bpfPinPath: /sys/fs/bpf/other
-            cgroupPath: /sys/fs/cgroup/x
-            mapSizes: {services: 1024}
-            metricsBindAddress: 127.0.0.1:1
-            healthzBindAddress: ""
-            """, environment: [:])
+        let new = try SwiftlaneConfiguration.parse(
+            yaml: """
+                source: {directory: /b}
+                logLevel: debug
+                clusterCIDR: 10.244.0.0/16
+                masqueradeAll: true
+                minSyncPeriodMilliseconds: 500
+                serviceProxyName: other
+                nodeName: elsewhere
+                bpfPinPath: /sys/fs/bpf/other
+                cgroupPath: /sys/fs/cgroup/x
+                mapSizes: {services: 1024}
+                metricsBindAddress: 127.0.0.1:1
+                healthzBindAddress: ""
+                """, environment: [:])
         let differences = old.reloadDifferences(to: new)
-        XCTAssertEqual(Set(differences.applied), ["source", "logLevel", "clusterCIDR", "masqueradeAll",
-                                                  "minSyncPeriodMilliseconds", "serviceProxyName"])
-        XCTAssertEqual(Set(differences.needRestart), ["nodeName", "bpfPinPath", "cgroupPath", "mapSizes.services",
-                                                      "metricsBindAddress", "healthzBindAddress"])
+        XCTAssertEqual(
+            Set(differences.applied),
+            [
+                "source", "logLevel", "clusterCIDR", "masqueradeAll",
+                "minSyncPeriodMilliseconds", "serviceProxyName",
+            ])
+        XCTAssertEqual(
+            Set(differences.needRestart),
+            [
+                "nodeName", "bpfPinPath", "cgroupPath", "mapSizes.services",
+                "metricsBindAddress", "healthzBindAddress",
+            ])
         let effective = old.applyingLiveKeys(of: new)
         XCTAssertEqual(effective.logLevel, .debug)
         XCTAssertEqual(effective.translation, new.translation)
@@ -141,18 +169,25 @@ final class ConfigurationOperationsTests: XCTestCase {
         let running = try SwiftlaneConfiguration.parse(yaml: "source: {directory: /m}", environment: [:])
         let applied = LockedList<SwiftlaneConfiguration>()
         let metrics = SwiftlaneMetrics(pinPath: directory, outcomeCounters: { [:] }, version: "test")
-        let reloader = ConfigReloader(path: path, running: running, environment: [:], metrics: metrics,
-                                      logger: Logger(label: "test")) { applied.append($0) }
+        let reloader = ConfigReloader(
+            path: path, running: running, environment: [:], metrics: metrics,
+            logger: Logger(label: "test")
+        ) { applied.append($0) }
 
-        XCTAssertNil(reloader.reload("source: {directory: /m}\nlogLevel: [loud]", effective: running), "invalid: nothing applied")
+        XCTAssertNil(
+            reloader.reload("source: {directory: /m}\nlogLevel: [loud]", effective: running), "invalid: nothing applied"
+        )
         XCTAssertTrue(applied.items.isEmpty)
 
-        XCTAssertNil(reloader.reload("source: {directory: /m}\nbpfPinPath: /sys/fs/bpf/x", effective: running),
-                     "a restart-only key alone applies nothing")
+        XCTAssertNil(
+            reloader.reload("source: {directory: /m}\nbpfPinPath: /sys/fs/bpf/x", effective: running),
+            "a restart-only key alone applies nothing")
         XCTAssertTrue(applied.items.isEmpty)
 
-        let next = try XCTUnwrap(reloader.reload("source: {directory: /m}\nlogLevel: trace\nbpfPinPath: /sys/fs/bpf/x",
-                                                 effective: running))
+        let next = try XCTUnwrap(
+            reloader.reload(
+                "source: {directory: /m}\nlogLevel: trace\nbpfPinPath: /sys/fs/bpf/x",
+                effective: running))
         XCTAssertEqual(next.logLevel, .trace)
         XCTAssertEqual(next.bpfPinPath, running.bpfPinPath)
         XCTAssertEqual(applied.items, [next])

@@ -6,7 +6,8 @@ import Yams
 /// schemas by `kubernetes-validate`, installed by scripts/install-deps.sh) and the
 /// DaemonSet asks for what the issue and docs/install.md promise, nothing more.
 final class ManifestValidationTests: XCTestCase {
-    private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
 
     private func validate(_ paths: [String]) throws -> (status: Int32, output: String) {
         let process = Process()
@@ -23,12 +24,15 @@ final class ManifestValidationTests: XCTestCase {
 
     func testEveryManifestValidatesAgainstTheKubernetesSchemas() throws {
         let folder = root.appendingPathComponent("manifests").path
-        let files = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".yaml") }.sorted()
+        let files = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".yaml") }
+            .sorted()
         XCTAssertEqual(files, ["cleanup.yaml", "swiftlane.yaml"])
         let (status, output) = try validate(files.map { folder + "/" + $0 })
         XCTAssertEqual(status, 0, output)
-        for kind in ["serviceaccount/swiftlane", "clusterrole/swiftlane", "clusterrolebinding/swiftlane", "configmap/swiftlane",
-                     "daemonset/swiftlane", "daemonset/swiftlane-cleanup"] {
+        for kind in [
+            "serviceaccount/swiftlane", "clusterrole/swiftlane", "clusterrolebinding/swiftlane", "configmap/swiftlane",
+            "daemonset/swiftlane", "daemonset/swiftlane-cleanup",
+        ] {
             XCTAssertTrue(output.contains("passed for resource \(kind)"), "\(kind) not validated: \(output)")
         }
     }
@@ -62,7 +66,8 @@ final class ManifestValidationTests: XCTestCase {
         XCTAssertEqual(pod["priorityClassName"] as? String, "system-node-critical")
         XCTAssertEqual(pod["serviceAccountName"] as? String, "swiftlane")
         let tolerations = try XCTUnwrap(pod["tolerations"] as? [[String: Any]])
-        XCTAssertTrue(tolerations.contains { $0["operator"] as? String == "Exists" && $0["key"] == nil }, "tolerates every taint")
+        XCTAssertTrue(
+            tolerations.contains { $0["operator"] as? String == "Exists" && $0["key"] == nil }, "tolerates every taint")
 
         let container = try XCTUnwrap((pod["containers"] as? [[String: Any]])?.first)
         let security = try XCTUnwrap(container["securityContext"] as? [String: Any])
@@ -72,16 +77,18 @@ final class ManifestValidationTests: XCTestCase {
         XCTAssertEqual(capabilities["add"] as? [String], ["BPF", "NET_ADMIN", "SYS_ADMIN"])
         let env = try XCTUnwrap(container["env"] as? [[String: Any]])
         let nodeName = try XCTUnwrap(env.first { $0["name"] as? String == "NODE_NAME" })
-        XCTAssertEqual(((nodeName["valueFrom"] as? [String: Any])?["fieldRef"] as? [String: Any])?["fieldPath"] as? String,
-                       "spec.nodeName")
+        XCTAssertEqual(
+            ((nodeName["valueFrom"] as? [String: Any])?["fieldRef"] as? [String: Any])?["fieldPath"] as? String,
+            "spec.nodeName")
         for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
             let get = try XCTUnwrap((container[probe] as? [String: Any])?["httpGet"] as? [String: Any], probe)
             XCTAssertEqual(get["path"] as? String, path)
             XCTAssertEqual(get["port"] as? Int, 10256)
         }
         let mounts = try XCTUnwrap(container["volumeMounts"] as? [[String: Any]])
-        XCTAssertEqual(Set(mounts.compactMap { $0["mountPath"] as? String }),
-                       ["/etc/swiftlane", "/sys/fs/bpf", "/run/swiftlane/cgroupv2", "/run/netns"])
+        XCTAssertEqual(
+            Set(mounts.compactMap { $0["mountPath"] as? String }),
+            ["/etc/swiftlane", "/sys/fs/bpf", "/run/swiftlane/cgroupv2", "/run/netns"])
         let volumes = try XCTUnwrap(pod["volumes"] as? [[String: Any]])
         let hostPaths = volumes.compactMap { ($0["hostPath"] as? [String: Any])?["path"] as? String }
         XCTAssertEqual(Set(hostPaths), ["/sys/fs/bpf", "/sys/fs/cgroup", "/var/run/netns"])
@@ -94,7 +101,11 @@ final class ManifestValidationTests: XCTestCase {
                 granted[resource, default: []].formUnion(rule["verbs"] as? [String] ?? [])
             }
         }
-        XCTAssertEqual(granted, ["services": ["list", "watch"], "nodes": ["list", "watch"], "endpointslices": ["list", "watch"],
-                                 "events": ["create", "patch"]])
+        XCTAssertEqual(
+            granted,
+            [
+                "services": ["list", "watch"], "nodes": ["list", "watch"], "endpointslices": ["list", "watch"],
+                "events": ["create", "patch"],
+            ])
     }
 }

@@ -1,9 +1,10 @@
 import Controller
 import Foundation
 import Logging
-@testable import Operations
 import ServiceModel
 import XCTest
+
+@testable import Operations
 
 /// kube-proxy's health semantics (spec A.10) and readiness, answered by the real HTTP
 /// server on loopback, on a clock the test moves.
@@ -21,8 +22,10 @@ final class ProxyHealthTests: XCTestCase {
         health.datapathAttached = { (true, "") }
         let health = self.health!
         let bound = AsyncStream<Int>.makeStream()
-        server = HTTPEndpointServer(name: "health", address: BindAddress(host: "127.0.0.1", port: 0), logger: Logger(label: "test"),
-                                    onBound: { bound.continuation.yield($0) }) { health.respond(to: $0) }
+        server = HTTPEndpointServer(
+            name: "health", address: BindAddress(host: "127.0.0.1", port: 0), logger: Logger(label: "test"),
+            onBound: { bound.continuation.yield($0) }
+        ) { health.respond(to: $0) }
         let server = self.server!
         serverTask = Task { try await server.run() }
         var iterator = bound.stream.makeAsyncIterator()
@@ -78,10 +81,12 @@ final class ProxyHealthTests: XCTestCase {
         let answer = try await get("/healthz")
         XCTAssertEqual(answer.status, 503, "failing for 61 s since the first failed sync")
         let body = try JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]
-        XCTAssertEqual(body?["lastUpdated"] as? String, ProxyHealth.format(synced), "unhealthy: the last successful sync")
+        XCTAssertEqual(
+            body?["lastUpdated"] as? String, ProxyHealth.format(synced), "unhealthy: the last successful sync")
         let ready = try await get("/readyz")
         XCTAssertEqual(ready.status, 503)
-        XCTAssertTrue(ready.body.contains("[-]programmed failed: the last sync left 1 frontends on their previous state"))
+        XCTAssertTrue(
+            ready.body.contains("[-]programmed failed: the last sync left 1 frontends on their previous state"))
     }
 
     func testANodeBeingDeletedFailsHealthzButNotLivez() async throws {
@@ -95,7 +100,8 @@ final class ProxyHealthTests: XCTestCase {
         let livezWhenDeleting = try await get("/livez").status
         XCTAssertEqual(livezWhenDeleting, 200, "livez ignores node eligibility")
 
-        let deleting = ServiceModel.Node(metadata: ObjectMeta(name: "node-a", deletionTimestamp: "2027-01-01T00:00:00Z"))
+        let deleting = ServiceModel.Node(
+            metadata: ObjectMeta(name: "node-a", deletionTimestamp: "2027-01-01T00:00:00Z"))
         health.liveNode = { deleting }  // the Node informer's view wins over the last sync's
         answer = try await get("/healthz")
         XCTAssertEqual(answer.status, 503)
@@ -109,7 +115,9 @@ final class ProxyHealthTests: XCTestCase {
         health.datapathAttached = { (false, "not attached: /sys/fs/bpf/x/links/cgroup_connect4") }
         var answer = try await get("/readyz")
         XCTAssertEqual(answer.status, 503)
-        XCTAssertEqual(answer.body, """
+        XCTAssertEqual(
+            answer.body,
+            """
             [-]source failed: waiting for the initial list of endpointslices
             [-]datapath failed: not attached: /sys/fs/bpf/x/links/cgroup_connect4
             [-]programmed failed: no sync yet
@@ -153,7 +161,9 @@ enum SimpleHTTP {
         address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard connected == 0 else { throw POSIXError(.ECONNREFUSED) }
         let request = Array("GET \(path) HTTP/1.0\r\n\r\n".utf8)

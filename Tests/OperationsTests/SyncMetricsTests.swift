@@ -1,0 +1,138 @@
+import Controller
+import Foundation
+import Logging
+import Reconciler
+import ServiceModel
+import XCTest
+
+@testable import Operations
+
+/// kube-proxy's sync metrics as a real `ProxySyncer` (on the in-memory maps) reports them
+/// through its observer.
+final class SyncMetricsTests: XCTestCase {
+    private let now = Date()
+
+    private func objects(sliceVersion: String, trigger: Date, withLocalOnly: Bool) throws -> ManifestObjects {
+        let formatter = ISO8601DateFormatter()
+        var yaml = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: default, resourceVersion: "1"}
+            spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, protocol: TCP}]}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata:
+              name: web-1
+              namespace: default
+              resourceVersion: "\(sliceVersion)"
+              labels: {kubernetes.io/service-name: web}
+              annotations: {endpoints.kubernetes.io/last-change-trigger-time: "\(formatter.string(from: trigger))"}
+            addressType: IPv4
+            endpoints: [{addresses: [10.0.0.1], conditions: {ready: true}, nodeName: node-a}]
+            ports: [{name: http, port: 8080, protocol: TCP}]
+
+            """
+        if withLocalOnly {
+            yaml += """
+                ---
+                apiVersion: v1
+                kind: Service
+                metadata: {name: local-only, namespace: default, resourceVersion: "1"}
+                spec: {clusterIP: 10.96.0.11, internalTrafficPolicy: Local, ports: [{name: http, port: 80, protocol: TCP}]}
+                ---
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata: {name: local-only-1, namespace: default, resourceVersion: "1", labels: {kubernetes.io/service-name: local-only}}
+                addressType: IPv4
+                endpoints: [{addresses: [10.0.0.2], conditions: {ready: true}, nodeName: node-b}]
+                ports: [{name: http, port: 8080, protocol: TCP}]
+
+                """
+        }
+        return try ManifestDecoder.decode(Data(yaml.utf8), source: "test.yaml")
+    }
+
+    private func value(_ text: String, _ sample: String) -> Double? {
+        for line in text.split(separator: "\n") where line.hasPrefix(sample + " ") {
+            return Double(line.dropFirst(sample.count + 1))
+        }
+        return nil
+    }
+
+    func testChangesLatencyAndNoLocalEndpointsFollowTheSyncs() throws {
+        let metrics = SwiftlaneMetrics(
+            pinPath: "/nonexistent", outcomeCounters: { [:] }, version: "test",
+            startedAt: now.addingTimeInterval(-10))
+        let health = ProxyHealth()
+        let syncer = try ProxySyncer(
+            nodeName: "node-a", maps: InMemoryLoadBalancerMaps(), logger: Logger(label: "test"))
+        syncer.observer = SyncTelemetry(metrics: metrics, health: health)
+
+        syncer.sync(try objects(sliceVersion: "1", trigger: now.addingTimeInterval(-2), withLocalOnly: true))
+        var text = metrics.registry.emitToString()
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_service_changes_total"), 2)
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_endpoint_changes_total"), 2)
+        XCTAssertEqual(
+            value(text, "kubeproxy_network_programming_duration_seconds_count"), 1, "only web-1 carries a trigger time")
+        XCTAssertGreaterThanOrEqual(value(text, "kubeproxy_network_programming_duration_seconds_sum") ?? 0, 2)
+        XCTAssertEqual(
+            value(text, #"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"}"#), 1)
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_duration_seconds_count"), 1)
+        XCTAssertNotNil(value(text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds"))
+        XCTAssertEqual(value(text, "swiftlane_frontends"), 2)
+
+        // The same objects again: a sync, but no change.
+        syncer.sync(try objects(sliceVersion: "1", trigger: now.addingTimeInterval(-2), withLocalOnly: true))
+        text = metrics.registry.emitToString()
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_service_changes_total"), 2)
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_endpoint_changes_total"), 2)
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_duration_seconds_count"), 2)
+
+        // web-1 changes, local-only and its slice go away.
+        syncer.sync(try objects(sliceVersion: "2", trigger: now.addingTimeInterval(-1), withLocalOnly: false))
+        text = metrics.registry.emitToString()
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_service_changes_total"), 3)
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_endpoint_changes_total"), 4)
+        XCTAssertEqual(value(text, "kubeproxy_network_programming_duration_seconds_count"), 2)
+        XCTAssertEqual(
+            value(text, #"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"}"#), 0)
+
+        // A change triggered before the proxy started is not a programming latency of ours.
+        syncer.sync(try objects(sliceVersion: "3", trigger: now.addingTimeInterval(-60), withLocalOnly: false))
+        text = metrics.registry.emitToString()
+        XCTAssertEqual(value(text, "kubeproxy_sync_proxy_rules_endpoint_changes_total"), 5)
+        XCTAssertEqual(value(text, "kubeproxy_network_programming_duration_seconds_count"), 2)
+    }
+
+    func testReconcileFailuresAreCountedByErrno() throws {
+        XCTAssertEqual(
+            ReconcileFailure("default/web: update sl_services_v2 failed: E2BIG (Argument list too long)"),
+            ReconcileFailure(reason: "E2BIG", map: "sl_services_v2"))
+        XCTAssertEqual(
+            ReconcileFailure("default/web: slot array full: no free range of 3 slots (E2BIG)"),
+            ReconcileFailure(reason: "E2BIG", map: "sl_slots_v1"))
+        XCTAssertEqual(ReconcileFailure("default/web: something odd"), ReconcileFailure(reason: "other", map: nil))
+        XCTAssertEqual(
+            ReconcileFailure("update sl_backends_v1 failed: ENOMEM (Cannot allocate memory)").metadata,
+            ["errno": "ENOMEM", "map": "sl_backends_v1"])
+
+        // Through a syncer whose service map holds one frontend.
+        let metrics = SwiftlaneMetrics(pinPath: "/nonexistent", outcomeCounters: { [:] }, version: "test")
+        let health = ProxyHealth()
+        let syncer = try ProxySyncer(
+            nodeName: "node-a", maps: InMemoryLoadBalancerMaps(serviceCapacity: 1),
+            logger: Logger(label: "test"))
+        syncer.observer = SyncTelemetry(metrics: metrics, health: health)
+        let report = syncer.sync(try objects(sliceVersion: "1", trigger: now, withLocalOnly: true))
+        XCTAssertEqual(report.failures.count, 1)
+        let text = metrics.registry.emitToString()
+        XCTAssertEqual(
+            value(text, #"swiftlane_reconcile_errors_total{reason="E2BIG"}"#), 1,
+            "the in-memory fake says \"service map full (E2BIG)\": \(report.failures)")
+        XCTAssertNil(
+            value(text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").flatMap { $0 > 0 ? $0 : nil },
+            "a sync with failures is not a successful sync")
+        XCTAssertTrue(health.readyz().body.contains("the last sync left 1 frontends on their previous state"))
+    }
+}
