@@ -96,8 +96,11 @@ struct sl_packet {
  * longest IPv4 header (60) and a TCP header (20). */
 #define SL_PULL_LEN (ETH_HLEN + 60 + 20)
 
+#define SL_PARSED_ICMP 2
+
 /* Parses Ethernet / IPv4 / TCP|UDP with a bounds check before every read.
- * Returns 0 (parsed), 1 (not ours: pass, counted), or -errno (drop, counted). */
+ * Returns 0 (parsed), 1 (not ours: pass, counted), SL_PARSED_ICMP (an ICMP message whose
+ * IPv4 header was checked, not counted), or -errno (drop, counted). */
 static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_packet *pkt)
 {
 	void *data, *data_end;
@@ -135,7 +138,7 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_packet *pkt
 		sl_count(SL_REASON_NP_MALFORMED);
 		return -EINVAL;
 	}
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) {
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP) {
 		sl_count(SL_REASON_NP_NOT_IPV4);
 		return 1;
 	}
@@ -155,6 +158,9 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_packet *pkt
 	pkt->ihl_bytes = (__u8)ihl_bytes;
 	pkt->tot_len = bpf_ntohs(ip->tot_len);
 
+	/* ICMP: the caller looks at errors about tracked flows; not counted here. */
+	if (pkt->proto == IPPROTO_ICMP)
+		return SL_PARSED_ICMP;
 	if (pkt->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)ip + ihl_bytes;
 
@@ -685,6 +691,99 @@ static __always_inline void sl_touch(struct sl_nat_entry *entry, const struct sl
 		entry->flags &= ~SL_NAT_F_CLOSING;
 }
 
+// MARK: - ICMP errors about tracked flows
+
+#define SL_ICMP_TIME_EXCEEDED 11
+
+/* The start of an ICMP error: its header, the offending packet's IPv4 header (without
+ * options) and that packet's ports. */
+struct sl_icmp_quote {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 unused;
+	struct iphdr inner;
+	__be16 sport;
+	__be16 dport;
+};
+
+static __always_inline int sl_store4(struct __sk_buff *skb, __u32 off, __be32 value, __u32 csum_off, __be32 old)
+{
+	if (bpf_l3_csum_replace(skb, csum_off, old, value, sizeof(value)) ||
+	    bpf_skb_store_bytes(skb, off, &value, sizeof(value), 0))
+		return -EFAULT;
+	return 0;
+}
+
+/* An ICMP error (destination unreachable, e.g. fragmentation needed; time exceeded) about
+ * a packet this node sent to a backend with SNAT reaches the SNAT address: it is
+ * translated back like the flow's replies and forwarded to the client. The quoted packet
+ * becomes client -> frontend again, the outer destination the client, and an outer source
+ * equal to the backend the frontend. Checksums: each inner address change is compensated
+ * in the inner header checksum, which leaves the ICMP checksum unchanged; inner port
+ * changes are folded into the ICMP checksum; the quoted TCP/UDP checksum is left alone
+ * (only its first 8 bytes need be quoted, and no receiver checks it).
+ * Returns SL_NP_PASS when the message is not such an error, 1 to forward, -errno to drop. */
+static __always_inline int sl_icmp_error_reply(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+{
+	__u32 icmp_csum = pkt->l4_off + offsetof(struct sl_icmp_quote, checksum);
+	__u32 inner_off = pkt->l4_off + offsetof(struct sl_icmp_quote, inner);
+	__u32 inner_csum = inner_off + offsetof(struct iphdr, check);
+	__u32 ports_off = pkt->l4_off + offsetof(struct sl_icmp_quote, sport);
+	struct sl_nat_entry *tracked;
+	struct sl_icmp_quote quote;
+	struct sl_nat_key key;
+	__be32 client, frontend, router;
+	__be16 client_port, frontend_port;
+	int rc;
+
+	if (bpf_skb_load_bytes(skb, pkt->l4_off, &quote, sizeof(quote)) ||
+	    (quote.type != SL_ICMP_DEST_UNREACH && quote.type != SL_ICMP_TIME_EXCEEDED) ||
+	    quote.inner.version != 4 || quote.inner.ihl != 5 ||
+	    (quote.inner.protocol != IPPROTO_TCP && quote.inner.protocol != IPPROTO_UDP)) {
+		sl_count(SL_REASON_NP_NOT_IPV4);
+		return SL_NP_PASS;
+	}
+	/* The quoted packet went node -> backend; its flow's REPLY entry is keyed the other way. */
+	sl_v4_mapped(key.saddr, quote.inner.daddr);
+	sl_v4_mapped(key.daddr, quote.inner.saddr);
+	key.sport = quote.dport;
+	key.dport = quote.sport;
+	key.proto = quote.inner.protocol;
+	key.dir = SL_NAT_DIR_REPLY;
+	key.pad = 0;
+	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+	if (!tracked || !(tracked->flags & SL_NAT_F_SNAT)) {
+		sl_count(SL_REASON_NP_NOT_SERVICE);
+		return SL_NP_PASS;
+	}
+	client = tracked->nat_addr[3];
+	client_port = tracked->nat_port;
+	frontend = tracked->to_addr[3];
+	frontend_port = tracked->to_port;
+	router = pkt->saddr == quote.inner.daddr ? frontend : pkt->saddr;
+
+	if (sl_store4(skb, inner_off + offsetof(struct iphdr, saddr), client, inner_csum, quote.inner.saddr) ||
+	    sl_store4(skb, inner_off + offsetof(struct iphdr, daddr), frontend, inner_csum, quote.inner.daddr) ||
+	    bpf_l4_csum_replace(skb, icmp_csum, quote.sport, client_port, sizeof(client_port)) ||
+	    bpf_l4_csum_replace(skb, icmp_csum, quote.dport, frontend_port, sizeof(frontend_port)) ||
+	    bpf_skb_store_bytes(skb, ports_off, &client_port, sizeof(client_port), 0) ||
+	    bpf_skb_store_bytes(skb, ports_off + sizeof(client_port), &frontend_port, sizeof(frontend_port), 0) ||
+	    sl_store4(skb, pkt->l3_off + offsetof(struct iphdr, daddr), client, pkt->l3_off + offsetof(struct iphdr, check),
+		      pkt->daddr) ||
+	    sl_store4(skb, pkt->l3_off + offsetof(struct iphdr, saddr), router, pkt->l3_off + offsetof(struct iphdr, check),
+		      pkt->saddr)) {
+		sl_count(SL_REASON_NP_REWRITE_FAILED);
+		return -EFAULT;
+	}
+	pkt->daddr = client;
+	pkt->saddr = router;
+	rc = sl_route(skb, pkt, fwd);
+	if (rc >= 0)
+		sl_count(SL_REASON_NP_ICMP_ERROR_REPLY);
+	return rc;
+}
+
 // MARK: - Workers
 
 /* Ingress of an external device. Returns SL_NP_PASS, SL_NP_FORWARD (*fwd filled) or
@@ -700,6 +799,8 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 	int rc;
 
 	rc = sl_parse(skb, &pkt);
+	if (rc == SL_PARSED_ICMP)
+		return sl_icmp_error_reply(skb, &pkt, fwd);
 	if (rc)
 		return rc > 0 ? SL_NP_PASS : rc;
 

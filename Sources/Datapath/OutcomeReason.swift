@@ -34,6 +34,7 @@ public enum OutcomeReason {
         "np_not_ipv4",
         "np_affinity_hit",
         "np_affinity_new",
+        "np_icmp_error_reply",
     ]
 
     /// Number of reasons the BPF side counts.

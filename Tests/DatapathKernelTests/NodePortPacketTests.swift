@@ -2,6 +2,7 @@ import CLibBPF
 @testable import Datapath
 import Foundation
 import Glibc
+import NetLab
 import XCTest
 
 /// Frames for BPF_PROG_TEST_RUN, built byte by byte (IPv4 header checksums computed).
@@ -216,5 +217,84 @@ final class NodePortPacketTests: XCTestCase {
         typealias F = TestFrame
         let frame = F.ethernet(F.ipv4(proto: UInt8(IPPROTO_TCP), options: [1, 1, 1, 0], F.tcp(dport: Self.rejectingPort)))
         try check([Row(name: "SYN with IP options to a rejecting NodePort", frame: frame, verdict: Self.tcActShot, reason: "np_reject_failed")])
+    }
+
+    /// A scratch network namespace with a route to the test client, so bpf_fib_lookup can
+    /// forward inside BPF_PROG_TEST_RUN without looking at the host's routes.
+    private func withRoutingNamespace(_ body: (String) throws -> Void) throws {
+        let name = "snpk\(UInt32.random(in: 0...UInt32.max))"
+        try Shell.run(["ip", "netns", "add", name])
+        defer { _ = try? Shell.run(["ip", "netns", "del", name], allowFailure: true) }
+        for argv in [["ip", "link", "set", "lo", "up"], ["ip", "link", "add", "snd0", "type", "veth", "peer", "name", "snd1"],
+                     ["ip", "addr", "add", "198.51.100.1/24", "dev", "snd0"], ["ip", "link", "set", "snd1", "up"],
+                     ["ip", "link", "set", "snd0", "up"],
+                     ["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]] {
+            try Shell.run(["ip", "netns", "exec", name] + argv)
+        }
+        try body("/run/netns/" + name)
+    }
+
+    func testAnICMPErrorAboutASourceNATedFlowGoesBackToTheClientTranslated() throws {
+        typealias F = TestFrame
+        let backend: [UInt8] = [10, 0, 0, 5], frontend: [UInt8] = [203, 0, 113, 10], router: [UInt8] = [10, 0, 0, 1]
+        let (natPort, backendPort, clientPort, frontendPort): (UInt16, UInt16, UInt16, UInt16) = (61234, 8080, 40000, 30080)
+        // The REPLY entry of a flow client:40000 -> frontend:30080 sent to backend:8080 as node:61234.
+        var key = sl_nat_key()
+        key.saddr = NodePortDatapath.v4MappedWords("10.0.0.5")!
+        key.daddr = NodePortDatapath.v4MappedWords("192.0.2.1")!
+        key.sport = backendPort.bigEndian
+        key.dport = natPort.bigEndian
+        key.proto = UInt8(IPPROTO_TCP)
+        key.dir = UInt8(SL_NAT_DIR_REPLY.rawValue)
+        var entry = sl_nat_entry()
+        entry.to_addr = NodePortDatapath.v4MappedWords("203.0.113.10")!
+        entry.to_port = frontendPort.bigEndian
+        entry.nat_addr = NodePortDatapath.v4MappedWords("198.51.100.7")!
+        entry.nat_port = clientPort.bigEndian
+        entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
+        try datapath.nat.update(key, entry)
+
+        // "Fragmentation needed" about the node's packet to the backend.
+        let quoted = Array(F.ipv4(proto: UInt8(IPPROTO_TCP), src: F.node, dst: backend, F.tcp(sport: natPort, dport: backendPort)).prefix(28))
+        func icmpError(from source: [UInt8], about inner: [UInt8]) -> [UInt8] {
+            var icmp: [UInt8] = [3, 4, 0, 0, 0, 0, 0x05, 0xdc] + inner
+            let sum = F.checksum(icmp)
+            icmp[2] = UInt8(sum >> 8)
+            icmp[3] = UInt8(sum & 0xff)
+            return F.ethernet(F.ipv4(proto: 1, src: source, dst: F.node, icmp))
+        }
+        let fromBackend = icmpError(from: backend, about: quoted)
+        let fromRouter = icmpError(from: router, about: quoted)
+        var untracked = quoted
+        untracked[20] ^= 0xff  // another source port: no flow
+        untracked[10] = 0; untracked[11] = 0
+        let otherFlow = icmpError(from: router, about: untracked)
+
+        try withRoutingNamespace { netns in
+            try NodePortDatapath.inNamespace(netns) {
+                try check([
+                    Row(name: "ICMP error from the backend", frame: fromBackend, verdict: Self.tcActRedirect, reason: "np_icmp_error_reply"),
+                    Row(name: "ICMP error from a router", frame: fromRouter, verdict: Self.tcActRedirect, reason: "np_icmp_error_reply"),
+                    Row(name: "ICMP error about no tracked flow", frame: otherFlow, verdict: Self.tcActOK, reason: "np_not_service"),
+                ])
+                for (frame, outerSource) in [(fromBackend, frontend), (fromRouter, router)] {
+                    let out = try datapath.testRun(.ingress, packet: frame).packet
+                    XCTAssertEqual(out.count, frame.count)
+                    guard out.count == frame.count else { continue }
+                    let outer = Array(out[14..<34]), icmp = Array(out[34...]), inner = Array(out[42..<62])
+                    XCTAssertEqual(Array(outer[12..<16]), outerSource, "outer source")
+                    XCTAssertEqual(Array(outer[16..<20]), F.client, "to the client")
+                    XCTAssertEqual(outer[8], 63, "TTL decremented")
+                    XCTAssertEqual(F.checksum(outer), 0, "outer header checksum")
+                    XCTAssertEqual(F.checksum(icmp), 0, "ICMP checksum")
+                    XCTAssertEqual(F.checksum(inner), 0, "quoted header checksum")
+                    XCTAssertEqual(Array(inner[12..<16]), F.client, "quoted source: the client")
+                    XCTAssertEqual(Array(inner[16..<20]), frontend, "quoted destination: the frontend")
+                    XCTAssertEqual(Array(out[62..<66]), [UInt8(clientPort >> 8), UInt8(clientPort & 0xff),
+                                                          UInt8(frontendPort >> 8), UInt8(frontendPort & 0xff)], "quoted ports")
+                    XCTAssertEqual(Array(icmp[0..<2]), [3, 4], "still fragmentation needed")
+                }
+            }
+        }
     }
 }

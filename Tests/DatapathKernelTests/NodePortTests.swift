@@ -59,7 +59,7 @@ final class NodePortHarness {
 
     /// A NodePort Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
     /// 30053) with `pods` as ready endpoints.
-    func webService(pods: [NodeLabPod], externalIPs: [String] = [], extra: String = "") -> String {
+    func webService(pods: [NodeLabPod], externalIPs: [String] = [], extra: String = "", udpTargetPort: UInt16 = udpPort) -> String {
         let endpoints = pods.map { pod in
             "  - addresses: [\"\(pod.ipv4)\"]\n    conditions: {ready: true}\n    nodeName: \(pod.name.hasPrefix("a") ? "node-a" : "node-b")"
         }.joined(separator: "\n")
@@ -89,7 +89,7 @@ final class NodePortHarness {
             \(pods.isEmpty ? "  []" : endpoints)
             ports:
               - {name: http, port: \(Self.tcpPort), protocol: TCP}
-              - {name: dns, port: \(Self.udpPort), protocol: UDP}
+              - {name: dns, port: \(udpTargetPort), protocol: UDP}
 
             """
     }
@@ -256,5 +256,15 @@ final class NodePortTests: XCTestCase {
         let counters = h.datapath.outcomeCounters()
         XCTAssertEqual(counters["np_affinity_new"], 1)
         XCTAssertEqual(counters["np_affinity_hit"], 19)
+    }
+
+    func testAnICMPErrorFromARemotePodReachesTheClientThroughTheSNAT() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        // Nothing listens on UDP 8054 in the pod: it answers with ICMP port unreachable,
+        // addressed to node A's SNAT address and port.
+        try h.apply(h.webService(pods: h.lab.podsOnB, udpTargetPort: 8054))
+        let report = try h.client.udp(target: h.udpTarget, count: 3, connected: true)
+        XCTAssertEqual(report.errors, ["ECONNREFUSED": 3], "timeouts: \(report.timeouts)")
+        XCTAssertEqual(h.datapath.outcomeCounters()["np_icmp_error_reply"], 3)
     }
 }

@@ -326,7 +326,8 @@ enum sl_reason {
 	SL_REASON_NP_NOT_IPV4 = 27,         /* not IPv4 (or not TCP/UDP): passed to the stack */
 	SL_REASON_NP_AFFINITY_HIT = 28,     /* ClientIP affinity reused the client's backend */
 	SL_REASON_NP_AFFINITY_NEW = 29,     /* ClientIP affinity chose (afresh) and remembered */
-	SL_REASON_MAX = 30,
+	SL_REASON_NP_ICMP_ERROR_REPLY = 30, /* ICMP error about a source-NATed flow translated back */
+	SL_REASON_MAX = 31,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 
