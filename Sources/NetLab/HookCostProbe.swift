@@ -79,10 +79,10 @@ public enum HookCostProbe {
     }
 
     /// TCP connect() latency to two targets, measured alternately (one connect to each in
-    /// turn) from one socket-creating thread in `netns` while the process is in `cgroup`:
-    /// both sides see the same machine at the same moments. Each connection is closed
-    /// with RST so no TIME_WAIT piles up.
-    public static func interleavedTCPConnect(netns: String, cgroup: String, first: String, second: String,
+    /// turn) from one socket-creating thread in `netns` while the process is in `cgroup`
+    /// (nil: wherever it is): both sides see the same machine at the same moments. Each
+    /// connection is closed with RST so no TIME_WAIT piles up.
+    public static func interleavedTCPConnect(netns: String, cgroup: String?, first: String, second: String,
                                              iterations: Int) throws -> (first: LatencyStats, second: LatencyStats) {
         final class Box: @unchecked Sendable { var outcome: Result<(LatencyStats, LatencyStats), Error> = .failure(NetLabError.other("did not run")) }
         let box = Box()
@@ -91,8 +91,8 @@ public enum HookCostProbe {
             box.outcome = Result {
                 try NetworkNamespace.enter(netns)
                 let home = try currentCgroupPath()
-                try Cgroup2.join(path: cgroup)
-                defer { try? Cgroup2.join(path: home) }
+                if let cgroup { try Cgroup2.join(path: cgroup) }
+                defer { if cgroup != nil { try? Cgroup2.join(path: home) } }
                 let targets = [try LabEndpoint(first), try LabEndpoint(second)].map { ($0, SockAddr($0)) }
                 var samples: [[UInt64]] = [[], []]
                 for iteration in 0..<(iterations + 50) {
