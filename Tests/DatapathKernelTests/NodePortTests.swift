@@ -267,4 +267,17 @@ final class NodePortTests: XCTestCase {
         XCTAssertEqual(report.errors, ["ECONNREFUSED": 3], "timeouts: \(report.timeouts)")
         XCTAssertEqual(h.datapath.outcomeCounters()["np_icmp_error_reply"], 3)
     }
+
+    func testAPodOnNodeBReachesNodeAsNodePortEvenWhenItIsTheChosenBackend() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        let b1 = h.lab.podsOnB[0]
+        try h.apply(h.webService(pods: [b1]))
+        // Hairpin: b1 -> node A's NodePort -> b1. The SNAT makes b1 answer node A, not itself.
+        let fromPod = ProbeRunner(netns: b1.netns, cgroup: nil)
+        let report = try fromPod.tcp(target: "\(h.lab.nodeAIPv4):\(NodePortHarness.tcpNodePort)", count: 10)
+        XCTAssertEqual(report.ok, 10, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.backends, ["b1": 10])
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv4])
+        XCTAssertEqual(report.peerNameMismatches, 0)
+    }
 }
