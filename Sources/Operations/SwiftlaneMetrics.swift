@@ -122,10 +122,9 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
         for trigger in triggerTimes where trigger >= startedAt && now >= trigger {
             networkProgrammingDuration.record(.nanoseconds(Int64(now.timeIntervalSince(trigger) * 1e9)))
         }
-        if triggerTimes.isEmpty, sliceChangeCount + serviceChangeCount > 0,
-            let latency = report.networkProgrammingLatency
-        {
-            // Sources without trigger times (manifest files): from the change being seen.
+        if triggerTimes.isEmpty, sliceChangeCount > 0, let latency = report.networkProgrammingLatency {
+            // EndpointSlices without trigger times (manifest files): from the change being
+            // seen. Service-only changes are not observed, as in kube-proxy.
             networkProgrammingDuration.record(latency)
         }
 

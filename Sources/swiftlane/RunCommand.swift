@@ -81,8 +81,9 @@ struct RunCommand: AsyncParsableCommand {
             .map { SocketLoadBalancer.linkDirectory(pinPath: configuration.bpfPinPath) + "/" + $0.hook.linkName }
         health.datapathAttached = { Self.linksAttached(expectedLinks, pinPath: configuration.bpfPinPath) }
         let supervisor = try SourceSupervisor(configuration: configuration, syncer: syncer, logger: logger) { current in
+            let source = try Self.makeSource(current, syncer: syncer, status: kubernetesStatus, logger: logger)
             health.sourceReady = Self.sourceReadiness(current, kubernetesStatus)
-            return try Self.makeSource(current, syncer: syncer, status: kubernetesStatus, logger: logger)
+            return source
         }
         let reloader = ConfigReloader(path: config, running: configuration, metrics: metrics, logger: logger) { next in
             logLevel.level = next.logLevel
