@@ -45,9 +45,15 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * clear of Linux's ephemeral range (32768-60999) so node sockets and NAT never collide. */
 const volatile __u16 sl_snat_port_min = 61000;
 const volatile __u16 sl_snat_port_max = 65535;
+/* A port held by a closed flow (FIN or RST seen) may be taken over once that flow has been
+ * idle this long (ns). Set by the loader. */
+const volatile __u64 sl_snat_reclaim_ns = 1000000000ULL;
 
 /* Tries for a free SNAT port before the flow is dropped (bounded for the verifier). */
 #define SL_SNAT_PORT_TRIES 16
+
+/* last_seen_ns of a REPLY entry while one CPU hands its SNAT port to a new flow. */
+#define SL_NAT_CLAIMING (~0ULL)
 
 #define SL_AF_INET 2 /* include/linux/socket.h, not in the UAPI headers */
 /* linux/icmp.h drags in libc headers (via linux/if.h) that a BPF build cannot use. */
@@ -556,12 +562,18 @@ static __always_inline const struct sl_backend_slot *sl_pick_affine(const struct
 
 // MARK: - Connection tracking
 
-/* Writes the REPLY entry of a new source-NATed flow under a free port of the SNAT
- * range: the port is drawn at random and retried on collision (BPF_NOEXIST makes the
- * claim atomic against other CPUs). Returns the port (network order) or 0. */
-static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const struct sl_nat_entry *value)
+/* Writes the REPLY entry of a new source-NATed flow under a free port of the SNAT range:
+ * the port is drawn at random and retried on collision (BPF_NOEXIST makes the claim
+ * atomic against other CPUs). A port held by a closed flow (FIN or RST seen either way,
+ * idle for sl_snat_reclaim_ns) is taken over: without that, a burst of short connections
+ * to one backend would exhaust the range long before the garbage collector runs.
+ * Returns the port (network order) or 0. */
+static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const struct sl_nat_entry *value, __u64 now)
 {
 	__u32 span = (__u32)sl_snat_port_max - sl_snat_port_min + 1;
+	struct sl_nat_entry *holder, *partner;
+	struct sl_nat_key forward;
+	__u64 observed;
 	int i;
 
 	for (i = 0; i < SL_SNAT_PORT_TRIES; i++) {
@@ -570,6 +582,48 @@ static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const
 		reply->dport = bpf_htons(port);
 		if (bpf_map_update_elem(&sl_nat_v1, reply, value, BPF_NOEXIST) == 0)
 			return reply->dport;
+		holder = bpf_map_lookup_elem(&sl_nat_v1, reply);
+		if (!holder || now - holder->last_seen_ns < sl_snat_reclaim_ns)
+			continue;
+		/* The holder's FORWARD entry: client -> frontend. */
+		__builtin_memcpy(forward.saddr, holder->nat_addr, sizeof(forward.saddr));
+		__builtin_memcpy(forward.daddr, holder->to_addr, sizeof(forward.daddr));
+		forward.sport = holder->nat_port;
+		forward.dport = holder->to_port;
+		forward.proto = reply->proto;
+		forward.dir = SL_NAT_DIR_FORWARD;
+		forward.pad = 0;
+		observed = holder->last_seen_ns;
+		if (observed == SL_NAT_CLAIMING)
+			continue;
+		partner = bpf_map_lookup_elem(&sl_nat_v1, &forward);
+		/* Only if that FORWARD entry still names this port (the client may have opened
+		 * a new flow from the same port since). */
+		if (partner && partner->nat_port != reply->dport)
+			partner = NULL;
+		if (!((holder->flags | (partner ? partner->flags : 0)) & SL_NAT_F_CLOSING))
+			continue;
+		/* Of several CPUs reclaiming this port, exactly one swaps last_seen_ns to the
+		 * CLAIMING marker (the others see it changed, or see the marker, and try another
+		 * port). The winner rewrites the entry in place: never delete and re-insert, a
+		 * delete by key could remove a fresh entry another CPU just wrote. (A packet of
+		 * the old, closed flow arriving during the rewrite stamps last_seen_ns and could
+		 * let a second CPU in; both would then hand out the port. Closed flows rarely
+		 * send; the window is a few instructions.) 64-bit: older clang has no 32-bit
+		 * BPF atomics without -mcpu=v3. */
+		if (__sync_val_compare_and_swap(&holder->last_seen_ns, observed, SL_NAT_CLAIMING) != observed)
+			continue;
+		if (partner)
+			bpf_map_delete_elem(&sl_nat_v1, &forward);
+		__builtin_memcpy(holder->to_addr, value->to_addr, sizeof(holder->to_addr));
+		__builtin_memcpy(holder->nat_addr, value->nat_addr, sizeof(holder->nat_addr));
+		holder->to_port = value->to_port;
+		holder->nat_port = value->nat_port;
+		holder->rev_nat_id = value->rev_nat_id;
+		holder->flags = value->flags; /* clears CLOSING */
+		holder->last_seen_ns = now;   /* releases the claim */
+		sl_count(SL_REASON_NP_SNAT_PORT_RECLAIMED);
+		return reply->dport;
 	}
 	return 0;
 }
@@ -619,7 +673,7 @@ static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_pa
 		sl_v4_mapped(reply_entry.nat_addr, pkt->saddr);
 		reply_entry.nat_port = pkt->sport;
 		reply_entry.flags = SL_NAT_F_SNAT;
-		fwd_entry->nat_port = sl_claim_snat_port(&key, &reply_entry);
+		fwd_entry->nat_port = sl_claim_snat_port(&key, &reply_entry, now);
 		if (!fwd_entry->nat_port) {
 			sl_count(SL_REASON_NP_PORTS_EXHAUSTED);
 			return -EADDRNOTAVAIL;
@@ -678,17 +732,14 @@ static __always_inline int sl_apply_reply(struct __sk_buff *skb, struct sl_packe
 }
 
 /* Marks a tracked entry as used now, and as closing once a FIN or RST passes, so the
- * controller's garbage collection gives it the short timeout. A new SYN on the same
- * tuple (a client reusing its port) opens it again. */
+ * controller's garbage collection gives it the short timeout and its SNAT port may be
+ * reclaimed. (A SYN on a closing FORWARD entry starts a new flow instead, see
+ * sl_from_netdev.) */
 static __always_inline void sl_touch(struct sl_nat_entry *entry, const struct sl_packet *pkt)
 {
-	__u8 syn_only = (pkt->tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN;
-
 	entry->last_seen_ns = bpf_ktime_get_ns();
 	if ((pkt->tcp_flags & (SL_TCP_FIN | SL_TCP_RST)) && !(entry->flags & SL_NAT_F_CLOSING))
 		entry->flags |= SL_NAT_F_CLOSING;
-	else if (syn_only && (entry->flags & SL_NAT_F_CLOSING))
-		entry->flags &= ~SL_NAT_F_CLOSING;
 }
 
 // MARK: - ICMP errors about tracked flows
@@ -819,6 +870,10 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 
 	key.dir = SL_NAT_DIR_FORWARD;
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+	/* A client reusing its port for a new connection (a SYN on a closed flow) gets a new
+	 * flow: the old one's SNAT port may belong to another flow by now. */
+	if (tracked && (tracked->flags & SL_NAT_F_CLOSING) && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN)
+		tracked = NULL;
 	if (tracked) {
 		sl_touch(tracked, &pkt);
 		rc = sl_apply_forward(skb, &pkt, tracked);
@@ -833,6 +888,13 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 	master = sl_lookup_frontend(&pkt, &frontend);
 	if (!master) {
 		sl_count(SL_REASON_NP_NOT_SERVICE);
+		return SL_NP_PASS;
+	}
+	/* Only a SYN opens a TCP flow. A stray segment of a flow whose entries are gone (its
+	 * SNAT port was reclaimed after it closed, or GC removed it) would otherwise become
+	 * a "flow" that never closes and holds a SNAT port. The stack answers it with a RST. */
+	if (pkt.proto == IPPROTO_TCP && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) != SL_TCP_SYN) {
+		sl_count(SL_REASON_NP_TCP_UNTRACKED);
 		return SL_NP_PASS;
 	}
 	if (master->flags & SL_SVC_F_DROP) {

@@ -30,19 +30,24 @@ public struct NodePortOptions: Sendable {
     public var nodePortAddresses: [String]
     /// Source ports for SNAT. The default stays clear of Linux's ephemeral port range.
     public var snatPorts: ClosedRange<UInt16>
+    /// A SNAT port held by a closed flow (FIN or RST seen) is given to a new flow once the
+    /// old one has been idle this long, in seconds.
+    public var snatReclaimAfterSeconds: Double
     /// Network namespace (a path such as /run/netns/NAME) whose devices are meant; nil =
     /// the caller's. Tests use it to attach inside a lab namespace.
     public var networkNamespace: String?
 
     public init(pinPath: String = DatapathOptions.defaultPinPath, devices: [String] = [], mode: Mode = .snat,
                 acceleration: Acceleration = .none, nodePortAddresses: [String] = [],
-                snatPorts: ClosedRange<UInt16> = 61000...65535, networkNamespace: String? = nil) {
+                snatPorts: ClosedRange<UInt16> = 61000...65535, snatReclaimAfterSeconds: Double = 1,
+                networkNamespace: String? = nil) {
         self.pinPath = pinPath
         self.devices = devices
         self.mode = mode
         self.acceleration = acceleration
         self.nodePortAddresses = nodePortAddresses
         self.snatPorts = snatPorts
+        self.snatReclaimAfterSeconds = snatReclaimAfterSeconds
         self.networkNamespace = networkNamespace
     }
 }
@@ -123,6 +128,8 @@ public final class NodePortDatapath: @unchecked Sendable {
             var low = options.snatPorts.lowerBound, high = options.snatPorts.upperBound
             try checkBPF(clb_rodata_set(object.handle, "sl_snat_port_min", &low, 2), "set rodata", target: "sl_snat_port_min")
             try checkBPF(clb_rodata_set(object.handle, "sl_snat_port_max", &high, 2), "set rodata", target: "sl_snat_port_max")
+            var reclaim = UInt64(max(0, options.snatReclaimAfterSeconds) * 1e9)
+            try checkBPF(clb_rodata_set(object.handle, "sl_snat_reclaim_ns", &reclaim, 8), "set rodata", target: "sl_snat_reclaim_ns")
             try object.load()
             let ingress = bpf_program__fd(try object.program(named: ingressProgram))
             let egress = bpf_program__fd(try object.program(named: egressProgram))

@@ -35,6 +35,8 @@ public enum OutcomeReason {
         "np_affinity_hit",
         "np_affinity_new",
         "np_icmp_error_reply",
+        "np_snat_port_reclaimed",
+        "np_tcp_untracked",
     ]
 
     /// Number of reasons the BPF side counts.

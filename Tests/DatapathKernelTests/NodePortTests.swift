@@ -24,7 +24,8 @@ final class NodePortHarness {
     let syncer: ProxySyncer
     let client: ProbeRunner
 
-    init(podsOnA: Int, podsOnB: Int, label: String) throws {
+    init(podsOnA: Int, podsOnB: Int, label: String, snatPorts: ClosedRange<UInt16> = 61000...65535,
+         snatReclaimAfterSeconds: Double = 1) throws {
         lab = try NodeLab(podsOnA: podsOnA, podsOnB: podsOnB)
         pinPath = uniquePinPath(label)
         do {
@@ -32,8 +33,8 @@ final class NodePortHarness {
                 try lab.startProbeServer(on: pod, tcpPort: Self.tcpPort, udpPort: Self.udpPort)
             }
             datapath = try NodePortDatapath.install(
-                NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice],
-                                networkNamespace: "/run/netns/" + lab.nodeA.netns),
+                NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice], snatPorts: snatPorts,
+                                snatReclaimAfterSeconds: snatReclaimAfterSeconds, networkNamespace: "/run/netns/" + lab.nodeA.netns),
                 logger: testLogger)
             maps = try KernelLoadBalancerMaps(pinPath: pinPath)
             syncer = try ProxySyncer(nodeName: "node-a", maps: maps, logger: testLogger)
@@ -108,9 +109,11 @@ final class NodePortTests: XCTestCase {
         harness = nil
     }
 
-    private func makeHarness(podsOnA: Int, podsOnB: Int) throws -> NodePortHarness {
+    private func makeHarness(podsOnA: Int, podsOnB: Int, snatPorts: ClosedRange<UInt16> = 61000...65535,
+                             snatReclaimAfterSeconds: Double = 1) throws -> NodePortHarness {
         try requireKernelBPF()
-        harness = try NodePortHarness(podsOnA: podsOnA, podsOnB: podsOnB, label: "np" + name.filter { $0.isLetter }.suffix(14))
+        harness = try NodePortHarness(podsOnA: podsOnA, podsOnB: podsOnB, label: "np" + name.filter { $0.isLetter }.suffix(14),
+                                      snatPorts: snatPorts, snatReclaimAfterSeconds: snatReclaimAfterSeconds)
         return harness
     }
 
@@ -279,5 +282,26 @@ final class NodePortTests: XCTestCase {
         XCTAssertEqual(report.backends, ["b1": 10])
         XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv4])
         XCTAssertEqual(report.peerNameMismatches, 0)
+    }
+
+    func testClosedFlowsGiveTheirSNATPortToNewFlowsAndOpenOnesKeepIt() throws {
+        // Two SNAT ports for many connections to one remote backend; a closed flow's port
+        // may be taken over once it has been idle 50 ms (the connections are paced 100 ms
+        // apart; a port is never taken from a flow still finishing its close).
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1, snatPorts: 61000...61001, snatReclaimAfterSeconds: 0.05)
+        try h.apply(h.webService(pods: h.lab.podsOnB))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 20, intervalMs: 100)
+        XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertGreaterThanOrEqual(h.datapath.outcomeCounters()["np_snat_port_reclaimed"] ?? 0, 18)
+        // Two open connections hold both ports (a SYN finding none is dropped and
+        // retransmitted, hence the longer connect timeout); a third finds none.
+        let hold = try h.client.startHold(target: h.tcpTarget, connections: 2, connectTimeoutMs: 5000)
+        XCTAssertEqual(hold.established.established, 2, "\(hold.established.failures)")
+        let exhaustedBefore = h.datapath.outcomeCounters()["np_ports_exhausted"] ?? 0
+        let third = try h.client.tcp(target: h.tcpTarget, count: 1, connectTimeoutMs: 300)
+        XCTAssertEqual(third.ok, 0)
+        XCTAssertGreaterThan(h.datapath.outcomeCounters()["np_ports_exhausted"] ?? 0, exhaustedBefore)
+        let final = try hold.finish()
+        XCTAssertEqual(final.survived, 2, "open flows keep their ports: lost \(final.lost ?? [:])")
     }
 }

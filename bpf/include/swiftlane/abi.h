@@ -257,7 +257,8 @@ struct sl_nat_entry {
 	__be16 to_port;     /* network order; pairs with to_addr */
 	__be16 nat_port;    /* network order; pairs with nat_addr; 0 without SL_NAT_F_SNAT */
 	__u32 rev_nat_id;   /* the frontend's rev-NAT id when the flow was created */
-	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the latest packet (either direction) */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the latest packet in this entry's
+			     * direction; ~0 for an instant while its SNAT port changes owner */
 	__u16 flags;        /* enum sl_nat_flags */
 	__u16 pad[3];
 };
@@ -327,7 +328,9 @@ enum sl_reason {
 	SL_REASON_NP_AFFINITY_HIT = 28,     /* ClientIP affinity reused the client's backend */
 	SL_REASON_NP_AFFINITY_NEW = 29,     /* ClientIP affinity chose (afresh) and remembered */
 	SL_REASON_NP_ICMP_ERROR_REPLY = 30, /* ICMP error about a source-NATed flow translated back */
-	SL_REASON_MAX = 31,
+	SL_REASON_NP_SNAT_PORT_RECLAIMED = 31, /* a closed flow's SNAT port given to a new flow */
+	SL_REASON_NP_TCP_UNTRACKED = 32,    /* TCP segment other than a SYN, of no tracked flow: passed */
+	SL_REASON_MAX = 33,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 
