@@ -112,6 +112,9 @@ struct RunCommand: AsyncParsableCommand {
                     datapath: nodePort, timeouts: configuration.nodePort.conntrack,
                     intervalSeconds: configuration.nodePort.conntrackGCIntervalSeconds, logger: logger))
         }
+        // healthCheckNodePort listeners (A.10) for the ports the controller programs.
+        services.append(
+            HealthCheckNodePorts(logger: logger, proxyHealthy: { health.isHealthy().healthy }) { maps.healthCheckTable() })
         services += [reloader, supervisor]
         let group = ServiceGroup(
             configuration: .init(
