@@ -10,8 +10,8 @@ import ServiceLifecycle
 /// any method and path with 200 when the Service has local ready endpoints and the proxy
 /// is healthy, else 503, and kube-proxy's JSON body and headers.
 ///
-/// The table is polled (`pollInterval`); listeners are opened for new ports and closed for
-/// ports gone. A port that cannot be bound is logged (kube-proxy emits the event
+/// The table is polled (`pollInterval`) for listeners to open and close; each answer reads
+/// it afresh. A port that cannot be bound is logged (kube-proxy emits the event
 /// `FailedToStartServiceHealthcheck`) and retried at the next poll. Listeners bind `host`
 /// (all addresses by default; kube-proxy narrows this to `nodePortAddresses`, not done
 /// yet).
@@ -24,7 +24,6 @@ public final class HealthCheckNodePorts: Service, @unchecked Sendable {
     private let proxyHealthy: @Sendable () -> Bool
     private let logger: Logger
     private let lock = NSLock()
-    private var current: [UInt16: HealthCheckEntry] = [:]
     private var running: [UInt16: Task<Void, Never>] = [:]
     private var failed: Set<UInt16> = []
     private var bound: Set<UInt16> = []
@@ -60,7 +59,6 @@ public final class HealthCheckNodePorts: Service, @unchecked Sendable {
     func reconcile() {
         let wanted = table()
         let (toStop, toStart) = lock.withLock { () -> ([Task<Void, Never>], [UInt16]) in
-            current = wanted
             for port in failed { running[port] = nil }
             failed.removeAll()
             let stop = running.filter { wanted[$0.key] == nil }
@@ -89,8 +87,10 @@ public final class HealthCheckNodePorts: Service, @unchecked Sendable {
         }
     }
 
+    /// Answers from the table as it is now (not as of the last poll): a load balancer
+    /// must see a drained node at once. Health checks are rare; one table read each.
     private func respond(port: UInt16) -> EndpointResponse {
-        Self.response(for: lock.withLock { current[port] }, proxyHealthy: proxyHealthy())
+        Self.response(for: table()[port], proxyHealthy: proxyHealthy())
     }
 
     /// kube-proxy's answer: 200 iff there are local ready endpoints and the proxy is

@@ -1,9 +1,12 @@
+import Controller
 import Foundation
 import Glibc
 import Logging
 import Reconciler
+import ServiceModel
 import XCTest
 
+@testable import Datapath
 @testable import Operations
 
 /// healthCheckNodePort listeners (spec A.10) opened, answered and closed as the table
@@ -90,5 +93,64 @@ final class HealthCheckNodePortTests: XCTestCase {
         task.cancel()
         _ = try? await task.value
         XCTAssertEqual(servers.listening, [], "shutdown closes every listener")
+    }
+
+    /// The whole path: a LoadBalancer Service with externalTrafficPolicy=Local through the
+    /// controller into the pinned health-check map, served from there.
+    func testTheControllersHealthCheckTableIsServedWithLocalReadyEndpointCounts() async throws {
+        guard geteuid() == 0 else { throw XCTSkip("kernel test: needs root for BPF maps") }
+        let pinPath = "/sys/fs/bpf/swiftlane-test-hc-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { SocketLoadBalancer.uninstall(pinPath: pinPath) }
+        let logger = Logger(label: "test")
+        let datapath = try NodePortDatapath.load(NodePortOptions(pinPath: pinPath), logger: logger)
+        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
+        let syncer = try ProxySyncer(nodeName: "node-a", maps: maps, logger: logger)
+        let port = try freePort()
+        func manifest(_ endpoints: [(ip: String, node: String, ready: Bool)]) -> String {
+            """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: shop}
+            spec:
+              type: LoadBalancer
+              clusterIP: 10.96.0.20
+              externalTrafficPolicy: Local
+              healthCheckNodePort: \(port)
+              ports: [{name: http, port: 80, protocol: TCP, nodePort: 30080}]
+            status: {loadBalancer: {ingress: [{ip: 192.0.2.50}]}}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+            addressType: IPv4
+            endpoints: [\(endpoints.map { "{addresses: [\($0.ip)], nodeName: \($0.node), conditions: {ready: \($0.ready)}}" }.joined(separator: ", "))]
+            ports: [{name: http, port: 8080, protocol: TCP}]
+            """
+        }
+        func sync(_ yaml: String) throws {
+            XCTAssertEqual(syncer.sync(try ManifestDecoder.decode(Data(yaml.utf8), source: "hc.yaml")).failures, [])
+        }
+        try sync(manifest([("10.0.0.1", "node-a", true), ("10.0.0.2", "node-a", true), ("10.0.0.3", "node-b", true),
+                           ("10.0.0.4", "node-a", false)]))
+        let servers = HealthCheckNodePorts(
+            host: "127.0.0.1", pollInterval: .milliseconds(20), logger: logger, proxyHealthy: { true },
+            table: { maps.healthCheckTable() })
+        let task = Task { try await servers.run() }
+        defer { task.cancel() }
+        try await waitUntil { servers.listening == [port] }
+        var answer = try await get(port)
+        XCTAssertEqual(answer.status, 200)
+        XCTAssertEqual(answer.headers["x-load-balancing-endpoint-weight"], "2", "local and ready only")
+        XCTAssertTrue(answer.body.contains("\"name\": \"web\""), answer.body)
+
+        try sync(manifest([("10.0.0.3", "node-b", true)]))
+        try await waitUntil { maps.healthCheckTable()[port]?.localEndpoints == 0 }
+        answer = try await get(port)
+        XCTAssertEqual(answer.status, 503, "no local endpoint: the load balancer must drain this node")
+        XCTAssertEqual(answer.headers["x-load-balancing-endpoint-weight"], "0")
+
+        try sync("")
+        try await waitUntil { servers.listening.isEmpty }
+        withExtendedLifetime(datapath) {}
     }
 }
