@@ -23,45 +23,38 @@ public final class ProxySyncer: @unchecked Sendable {
     private final class ServiceInputs: Equatable {
         private(set) var service: ServiceModel.Service?
         private(set) var slices: [EndpointSlice] = []
-        /// The objects' resourceVersions, read once when grouping; nil as soon as one
-        /// object has none (manifest files).
-        private var versions: [String]? = []
 
-        init(service: ServiceModel.Service? = nil) {
-            if let service { setService(service) }
-        }
+        init(service: ServiceModel.Service? = nil) { self.service = service }
 
-        func setService(_ service: ServiceModel.Service) {
-            self.service = service
-            if let version = service.metadata.resourceVersion { versions?.insert(version, at: 0) } else { versions = nil }
-        }
-
-        func addSlice(_ slice: EndpointSlice) {
-            slices.append(slice)
-            if let version = slice.metadata.resourceVersion { versions?.append(version) } else { versions = nil }
-        }
+        func setService(_ service: ServiceModel.Service) { self.service = service }
+        func addSlice(_ slice: EndpointSlice) { slices.append(slice) }
 
         func sortSlices() {
-            guard slices.count > 1 else { return }
-            slices.sort { $0.metadata.name < $1.metadata.name }
-            // Versions are compared as a multiset: order them independently of arrival.
-            if let first = versions?.first, service?.metadata.resourceVersion == first {
-                versions = [first] + versions!.dropFirst().sorted()
-            } else {
-                versions?.sort()
-            }
+            if slices.count > 1 { slices.sort { $0.metadata.name < $1.metadata.name } }
         }
 
-        /// Objects from the API server always carry a resourceVersion, unique across the
-        /// cluster and changed at every modification: equal versions mean equal objects,
-        /// and the deep comparison (the cost of a sync at scale) is skipped. Objects
-        /// without one (manifest files) are compared field by field.
+        /// Objects from the API server always carry a resourceVersion, changed at every
+        /// modification: equal versions mean equal objects, and the deep comparison (the
+        /// cost of a sync at scale) is skipped. Objects without one (manifest files) are
+        /// compared field by field.
         static func == (lhs: ServiceInputs, rhs: ServiceInputs) -> Bool {
-            if let left = lhs.versions, let right = rhs.versions,
-               (lhs.service == nil) == (rhs.service == nil), lhs.slices.count == rhs.slices.count {
-                return left == right
+            guard lhs.slices.count == rhs.slices.count,
+                  same(lhs.service?.metadata, rhs.service?.metadata) ?? (lhs.service == rhs.service) else { return false }
+            for (left, right) in zip(lhs.slices, rhs.slices) where !(same(left.metadata, right.metadata) ?? (left == right)) {
+                return false
             }
-            return lhs.service == rhs.service && lhs.slices == rhs.slices
+            return true
+        }
+
+        /// nil when a version is missing (then the objects are compared).
+        private static func same(_ left: ObjectMeta?, _ right: ObjectMeta?) -> Bool? {
+            switch (left, right) {
+            case (nil, nil): return true
+            case (let left?, let right?):
+                guard let a = left.resourceVersion, let b = right.resourceVersion else { return nil }
+                return a == b && left.name == right.name && left.namespace == right.namespace
+            default: return false
+            }
         }
     }
 
@@ -98,6 +91,13 @@ public final class ProxySyncer: @unchecked Sendable {
     /// if their inputs did not change.
     private var retryServices = Set<ServiceKey>()
     private var translatedFor: (node: ProxyNode, options: TranslationOptions, pruned: Bool)?
+    /// The previous sync's objects and where each Service's objects sit in them: sources
+    /// list objects sorted by name, so between two syncs an unchanged object stays at its
+    /// index and a change is found by comparing versions position by position, without
+    /// regrouping everything (see `changedByPosition`).
+    private var previous: (services: [ServiceModel.Service], slices: [EndpointSlice])?
+    private var serviceIndex: [ServiceKey: Int] = [:]
+    private var sliceIndexes: [ServiceKey: [Int]] = [:]
     /// Called with the UDP backends a sync removed from every frontend, after the maps no
     /// longer offer them: terminates the connected sockets socket LB pinned to them
     /// (Datapath.UDPSocketTerminator), so clients reconnect to a live backend.
@@ -148,7 +148,6 @@ public final class ProxySyncer: @unchecked Sendable {
         let clock = ContinuousClock()
         let start = clock.now
         let node = proxyNode(from: objects.nodes)
-        let inputs = Self.groupByService(objects)
         let full = translatedFor.map { $0.node != node || $0.options != options || (prune && !$0.pruned) } ?? true
         if full {
             translated = [:]
@@ -156,17 +155,31 @@ public final class ProxySyncer: @unchecked Sendable {
         }
 
         var changed = Set<ServiceKey>()
-        for (service, input) in inputs where translated[service]?.inputs != input {
-            let result = translate(service, input, node: node)
-            translated[service] = result
-            healthChecks[service] = result.healthCheck
-            changed.insert(service)
+        if !full, let affected = changedByPosition(objects) {
+            for service in affected {
+                let input = ServiceInputs(service: serviceIndex[service].map { objects.services[$0] })
+                for index in sliceIndexes[service] ?? [] { input.addSlice(objects.endpointSlices[index]) }
+                guard translated[service]?.inputs != input else { continue }
+                let result = translate(service, input, node: node)
+                translated[service] = result
+                healthChecks[service] = result.healthCheck
+                changed.insert(service)
+            }
+        } else {
+            let inputs = groupByService(objects)
+            for (service, input) in inputs where translated[service]?.inputs != input {
+                let result = translate(service, input, node: node)
+                translated[service] = result
+                healthChecks[service] = result.healthCheck
+                changed.insert(service)
+            }
+            for service in translated.keys where inputs[service] == nil {
+                translated[service] = nil
+                healthChecks[service] = nil
+                changed.insert(service)
+            }
         }
-        for service in translated.keys where inputs[service] == nil {
-            translated[service] = nil
-            healthChecks[service] = nil
-            changed.insert(service)
-        }
+        previous = (objects.services, objects.endpointSlices)
         translatedFor = (node, options, prune)
         let healthChecks = Dictionary(self.healthChecks.values.map { ($0.port, $0.entry) }, uniquingKeysWith: { first, _ in first })
 
@@ -266,15 +279,21 @@ public final class ProxySyncer: @unchecked Sendable {
     /// Objects grouped by the Service they belong to ("namespace/name"); slices by their
     /// `kubernetes.io/service-name` label. Slices without it are kube-proxy's "ignored,
     /// error logged" (the translator reports them when seen without a Service).
-    private static func groupByService(_ objects: ManifestObjects) -> [ServiceKey: ServiceInputs] {
+    /// Groups every object by Service and records where each one sits, for the next
+    /// sync's `changedByPosition`.
+    private func groupByService(_ objects: ManifestObjects) -> [ServiceKey: ServiceInputs] {
         var result: [ServiceKey: ServiceInputs] = [:]
         result.reserveCapacity(objects.services.count)
-        for service in objects.services {
+        serviceIndex = [:]
+        sliceIndexes = [:]
+        for (index, service) in objects.services.enumerated() {
             let key = ServiceKey(namespace: service.metadata.namespace, name: service.metadata.name)
+            serviceIndex[key] = index
             if let inputs = result[key] { inputs.setService(service) } else { result[key] = ServiceInputs(service: service) }
         }
-        for slice in objects.endpointSlices {
+        for (index, slice) in objects.endpointSlices.enumerated() {
             let owner = ServiceKey(namespace: slice.metadata.namespace, name: slice.serviceName ?? "")
+            sliceIndexes[owner, default: []].append(index)
             if let inputs = result[owner] { inputs.addSlice(slice) } else {
                 let inputs = ServiceInputs()
                 inputs.addSlice(slice)
@@ -282,7 +301,34 @@ public final class ProxySyncer: @unchecked Sendable {
             }
         }
         for inputs in result.values { inputs.sortSlices() }
+        for key in sliceIndexes.keys where sliceIndexes[key]!.count > 1 {
+            sliceIndexes[key]!.sort { objects.endpointSlices[$0].metadata.name < objects.endpointSlices[$1].metadata.name }
+        }
         return result
+    }
+
+    /// The Services whose objects changed since the previous sync, found position by
+    /// position; nil when that cannot be known that way (objects added, removed or moved,
+    /// a slice that changed Service, objects without resourceVersion): then everything is
+    /// regrouped.
+    private func changedByPosition(_ objects: ManifestObjects) -> Set<ServiceKey>? {
+        guard let previous, previous.services.count == objects.services.count,
+              previous.slices.count == objects.endpointSlices.count else { return nil }
+        var affected = Set<ServiceKey>()
+        for index in objects.services.indices {
+            let new = objects.services[index].metadata, old = previous.services[index].metadata
+            guard new.name == old.name, new.namespace == old.namespace,
+                  let newVersion = new.resourceVersion, let oldVersion = old.resourceVersion else { return nil }
+            if newVersion != oldVersion { affected.insert(ServiceKey(namespace: new.namespace, name: new.name)) }
+        }
+        for index in objects.endpointSlices.indices {
+            let new = objects.endpointSlices[index], old = previous.slices[index]
+            guard new.metadata.name == old.metadata.name, new.metadata.namespace == old.metadata.namespace,
+                  new.serviceName == old.serviceName,
+                  let newVersion = new.metadata.resourceVersion, let oldVersion = old.metadata.resourceVersion else { return nil }
+            if newVersion != oldVersion { affected.insert(ServiceKey(namespace: new.metadata.namespace, name: new.serviceName ?? "")) }
+        }
+        return affected
     }
 }
 

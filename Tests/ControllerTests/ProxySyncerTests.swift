@@ -90,4 +90,32 @@ final class ProxySyncerTests: XCTestCase {
         XCTAssertEqual(retry.failures, [])
         try assertServes(maps, two, syncer: syncer)
     }
+
+    func testChangesFoundByPositionAndEveryFallbackProgramWhatATranslationPlans() throws {
+        let maps = InMemoryLoadBalancerMaps()
+        let syncer = try ProxySyncer(nodeName: "n", maps: maps, logger: logger)
+        var services = (1...20).map { (name: "s\($0)", vip: "198.19.0.\($0)", endpoints: ["198.18.0.\($0)"]) }
+        var current = objects(services, versioned: true)
+        syncer.sync(current)
+        // Same objects, one new version: found by position, one Service re-translated.
+        services[4].endpoints = ["198.18.9.5"]
+        current = objects(services, versioned: true)
+        XCTAssertEqual(syncer.sync(current).servicesChanged, 1)
+        try assertServes(maps, current, syncer: syncer)
+        // A slice that moves to another Service (its label changed): regrouped.
+        current.endpointSlices[6].metadata.labels[WellKnown.serviceNameLabel] = "s8"
+        current.endpointSlices[6].metadata.resourceVersion = "moved"
+        XCTAssertEqual(syncer.sync(current).servicesChanged, 2, "s7 lost its slice, s8 gained one")
+        try assertServes(maps, current, syncer: syncer)
+        // A Service added: the lists change length, regrouped.
+        services.append((name: "s21", vip: "198.19.0.21", endpoints: ["198.18.0.21"]))
+        current = objects(services, versioned: true)
+        syncer.sync(current)
+        try assertServes(maps, current, syncer: syncer)
+        // Objects without versions: compared field by field.
+        services[0].endpoints = ["198.18.7.1"]
+        current = objects(services, versioned: false)
+        syncer.sync(current)
+        try assertServes(maps, current, syncer: syncer)
+    }
 }
