@@ -14,12 +14,13 @@ RUN apt-get update \
       libbpf-dev libelf-dev zlib1g-dev libcurl4-openssl-dev pkg-config clang llvm binutils \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, so that source edits reuse the resolved packages' layer.
 COPY Package.swift ./
-RUN swift package resolve
 COPY Plugins Plugins
 COPY bpf bpf
 COPY Sources Sources
+# The manifest names the test targets, and SwiftPM refuses a package whose target folders
+# are missing; they come along but are not built.
+COPY Tests Tests
 RUN swift build -c release --product swiftlane --static-swift-stdlib \
  && install -D --strip .build/release/swiftlane /out/swiftlane \
  && /out/swiftlane version

@@ -1,6 +1,7 @@
 import CLibBPF
 import Foundation
 import Glibc
+import Logging
 
 /// Read-only views of an installed datapath for operators: how full each pinned map is,
 /// which pinned links still hold a program attached, and which kernel objects an
@@ -201,6 +202,12 @@ public enum DatapathInspection {
             }
         }
         return result.sorted()
+    }
+
+    /// Sends libbpf's own messages to `logger` from now on. Commands that probe every
+    /// device for tc filters give a quiet logger: "no qdisc here" is the expected answer.
+    public static func forwardLibbpfOutput(to logger: Logger) {
+        LibbpfLog.install(logger: logger)
     }
 
     // MARK: - Helpers

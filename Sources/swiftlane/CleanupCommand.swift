@@ -2,6 +2,7 @@ import ArgumentParser
 import Controller
 import Datapath
 import Foundation
+import Logging
 
 struct CleanupCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,6 +35,11 @@ struct CleanupCommand: ParsableCommand {
         let path =
             try pinPath ?? config.map { try SwiftlaneConfiguration.load(path: $0).bpfPinPath }
             ?? DatapathOptions.defaultPinPath
+        // Devices without a clsact qdisc answer the tc probes with an error libbpf would
+        // print; only real failures, reported below, matter here.
+        var quiet = Logger(label: "swiftlane.cleanup")
+        quiet.logLevel = .critical
+        DatapathInspection.forwardLibbpfOutput(to: quiet)
         let owned = DatapathInspection.ownedObjects(pinPath: path)
         // tc filters first: they run programs that use the pinned maps.
         let removed =

@@ -250,6 +250,42 @@ final class OperationsKernelTests: XCTestCase {
             try KernelLoadBalancerMaps(pinPath: controller.pinPath).readState(), before, "the maps are untouched")
     }
 
+    // MARK: - Capabilities
+
+    /// The DaemonSet grants root exactly BPF, NET_ADMIN and SYS_ADMIN: with those alone the
+    /// controller installs, serves and reports; without SYS_ADMIN (which also stands for
+    /// PERFMON, which the verifier asks of these programs) it cannot load them.
+    func testTheManifestsCapabilitiesAreEnoughAndSYSADMINIsNeeded() throws {
+        let restricted = ["setpriv", "--bounding-set", "-all,+bpf,+net_admin,+sys_admin", "--"]
+        let controller = try RunningController(lab: lab, label: "caps", manifests: manifests(), wrapper: restricted)
+        self.controller = controller
+        try controller.waitUntil("ready with three capabilities") { try controller.get("/readyz").status == 200 }
+        let status = try String(contentsOfFile: "/proc/\(controller.process.pid)/status", encoding: .utf8)
+        XCTAssertTrue(status.contains("CapEff:\t0000008000201000"), "exactly net_admin, sys_admin, bpf: \(status)")
+        let report = try lab.probeRunner().tcp(target: "\(lab.vipIPv4(40)):80", count: 5)
+        XCTAssertEqual(report.ok, 5, "\(report)")
+        let samples = try controller.scrape()
+        let programs = samples.all("swiftlane_bpf_program_attached").compactMap { $0.labels["program"] }
+        XCTAssertEqual(programs.count, SocketLoadBalancer.hooks.count)
+        XCTAssertFalse(programs.contains("?"), "program names need lookups by id (SYS_ADMIN): \(programs)")
+        controller.tearDown()
+        self.controller = nil
+
+        let pinPath = uniquePinPath("caps-denied")
+        defer { SocketLoadBalancer.uninstall(pinPath: pinPath) }
+        let directory = NSTemporaryDirectory() + "swiftlane-caps-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory + "/manifests", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try RunningController.config(lab: lab, pinPath: pinPath, extra: "")
+            .write(toFile: directory + "/config.yaml", atomically: true, encoding: .utf8)
+        let (denied, _, errors) = try runCommand([
+            "setpriv", "--bounding-set", "-all,+bpf,+net_admin", "--", ProbeRunner.defaultBinary(), "run", "--config",
+            directory + "/config.yaml",
+        ])
+        XCTAssertNotEqual(denied, 0)
+        XCTAssertTrue(errors.contains("BPF program load failed"), String(errors.suffix(2000)))
+    }
+
     // MARK: - Cleanup
 
     func testCleanupLeavesNoPinProgramMapOrAttachmentBehind() throws {

@@ -17,8 +17,9 @@ final class RunningController {
     var configPath: String { directory + "/config.yaml" }
     var manifestPath: String { directory + "/manifests/services.yaml" }
 
-    /// `extraConfig` is appended to the configuration file.
-    init(lab: ClusterLab, label: String, manifests: String, extraConfig: String = "") throws {
+    /// `extraConfig` is appended to the configuration file; `wrapper` runs before the
+    /// binary (e.g. `setpriv` to restrict its capabilities).
+    init(lab: ClusterLab, label: String, manifests: String, extraConfig: String = "", wrapper: [String] = []) throws {
         directory = NSTemporaryDirectory() + "swiftlane-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         pinPath = uniquePinPath(label)
         try FileManager.default.createDirectory(atPath: directory + "/manifests", withIntermediateDirectories: true)
@@ -26,9 +27,8 @@ final class RunningController {
         try Self.config(lab: lab, pinPath: pinPath, extra: extraConfig).write(
             toFile: directory + "/config.yaml", atomically: true,
             encoding: .utf8)
-        process = try LabProcess.start(argv: [
-            ProbeRunner.defaultBinary(), "run", "--config", directory + "/config.yaml",
-        ])
+        process = try LabProcess.start(
+            argv: wrapper + [ProbeRunner.defaultBinary(), "run", "--config", directory + "/config.yaml"])
         do {
             metricsPort = try Self.waitForPort(of: "metrics", in: process)
             healthPort = try Self.waitForPort(of: "health", in: process)
@@ -207,24 +207,30 @@ struct PrometheusSamples {
     func all(_ name: String) -> [Sample] { samples.filter { $0.name == name } }
 }
 
-/// Runs a command to completion; returns its status, stdout and stderr.
+/// Runs a command to completion; returns its status, stdout and stderr. Output goes to
+/// files, not pipes: a command that writes more than a pipe holds to one stream while the
+/// reader waits on the other would never finish (a verifier log is that long).
 func runCommand(_ argv: [String], input: String? = nil) throws -> (Int32, String, String) {
+    let base = NSTemporaryDirectory() + "swiftlane-run-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    FileManager.default.createFile(atPath: base + ".out", contents: nil)
+    FileManager.default.createFile(atPath: base + ".err", contents: nil)
+    defer {
+        try? FileManager.default.removeItem(atPath: base + ".out")
+        try? FileManager.default.removeItem(atPath: base + ".err")
+    }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try Shell.which(argv[0]))
     process.arguments = Array(argv.dropFirst())
-    let stdout = Pipe()
-    let stderr = Pipe()
+    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".out"))
+    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".err"))
     let stdin = Pipe()
-    process.standardOutput = stdout
-    process.standardError = stderr
     process.standardInput = stdin
     try process.run()
     if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
     try stdin.fileHandleForWriting.close()
-    let output = stdout.fileHandleForReading.readDataToEndOfFile()
-    let errors = stderr.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errors, as: UTF8.self))
+    return (process.terminationStatus, try String(contentsOfFile: base + ".out", encoding: .utf8),
+            try String(contentsOfFile: base + ".err", encoding: .utf8))
 }
 
 /// `bpftool -j ARGS`, decoded.
