@@ -25,6 +25,9 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
     /// Informer state and arriving changes, for health and metrics.
     public let status: KubernetesSourceStatus?
     private let apply: @Sendable (ManifestObjects, _ prune: Bool, _ observedAt: ContinuousClock.Instant?) -> Void
+    /// Whether the last sync left frontends on their previous state (a full map…): then
+    /// the loop syncs again after a backoff, even if the cluster does not change.
+    private let retryPending: @Sendable () -> Bool
     private let logger: Logger
 
     /// Syncs through `syncer`.
@@ -32,7 +35,8 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
                 minimumSyncInterval: Duration = .milliseconds(100), informerOptions: InformerOptions = InformerOptions(),
                 status: KubernetesSourceStatus? = nil, logger: Logger) {
         self.init(client: client, nodeName: syncer.nodeName, serviceProxyName: serviceProxyName,
-                  minimumSyncInterval: minimumSyncInterval, informerOptions: informerOptions, status: status, logger: logger) {
+                  minimumSyncInterval: minimumSyncInterval, informerOptions: informerOptions, status: status, logger: logger,
+                  retryPending: { syncer.hasPendingRetries }) {
             syncer.sync($0, prune: $1, observedAt: $2)
         }
     }
@@ -40,7 +44,7 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
     /// Hands every snapshot to `apply` (tests, benchmarks).
     public init(client: KubeClient, nodeName: String, serviceProxyName: String?,
                 minimumSyncInterval: Duration = .milliseconds(100), informerOptions: InformerOptions = InformerOptions(),
-                status: KubernetesSourceStatus? = nil, logger: Logger,
+                status: KubernetesSourceStatus? = nil, logger: Logger, retryPending: @escaping @Sendable () -> Bool = { false },
                 apply: @escaping @Sendable (ManifestObjects, _ prune: Bool, _ observedAt: ContinuousClock.Instant?) -> Void) {
         self.client = client
         self.nodeName = nodeName
@@ -49,6 +53,7 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
         self.informerOptions = informerOptions
         self.status = status
         self.apply = apply
+        self.retryPending = retryPending
         self.logger = logger
     }
 
@@ -100,6 +105,7 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
     private func syncLoop(changes: ChangeSignal, services: Informer<ServiceModel.Service>,
                           slices: Informer<EndpointSlice>, node: Informer<ServiceModel.Node>) async {
         var waitingLogged = false
+        var retryDelay: Duration = .seconds(1)
         for await _ in changes.stream {
             guard services.hasSynced && slices.hasSynced else {
                 if !waitingLogged {
@@ -113,6 +119,18 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
             // The oldest change this sync programs: network programming latency runs
             // from when it was observed to when the maps hold it.
             apply(objects, node.hasSynced, changes.takeFirstPoke())
+            if retryPending() {
+                // Woken, not poked: a retry is no new change for the latency figure.
+                let delay = retryDelay
+                retryDelay = min(retryDelay * 2, .seconds(30))
+                logger.warning("retrying frontends left on their previous state", metadata: ["retryIn": "\(delay)"])
+                Task {
+                    try? await Task.sleep(for: delay)
+                    changes.wake()
+                }
+            } else {
+                retryDelay = .seconds(1)
+            }
             // Changes arriving meanwhile collapse into the one pending signal.
             do {
                 try await Task.sleep(for: minimumSyncInterval)
@@ -136,6 +154,11 @@ final class ChangeSignal: @unchecked Sendable {
 
     func poke() {
         lock.withLock { if firstPoke == nil { firstPoke = ContinuousClock.now } }
+        continuation.yield()
+    }
+
+    /// Runs the loop again without recording a change (a retry).
+    func wake() {
         continuation.yield()
     }
 

@@ -102,6 +102,9 @@ public final class ProxySyncer: @unchecked Sendable {
     /// longer offer them: terminates the connected sockets socket LB pinned to them
     /// (Datapath.UDPSocketTerminator), so clients reconnect to a live backend.
     public var terminateUDPSockets: ((Set<BackendAddress>) -> Void)?
+    /// Whether the last sync left Services to retry (their frontends kept their previous
+    /// state); sources with no timer of their own sync again after a backoff.
+    public var hasPendingRetries: Bool { !retryServices.isEmpty }
     /// Frontends left on their previous state, by Service, since start (for metrics).
     public private(set) var failuresByService: [String: Int] = [:]
     /// Told about every sync (metrics, health; see ProxySyncObserver).

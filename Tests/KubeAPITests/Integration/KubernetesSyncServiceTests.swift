@@ -38,14 +38,15 @@ final class KubernetesSyncServiceTests: XCTestCase {
         }
     }
 
-    private func startService(nodeName: String = "node-a") throws {
+    private func startService(nodeName: String = "node-a", retryPending: @escaping @Sendable () -> Bool = { false }) throws {
         let client = try KubeClient(configuration: try server.clientConfiguration(), limits: .init(qps: 1000, burst: 1000),
                                     logger: testLogger)
         self.client = client
         let applied = self.applied
         let service = KubernetesSyncService(
             client: client, nodeName: nodeName, serviceProxyName: nil, minimumSyncInterval: .milliseconds(100),
-            informerOptions: InformerHarness<Service>.options(), logger: testLogger) { applied.record($0, $1, $2) }
+            informerOptions: InformerHarness<Service>.options(), logger: testLogger, retryPending: retryPending
+        ) { applied.record($0, $1, $2) }
         task = Task { try await service.run() }
     }
 
@@ -72,6 +73,29 @@ final class KubernetesSyncServiceTests: XCTestCase {
         XCTAssertEqual(applied.all.last?.objects.nodes.first?.metadata.labels["topology.kubernetes.io/zone"], "zone-a")
         XCTAssertTrue(applied.all.allSatisfy { $0.observedAt != nil },
                       "every sync carries when its change was observed (network programming latency)")
+    }
+
+    /// A sync that left frontends on their previous state (a full map) is retried after a
+    /// backoff although the cluster does not change, until nothing is left to retry.
+    func testASyncThatLeftFrontendsBehindIsRetriedWithoutAChange() async throws {
+        server = try FakeAPIServer()
+        try server.upsert("services", TestObjects.service("a"))
+        try server.upsert("endpointslices", TestObjects.slice("a-1", service: "a", addresses: ["10.0.0.1"]))
+        final class Pending: @unchecked Sendable {
+            private let lock = NSLock()
+            private var left = 2
+            func take() -> Bool { lock.withLock { left -= 1; return left >= 0 } }
+        }
+        let pending = Pending()
+        try startService(retryPending: { pending.take() })
+        try await applied.wait(for: "the first sync") { !$0.services.isEmpty }
+        // Retries carry no observed change (the latency figure is for changes only).
+        func retries() -> Int { applied.all.filter { $0.observedAt == nil }.count }
+        let deadline = Date().addingTimeInterval(30)
+        while retries() < 2 && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        XCTAssertEqual(retries(), 2, "two retries although nothing changed on the server")
+        try await Task.sleep(for: .milliseconds(2500))
+        XCTAssertEqual(retries(), 2, "no retry once nothing is pending")
     }
 
     func testABurstOfChangesIsCoalesced() async throws {
