@@ -38,6 +38,7 @@
 #include <bpf/bpf_endian.h>
 #include "swiftlane/abi.h"
 #include "swiftlane/maps.h"
+#include "swiftlane/lb.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -475,89 +476,18 @@ static __always_inline const struct sl_service_value *sl_lookup_frontend(const s
 	return master;
 }
 
-static __always_inline const struct sl_backend_slot *sl_pick(const struct sl_service_value *master)
-{
-	const struct sl_backend_slot *slot;
-	__u32 index = master->slot_base;
-
-	if (master->count > 1)
-		index += bpf_get_prandom_u32() % master->count;
-	slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
-	if (!slot || slot->backend_id == 0) {
-		sl_count(SL_REASON_NP_SLOT_MISSING);
-		return NULL;
-	}
-	return slot;
-}
-
-/* The slot of the active set that holds the remembered backend, or NULL: the remembered
- * offset first (valid while the set's revision is unchanged), then a scan of at most
- * SL_AFFINITY_SCAN_MAX slots (a bounded loop for the verifier). Same rule as sock_lb.c. */
-static __always_inline const struct sl_backend_slot *sl_find_remembered(const struct sl_service_value *master,
-									const struct sl_affinity_value *remembered,
-									__u16 *offset)
-{
-	const struct sl_backend_slot *slot;
-	__u32 index;
-	__u32 i;
-
-	if (remembered->revision == master->revision && remembered->slot_offset < master->count) {
-		index = master->slot_base + remembered->slot_offset;
-		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
-		if (slot && slot->backend_id == remembered->backend_id) {
-			*offset = remembered->slot_offset;
-			return slot;
-		}
-	}
-	for (i = 0; i < SL_AFFINITY_SCAN_MAX && i < master->count; i++) {
-		index = master->slot_base + i;
-		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
-		if (slot && slot->backend_id == remembered->backend_id) {
-			*offset = (__u16)i;
-			return slot;
-		}
-	}
-	return NULL;
-}
-
 /* sessionAffinity ClientIP (kube-proxy A.8) for clients outside the node, keyed by their
- * address: a new flow goes to the backend the client's previous new flow got, if that was
- * less than the timeout ago and the backend is still in the set; re-stamped every time. */
+ * address (marked so it never meets a netns cookie of the socket path). */
 static __always_inline const struct sl_backend_slot *sl_pick_affine(const struct sl_packet *pkt,
 								    const struct sl_service_value *master)
 {
-	const struct sl_affinity_value *remembered;
-	const struct sl_backend_slot *slot = NULL;
-	struct sl_affinity_value value = {};
 	struct sl_affinity_key key = {};
-	__u64 now = bpf_ktime_get_ns();
-	__u16 offset = 0;
-	__u32 index;
 
 	key.client = SL_AFFINITY_CLIENT_IPV4 | pkt->saddr;
 	key.rev_nat_id = master->rev_nat_id;
 	key.proto = pkt->proto;
-	remembered = bpf_map_lookup_elem(&sl_affinity_v1, &key);
-	if (remembered && now - remembered->last_used_ns < (__u64)master->affinity_timeout * 1000000000ULL)
-		slot = sl_find_remembered(master, remembered, &offset);
-	if (slot) {
-		sl_count(SL_REASON_NP_AFFINITY_HIT);
-	} else {
-		offset = master->count > 1 ? bpf_get_prandom_u32() % master->count : 0;
-		index = master->slot_base + offset;
-		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
-		if (!slot || slot->backend_id == 0) {
-			sl_count(SL_REASON_NP_SLOT_MISSING);
-			return NULL;
-		}
-		sl_count(SL_REASON_NP_AFFINITY_NEW);
-	}
-	value.last_used_ns = now;
-	value.backend_id = slot->backend_id;
-	value.revision = master->revision;
-	value.slot_offset = offset;
-	bpf_map_update_elem(&sl_affinity_v1, &key, &value, BPF_ANY);
-	return slot;
+	return sl_lb_pick_affine(&key, master, SL_REASON_NP_AFFINITY_HIT, SL_REASON_NP_AFFINITY_NEW,
+				 SL_REASON_NP_SLOT_MISSING);
 }
 
 // MARK: - Connection tracking
@@ -641,7 +571,8 @@ static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_pa
 	__u64 now = bpf_ktime_get_ns();
 	__u32 egress;
 
-	slot = (master->flags & SL_SVC_F_AFFINITY) ? sl_pick_affine(pkt, master) : sl_pick(master);
+	slot = (master->flags & SL_SVC_F_AFFINITY) ? sl_pick_affine(pkt, master)
+						     : sl_lb_pick_slot(master, SL_REASON_NP_SLOT_MISSING);
 	if (!slot)
 		return -ENOENT;
 	/* externalTrafficPolicy=Local (NODE_SCOPE flag): the client's address is kept. */

@@ -14,6 +14,7 @@
 #include <bpf/bpf_endian.h>
 #include "swiftlane/abi.h"
 #include "swiftlane/maps.h"
+#include "swiftlane/lb.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -54,96 +55,19 @@ static __always_inline int sl_addr_is_v4_mapped(const __be32 addr[4])
 	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0x0000ffff);
 }
 
-/* A uniformly random slot of the active set. Services with one backend skip the random
- * draw: a helper call costs tens of ns on kernels with return-thunk mitigations. The
- * slot array lookup itself is inlined by the verifier (no helper call). Because the
- * controller never reuses a released range while a reader could still hold the old
- * master entry, the slot read here always belongs to this frontend. */
-static __always_inline const struct sl_backend_slot *sl_pick_slot(const struct sl_service_value *master)
-{
-	const struct sl_backend_slot *slot;
-	__u32 index = master->slot_base;
-
-	if (master->count > 1)
-		index += bpf_get_prandom_u32() % master->count;
-	slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
-	if (!slot || slot->backend_id == 0) {
-		sl_count(SL_REASON_SOCK_SLOT_MISSING);
-		return NULL;
-	}
-	return slot;
-}
-
-/* The slot of the active set that holds backend_id, or NULL. The remembered offset is
- * tried first (valid while the set's revision is unchanged); otherwise the set is
- * scanned, up to SL_AFFINITY_SCAN_MAX slots. */
-static __always_inline const struct sl_backend_slot *sl_find_backend(const struct sl_service_value *master,
-								     const struct sl_affinity_value *remembered,
-								     __u16 *offset)
-{
-	const struct sl_backend_slot *slot;
-	__u32 index;
-	__u32 i;
-
-	if (remembered->revision == master->revision && remembered->slot_offset < master->count) {
-		index = master->slot_base + remembered->slot_offset;
-		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
-		if (slot && slot->backend_id == remembered->backend_id) {
-			*offset = remembered->slot_offset;
-			return slot;
-		}
-	}
-	for (i = 0; i < SL_AFFINITY_SCAN_MAX && i < master->count; i++) {
-		index = master->slot_base + i;
-		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
-		if (slot && slot->backend_id == remembered->backend_id) {
-			*offset = (__u16)i;
-			return slot;
-		}
-	}
-	return NULL;
-}
-
-/* sessionAffinity ClientIP (kube-proxy A.8): a new connection from the same client to
- * the same frontend goes to the backend it used last, if that was less than the timeout
- * ago and the backend is still in the set; the choice is re-stamped on every new
- * connection. The client is the socket's network namespace: a pod, or the host. */
+/* sessionAffinity ClientIP for sockets of this node: the client is the socket's network
+ * namespace (its netns cookie): a pod, or the host. */
 static __always_inline const struct sl_backend_slot *sl_pick_with_affinity(struct bpf_sock_addr *ctx,
 									   const struct sl_service_value *master,
 									   __u8 proto)
 {
 	struct sl_affinity_key key = {};
-	struct sl_affinity_value value = {};
-	const struct sl_affinity_value *remembered;
-	const struct sl_backend_slot *slot = NULL;
-	__u64 now = bpf_ktime_get_ns();
-	__u16 offset = 0;
 
 	key.client = bpf_get_netns_cookie(ctx);
 	key.rev_nat_id = master->rev_nat_id;
 	key.proto = proto;
-	remembered = bpf_map_lookup_elem(&sl_affinity_v1, &key);
-	if (remembered && now - remembered->last_used_ns < (__u64)master->affinity_timeout * 1000000000ULL)
-		slot = sl_find_backend(master, remembered, &offset);
-	if (slot) {
-		sl_count(SL_REASON_SOCK_AFFINITY_HIT);
-	} else {
-		offset = master->count > 1 ? bpf_get_prandom_u32() % master->count : 0;
-		__u32 index = master->slot_base + offset;
-
-		slot = bpf_map_lookup_elem(&sl_slots_v1, &index);
-		if (!slot || slot->backend_id == 0) {
-			sl_count(SL_REASON_SOCK_SLOT_MISSING);
-			return NULL;
-		}
-		sl_count(SL_REASON_SOCK_AFFINITY_NEW);
-	}
-	value.last_used_ns = now;
-	value.backend_id = slot->backend_id;
-	value.revision = master->revision;
-	value.slot_offset = offset;
-	bpf_map_update_elem(&sl_affinity_v1, &key, &value, BPF_ANY);
-	return slot;
+	return sl_lb_pick_affine(&key, master, SL_REASON_SOCK_AFFINITY_HIT, SL_REASON_SOCK_AFFINITY_NEW,
+				 SL_REASON_SOCK_SLOT_MISSING);
 }
 
 static __always_inline int sl_addr_equal(const __be32 a[4], const __be32 b[4])
@@ -250,7 +174,7 @@ static __always_inline int sl_translate(struct bpf_sock_addr *ctx, struct sl_des
 	if (master->flags & SL_SVC_F_AFFINITY)
 		slot = sl_pick_with_affinity(ctx, master, proto);
 	else
-		slot = sl_pick_slot(master);
+		slot = sl_lb_pick_slot(master, SL_REASON_SOCK_SLOT_MISSING);
 	if (!slot) {
 		sl_count(SL_REASON_SOCK_REJECT);
 		return -ECONNREFUSED;
