@@ -136,6 +136,14 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
                 "swiftlane_reconcile_errors_total", labels: [("reason", ReconcileFailure(failure).reason)],
                 help: "Frontend changes left on their previous state, by errno (E2BIG: a map is full)"
             ).increment()
+            // Failures are reported as "namespace/name: error"; which Service is the first
+            // thing an operator asks.
+            if let service = failure.split(separator: ":", maxSplits: 1).first, service.contains("/") {
+                registry.counter(
+                    "swiftlane_reconcile_service_errors_total", labels: [("service", String(service))],
+                    help: "Frontend changes left on their previous state, by Service (namespace/name)"
+                ).increment()
+            }
         }
 
         let (internalCount, externalCount) = Self.servicePortsWithoutLocalEndpoints(state)

@@ -130,6 +130,9 @@ final class SyncMetricsTests: XCTestCase {
         XCTAssertEqual(
             value(text, #"swiftlane_reconcile_errors_total{reason="E2BIG"}"#), 1,
             "the in-memory fake says \"service map full (E2BIG)\": \(report.failures)")
+        let failedService = try XCTUnwrap(report.failures.first?.split(separator: ":").first).description
+        XCTAssertEqual(value(text, "swiftlane_reconcile_service_errors_total{service=\"\(failedService)\"}"), 1,
+                       "failures are counted by Service too")
         XCTAssertNil(
             value(text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").flatMap { $0 > 0 ? $0 : nil },
             "a sync with failures is not a successful sync")
