@@ -297,25 +297,13 @@ public final class ClusterLab: @unchecked Sendable {
 
     // MARK: - Internals
 
-    private struct LabRecord: Codable {
-        var prefix: String
-        var ownerPid: Int32
-        var namespaces: [String]
-        var cgroups: [String]
-    }
-
-    private var recordPath: String { ClusterLab.recordDirectory + "/\(prefix).json" }
+    private var recordPath: String { LabRecord.path(prefix) }
 
     private func saveRecord() throws {
         lock.lock()
         let record = LabRecord(prefix: prefix, ownerPid: getpid(), namespaces: namespaces, cgroups: [clientCgroup.path])
         lock.unlock()
-        try FileManager.default.createDirectory(atPath: ClusterLab.recordDirectory, withIntermediateDirectories: true)
-        if !ownsRecord && FileManager.default.fileExists(atPath: recordPath) {
-            throw NetLabError.other("lab record \(recordPath) already exists (id collision)")
-        }
-        try Data(ProbeJSON.encode(record).utf8).write(to: URL(fileURLWithPath: recordPath), options: .atomic)
-        ownsRecord = true
+        try record.save(owned: &ownsRecord)
     }
 
     private func addNamespace(_ name: String) throws {
@@ -341,7 +329,8 @@ public final class ClusterLab: @unchecked Sendable {
 
     /// Signals whatever still runs in the namespace (only lab processes can be there),
     /// then deletes it. A missing namespace is fine.
-    private static func removeNamespace(_ name: String) throws {
+    /// Deletes a namespace, ending (SIGTERM, then SIGKILL) the processes still in it.
+    static func removeNamespace(_ name: String) throws {
         let listed = try Shell.run(["ip", "netns", "list"]).stdout
         let exists = listed.split(separator: "\n").contains { $0.split(separator: " ").first.map(String.init) == name }
         guard exists else { return }
@@ -369,5 +358,28 @@ public final class ClusterLab: @unchecked Sendable {
     private static func randomID() -> String {
         let alphabet = Array("0123456789abcdef")
         return String((0..<6).map { _ in alphabet[Int.random(in: 0..<alphabet.count)] })
+    }
+}
+
+/// What a lab (ClusterLab, NodeLab) writes under `ClusterLab.recordDirectory` before it
+/// creates anything, so `ClusterLab.removeOrphans()` can clean up after a crashed owner.
+struct LabRecord: Codable {
+    var prefix: String
+    var ownerPid: Int32
+    var namespaces: [String]
+    var cgroups: [String]
+
+    static func path(_ prefix: String) -> String { ClusterLab.recordDirectory + "/\(prefix).json" }
+
+    /// Writes the record; the first write of a lab refuses a record that already exists
+    /// (another lab chose the same id).
+    func save(owned: inout Bool) throws {
+        let path = Self.path(prefix)
+        try FileManager.default.createDirectory(atPath: ClusterLab.recordDirectory, withIntermediateDirectories: true)
+        if !owned && FileManager.default.fileExists(atPath: path) {
+            throw NetLabError.other("lab record \(path) already exists (id collision)")
+        }
+        try Data(ProbeJSON.encode(self).utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        owned = true
     }
 }

@@ -228,7 +228,7 @@ public final class NodeLab: @unchecked Sendable {
         var problems: [String] = []
         for process in tracked { process.stop() }
         for name in toDelete {
-            do { try Self.removeNamespace(name) } catch { problems.append("\(error)") }
+            do { try ClusterLab.removeNamespace(name) } catch { problems.append("\(error)") }
         }
         if ownsRecord { unlink(recordPath) }
         lock.withLock {
@@ -243,24 +243,12 @@ public final class NodeLab: @unchecked Sendable {
 
     // MARK: - Internals
 
-    /// Same fields as ClusterLab's record, so `ClusterLab.removeOrphans()` handles both.
-    private struct Record: Codable {
-        var prefix: String
-        var ownerPid: Int32
-        var namespaces: [String]
-        var cgroups: [String]
-    }
+    private var recordPath: String { LabRecord.path(prefix) }
 
-    private var recordPath: String { ClusterLab.recordDirectory + "/\(prefix).json" }
-
+    /// The same record as ClusterLab's, so `ClusterLab.removeOrphans()` handles both.
     private func saveRecord() throws {
-        let record = lock.withLock { Record(prefix: prefix, ownerPid: getpid(), namespaces: namespaces, cgroups: []) }
-        try FileManager.default.createDirectory(atPath: ClusterLab.recordDirectory, withIntermediateDirectories: true)
-        if !ownsRecord && FileManager.default.fileExists(atPath: recordPath) {
-            throw NetLabError.other("lab record \(recordPath) already exists (id collision)")
-        }
-        try Data(ProbeJSON.encode(record).utf8).write(to: URL(fileURLWithPath: recordPath), options: .atomic)
-        ownsRecord = true
+        let record = lock.withLock { LabRecord(prefix: prefix, ownerPid: getpid(), namespaces: namespaces, cgroups: []) }
+        try record.save(owned: &ownsRecord)
     }
 
     private func addNamespace(_ name: String) throws {
@@ -274,17 +262,6 @@ public final class NodeLab: @unchecked Sendable {
             lock.withLock { namespaces.removeAll { $0 == name } }
             throw error
         }
-    }
-
-    private static func removeNamespace(_ name: String) throws {
-        let listed = try Shell.run(["ip", "netns", "list"]).stdout
-        guard listed.split(separator: "\n").contains(where: { $0.split(separator: " ").first.map(String.init) == name })
-        else { return }
-        let pids = (try? Shell.run(["ip", "netns", "pids", name], allowFailure: true).stdout) ?? ""
-        for pid in pids.split(separator: "\n").compactMap({ Int32($0.trimmingCharacters(in: .whitespaces)) }) {
-            kill(pid, SIGKILL)
-        }
-        try Shell.run(["ip", "netns", "del", name])
     }
 
     @discardableResult
