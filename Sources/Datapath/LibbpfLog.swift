@@ -36,17 +36,8 @@ enum LibbpfLog {
         }
     }
 
-    /// Runs `body` while collecting everything libbpf prints; returns the result and the
-    /// captured lines.
-    static func capturing<T>(_ body: () throws -> T) rethrows -> (T, [String]) {
-        installSink()
-        lock.withLock { capture = [] }
-        defer { lock.withLock { capture = nil } }
-        let result = try body()
-        return (result, lock.withLock { capture ?? [] })
-    }
-
-    /// Like `capturing` but for bodies that fail: returns the captured lines on error.
+    /// Runs `body` while collecting everything libbpf prints; on failure returns the error
+    /// and the captured lines (a verifier rejection's log among them).
     static func capturingFailure(_ body: () throws -> Void) -> (Error?, [String]) {
         installSink()
         lock.withLock { capture = [] }

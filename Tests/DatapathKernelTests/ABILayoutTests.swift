@@ -1,4 +1,5 @@
 import CLibBPF
+import Datapath
 import XCTest
 
 /// The Swift importer and the C compiler must agree on every shared struct, field by
@@ -140,5 +141,12 @@ final class ABILayoutTests: XCTestCase {
         XCTAssertEqual(MemoryLayout<sl_node_addr_key>.size, 16)
         XCTAssertEqual(MemoryLayout<sl_node_addr>.size, 8)
         XCTAssertEqual(MemoryLayout<sl_device>.size, 24)
+    }
+
+    /// The metrics label each per-CPU counter with `OutcomeReason.names[reason]`: a name
+    /// list out of step with `enum sl_reason` would mislabel every counter after the gap.
+    func testEveryOutcomeReasonOfTheBPFSideHasItsName() {
+        XCTAssertEqual(OutcomeReason.names.count, OutcomeReason.count)
+        XCTAssertEqual(Set(OutcomeReason.names).count, OutcomeReason.names.count, "names are unique")
     }
 }
