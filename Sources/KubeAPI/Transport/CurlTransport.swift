@@ -338,6 +338,17 @@ final class Transfer: @unchecked Sendable {
         try CurlError.check(clc_easy_setopt_string(handle, option, value), "setopt \(name) for \(summary)")
     }
 
+    /// A client certificate or key: from a file or inline (`-data`), PEM either way.
+    private func setPEM(_ material: TLSMaterial?, file: (CURLoption, String), blob: (CURLoption, String),
+                        type: (CURLoption, String)) throws {
+        switch material {
+        case .file(let path)?: try set(file.0, path, file.1)
+        case .data(let data)?: try set(blob.0, blob: data, blob.1)
+        case nil: return
+        }
+        try set(type.0, "PEM", type.1)
+    }
+
     private func set(_ option: CURLoption, blob: Data, _ name: String) throws {
         // CURL_BLOB_COPY: libcurl keeps its own copy.
         let code = blob.withUnsafeBytes { clc_easy_setopt_blob(handle, option, $0.baseAddress, $0.count) }
@@ -426,26 +437,10 @@ final class Transfer: @unchecked Sendable {
         case nil:
             break
         }
-        switch tls.clientCertificate {
-        case .file(let path)?:
-            try set(CURLOPT_SSLCERT, path, "CURLOPT_SSLCERT")
-            try set(CURLOPT_SSLCERTTYPE, "PEM", "CURLOPT_SSLCERTTYPE")
-        case .data(let data)?:
-            try set(CURLOPT_SSLCERT_BLOB, blob: data, "CURLOPT_SSLCERT_BLOB")
-            try set(CURLOPT_SSLCERTTYPE, "PEM", "CURLOPT_SSLCERTTYPE")
-        case nil:
-            break
-        }
-        switch tls.clientKey {
-        case .file(let path)?:
-            try set(CURLOPT_SSLKEY, path, "CURLOPT_SSLKEY")
-            try set(CURLOPT_SSLKEYTYPE, "PEM", "CURLOPT_SSLKEYTYPE")
-        case .data(let data)?:
-            try set(CURLOPT_SSLKEY_BLOB, blob: data, "CURLOPT_SSLKEY_BLOB")
-            try set(CURLOPT_SSLKEYTYPE, "PEM", "CURLOPT_SSLKEYTYPE")
-        case nil:
-            break
-        }
+        try setPEM(tls.clientCertificate, file: (CURLOPT_SSLCERT, "CURLOPT_SSLCERT"),
+                   blob: (CURLOPT_SSLCERT_BLOB, "CURLOPT_SSLCERT_BLOB"), type: (CURLOPT_SSLCERTTYPE, "CURLOPT_SSLCERTTYPE"))
+        try setPEM(tls.clientKey, file: (CURLOPT_SSLKEY, "CURLOPT_SSLKEY"),
+                   blob: (CURLOPT_SSLKEY_BLOB, "CURLOPT_SSLKEY_BLOB"), type: (CURLOPT_SSLKEYTYPE, "CURLOPT_SSLKEYTYPE"))
     }
 
     /// Frees the libcurl side. Called exactly once, on the transport thread (or on the
