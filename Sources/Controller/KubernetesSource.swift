@@ -106,6 +106,7 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
                           slices: Informer<EndpointSlice>, node: Informer<ServiceModel.Node>) async {
         var waitingLogged = false
         var retryDelay: Duration = .seconds(1)
+        let retry = PendingRetry()
         for await _ in changes.stream {
             guard services.hasSynced && slices.hasSynced else {
                 if !waitingLogged {
@@ -120,13 +121,17 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
             // from when it was observed to when the maps hold it.
             apply(objects, node.hasSynced, changes.takeFirstPoke())
             if retryPending() {
-                // Woken, not poked: a retry is no new change for the latency figure.
-                let delay = retryDelay
-                retryDelay = min(retryDelay * 2, .seconds(30))
-                logger.warning("retrying frontends left on their previous state", metadata: ["retryIn": "\(delay)"])
-                Task {
-                    try? await Task.sleep(for: delay)
-                    changes.wake()
+                // One retry at a time; woken, not poked: a retry is no new change for the
+                // latency figure.
+                if retry.schedule() {
+                    let delay = retryDelay
+                    retryDelay = min(retryDelay * 2, .seconds(30))
+                    logger.warning("retrying frontends left on their previous state", metadata: ["retryIn": "\(delay)"])
+                    Task {
+                        try? await Task.sleep(for: delay)
+                        retry.fired()
+                        changes.wake()
+                    }
                 }
             } else {
                 retryDelay = .seconds(1)
@@ -173,4 +178,20 @@ final class ChangeSignal: @unchecked Sendable {
     func finish() {
         continuation.finish()
     }
+}
+
+/// Whether a retry wake-up is already on its way.
+final class PendingRetry: @unchecked Sendable {
+    private let lock = NSLock()
+    private var scheduled = false
+
+    /// True if the caller should schedule one (none was).
+    func schedule() -> Bool {
+        lock.withLock {
+            defer { scheduled = true }
+            return !scheduled
+        }
+    }
+
+    func fired() { lock.withLock { scheduled = false } }
 }
