@@ -177,7 +177,7 @@ public final class NodePortDatapath: @unchecked Sendable {
             for name in names {
                 let ifindex = Int32(if_nametoindex(name))
                 guard ifindex > 0 else { throw BPFError("find device", target: name, errno: errno) }
-                try checkBPF(clb_tc_clsact_create(ifindex), "create clsact qdisc on", target: name)
+                try QdiscOwnership.ensureClsact(ifindex: ifindex, device: name, pinPath: options.pinPath)
                 for (egress, fd, hook) in [(Int32(0), ingressFD, "ingress"), (1, egressFD, "egress")] {
                     var existing: UInt32 = 0
                     try checkBPF(clb_tc_query(ifindex, egress, Self.filterHandle, Self.filterPriority, &existing),
@@ -233,7 +233,8 @@ public final class NodePortDatapath: @unchecked Sendable {
 
     /// Removes Swiftlane's tc filters from `devices` (in `networkNamespace`, nil = the
     /// caller's). Devices that are gone, or carry no filter of ours, are skipped. Returns
-    /// the hooks removed ("dev/ingress"). The clsact qdisc stays: other programs may use it.
+    /// the hooks removed ("dev/ingress"). The clsact qdisc stays: `QdiscOwnership.removeOwned`
+    /// removes the ones Swiftlane created.
     @discardableResult
     public static func uninstall(devices: [String], networkNamespace: String? = nil) -> [String] {
         (try? inNamespace(networkNamespace) { () -> [String] in
