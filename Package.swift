@@ -135,7 +135,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DatapathKernelTests",
-            dependencies: ["Datapath", "CLibBPF", "Reconciler", "ServiceModel", "Controller", "NetLab", "swiftlane"]
+            dependencies: ["Datapath", "CLibBPF", "Reconciler", "ServiceModel", "Controller", "NetLab", "Operations", "swiftlane"]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -139,7 +139,7 @@ public final class ProxySyncer: @unchecked Sendable {
 
     /// The node as the translation sees it: from a Node object of that name if the source
     /// has one, otherwise just its name.
-    func proxyNode(from nodes: [ServiceModel.Node]) -> ProxyNode {
+    public func proxyNode(from nodes: [ServiceModel.Node]) -> ProxyNode {
         guard let node = nodes.first(where: { $0.metadata.name == nodeName }) else {
             return ProxyNode(name: nodeName, labels: [:], addresses: [], podCIDRs: [])
         }

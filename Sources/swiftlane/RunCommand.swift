@@ -79,7 +79,8 @@ struct RunCommand: AsyncParsableCommand {
         events.onOutcome = { reason, outcome in metrics.recordEvent(reason: reason, outcome: outcome.rawValue) }
         let telemetry = SyncTelemetry(metrics: metrics, health: health, events: events)
         telemetryBox.telemetry = telemetry
-        syncer.observer = telemetry
+        syncer.observer =
+            nodePort.map { ProxySyncObservers([telemetry, NodePortAddressFollower(datapath: $0, logger: logger)]) } ?? telemetry
         health.answered = { endpoint, code in metrics.recordHealthCheck(endpoint: endpoint, code: code) }
         health.liveNode = { kubernetesStatus.node }
         let expectedLinks = datapath.attachments.filter { $0.outcome != .skipped }
