@@ -601,7 +601,7 @@ static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_pa
 	key.proto = pkt->proto;
 	key.dir = SL_NAT_DIR_REPLY;
 	key.pad = 0;
-	if (device && device->snat_addr[3] != 0 && sl_dsr_wanted(pkt)) {
+	if (device && device->snat_addr[3] != 0 && sl_dsr_wanted(skb, pkt, slot->addr[3])) {
 		/* DSR (dsr.h): the backend's node replies to the client itself; no REPLY entry. */
 		fwd_entry->flags = SL_NAT_F_DSR;
 	} else if (device && device->snat_addr[3] != 0) {

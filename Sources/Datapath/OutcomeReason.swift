@@ -39,6 +39,7 @@ public enum OutcomeReason {
         "np_tcp_untracked",
         "np_dsr_carried",
         "np_dsr_no_room",
+        "np_dsr_snat_fallback",
         "np_dsr_received",
         "np_dsr_reply",
         "np_dsr_malformed",

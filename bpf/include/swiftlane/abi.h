@@ -359,13 +359,14 @@ enum sl_reason {
 	SL_REASON_NP_TCP_UNTRACKED = 32,    /* TCP segment other than a SYN, of no tracked flow: passed */
 	/* Direct server return (bpf/include/swiftlane/dsr.h). */
 	SL_REASON_NP_DSR_CARRIED = 33,      /* frontend option added to a packet for a remote backend */
-	SL_REASON_NP_DSR_NO_ROOM = 34,      /* DSR packet sent without the option (MTU), or new flow with IP
-					     * options served by SNAT instead */
-	SL_REASON_NP_DSR_RECEIVED = 35,     /* frontend option recorded and removed (backend's node) */
-	SL_REASON_NP_DSR_REPLY = 36,        /* backend reply given the frontend as source (backend's node) */
-	SL_REASON_NP_DSR_MALFORMED = 37,    /* dropped: frontend option of a wrong length or past the header */
-	SL_REASON_NP_DSR_UNKNOWN_FRONTEND = 38, /* dropped: frontend option naming no frontend */
-	SL_REASON_MAX = 39,
+	SL_REASON_NP_DSR_NO_ROOM = 34,      /* DSR packet sent without the option: it would exceed the MTU */
+	SL_REASON_NP_DSR_SNAT_FALLBACK = 35, /* DSR mode, new flow source-NATed instead: IP options already
+					      * present, or the client lies behind the backend's next hop */
+	SL_REASON_NP_DSR_RECEIVED = 36,     /* frontend option recorded and removed (backend's node) */
+	SL_REASON_NP_DSR_REPLY = 37,        /* backend reply given the frontend as source (backend's node) */
+	SL_REASON_NP_DSR_MALFORMED = 38,    /* dropped: frontend option of a wrong length or past the header */
+	SL_REASON_NP_DSR_UNKNOWN_FRONTEND = 39, /* dropped: frontend option naming no frontend */
+	SL_REASON_MAX = 40,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 

@@ -46,17 +46,48 @@ struct sl_dsr_ip_word {
 	__be16 tot_len;
 };
 
-/* Node A, new flow to a remote backend: DSR or (packet with IP options, where the
- * option has no place) SNAT. */
-static __always_inline int sl_dsr_wanted(const struct sl_packet *pkt)
+/* The FIB's next hop towards `daddr` (its gateway, or `daddr` itself when on-link) and
+ * the device it is reached through; 0 when unroutable. */
+static __always_inline __be32 sl_dsr_next_hop(struct __sk_buff *skb, const struct sl_packet *pkt, __be32 daddr,
+					      __u32 *ifindex)
 {
+	struct bpf_fib_lookup fib = {};
+	int rc;
+
+	fib.family = SL_AF_INET;
+	fib.tos = pkt->tos;
+	fib.l4_protocol = pkt->proto;
+	fib.ipv4_src = pkt->daddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 0;
+	*ifindex = fib.ifindex;
+	return fib.ipv4_dst;
+}
+
+/* Node A, new flow to a remote backend: DSR, or SNAT when the option has no place (the
+ * packet has IP options already) or the client lies behind the backend's next hop (a
+ * pod or the node hosting the backend, even the backend itself): its replies would
+ * never leave that node through a device, so nothing could give them the frontend as
+ * source. */
+static __always_inline int sl_dsr_wanted(struct __sk_buff *skb, const struct sl_packet *pkt, __be32 backend)
+{
+	__u32 backend_dev = 0, client_dev = 0;
+	__be32 hop;
+
 	if (!sl_dsr_mode)
 		return 0;
-	if (pkt->ihl_bytes != sizeof(struct iphdr)) {
-		sl_count(SL_REASON_NP_DSR_NO_ROOM);
-		return 0;
-	}
+	if (pkt->ihl_bytes != sizeof(struct iphdr))
+		goto snat;
+	hop = sl_dsr_next_hop(skb, pkt, backend, &backend_dev);
+	if (hop && hop == sl_dsr_next_hop(skb, pkt, pkt->saddr, &client_dev) && backend_dev == client_dev)
+		goto snat;
 	return 1;
+snat:
+	sl_count(SL_REASON_NP_DSR_SNAT_FALLBACK);
+	return 0;
 }
 
 /* Rewrites the header's first word (IHL and total length) after the option was added or
