@@ -139,6 +139,13 @@ final class NodePortDSRTests: XCTestCase {
         XCTAssertEqual(h.a.datapath.natPressure().entries, 30)
         XCTAssertEqual(h.b.datapath.dsrPressure().entries, 30)
         XCTAssertEqual(h.b.datapath.dsrPressure().capacity, UInt32(SL_DEFAULT_DSR_MAX))
+        // What `swiftlane dump dsr` prints on node B.
+        let views = try KernelLoadBalancerMaps.dsrFlowViews(pinPath: h.b.pinPath)
+        XCTAssertEqual(views.count, 30)
+        XCTAssertEqual(Set(views.map(\.frontend)), [h.tcpTarget])
+        XCTAssertEqual(Set(views.map { $0.client.split(separator: ":")[0] }), [Substring(h.lab.clientIPv4)])
+        XCTAssertEqual(Set(views.map(\.backend)), Set(h.lab.podsOnB.map { "\($0.ipv4):8080" }))
+        XCTAssertEqual(Set(views.map(\.protocol)), ["TCP"])
     }
 
     func testSNATModeOnTheSameFabricStillSendsRepliesBackThroughNodeA() throws {
