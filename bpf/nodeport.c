@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * External traffic: NodePort, externalIPs and LoadBalancer VIPs on tc (clsact), IPv4,
- * SNAT mode.
+ * SNAT mode, or DSR mode for remote backends (swiftlane/dsr.h).
  *
  * Attached to the node's external devices (those carrying its addresses):
  *  - ingress (sl_nodeport_ingress): a packet that is
@@ -490,6 +490,9 @@ static __always_inline const struct sl_backend_slot *sl_pick_affine(const struct
 				 SL_REASON_NP_SLOT_MISSING);
 }
 
+/* Direct server return: option carrying the frontend to the backend's node. */
+#include "swiftlane/dsr.h"
+
 // MARK: - Connection tracking
 
 /* Writes the REPLY entry of a new source-NATed flow under a free port of the SNAT range:
@@ -598,7 +601,10 @@ static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_pa
 	key.proto = pkt->proto;
 	key.dir = SL_NAT_DIR_REPLY;
 	key.pad = 0;
-	if (device && device->snat_addr[3] != 0) {
+	if (device && device->snat_addr[3] != 0 && sl_dsr_wanted(skb, pkt, slot->addr[3])) {
+		/* DSR (dsr.h): the backend's node replies to the client itself; no REPLY entry. */
+		fwd_entry->flags = SL_NAT_F_DSR;
+	} else if (device && device->snat_addr[3] != 0) {
 		/* Remote backend: the reply must come back through this node. */
 		__builtin_memcpy(key.daddr, device->snat_addr, sizeof(key.daddr));
 		sl_v4_mapped(reply_entry.nat_addr, pkt->saddr);
@@ -639,6 +645,9 @@ static __always_inline int sl_apply_forward(struct __sk_buff *skb, struct sl_pac
 	__be16 nat_port = entry->nat_port;
 	__u16 flags = entry->flags;
 
+	/* DSR (dsr.h): the frontend option goes in while the destination still names it. */
+	if ((flags & SL_NAT_F_DSR) && sl_dsr_push(skb, pkt, to_addr))
+		return -EFAULT;
 	if (sl_rewrite(skb, pkt, 1, to_addr, to_port))
 		return -EFAULT;
 	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(skb, pkt, 0, nat_addr, nat_port))
@@ -785,6 +794,10 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 		return sl_icmp_error_reply(skb, &pkt, fwd);
 	if (rc)
 		return rc > 0 ? SL_NP_PASS : rc;
+	/* DSR (dsr.h): a packet carrying its frontend from the node that received it. */
+	rc = sl_dsr_receive(skb, &pkt);
+	if (rc)
+		return rc > 0 ? SL_NP_PASS : rc;
 
 	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
@@ -859,7 +872,10 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 		return SL_NP_PASS;
 	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
-	if (!tracked || (tracked->flags & SL_NAT_F_SNAT))
+	/* DSR (dsr.h): a backend's reply to a client another node received the flow from. */
+	if (!tracked)
+		return sl_dsr_reply(skb, &pkt);
+	if (tracked->flags & SL_NAT_F_SNAT)
 		return SL_NP_PASS;
 	sl_touch(tracked, &pkt);
 	if (sl_apply_reply(skb, &pkt, tracked))

@@ -232,6 +232,17 @@ static const struct clb_abi_field abi_fields[] = {
 	CLB_FIELD(sl_device, snat_addr),
 	CLB_FIELD(sl_device, flags),
 	CLB_FIELD(sl_device, pad),
+	CLB_FIELD(sl_dsr_key, backend_addr),
+	CLB_FIELD(sl_dsr_key, client_addr),
+	CLB_FIELD(sl_dsr_key, backend_port),
+	CLB_FIELD(sl_dsr_key, client_port),
+	CLB_FIELD(sl_dsr_key, proto),
+	CLB_FIELD(sl_dsr_key, pad),
+	CLB_FIELD(sl_dsr_entry, frontend_addr),
+	CLB_FIELD(sl_dsr_entry, frontend_port),
+	CLB_FIELD(sl_dsr_entry, flags),
+	CLB_FIELD(sl_dsr_entry, pad),
+	CLB_FIELD(sl_dsr_entry, last_seen_ns),
 };
 
 const struct clb_abi_field *clb_abi_field_at(size_t index)

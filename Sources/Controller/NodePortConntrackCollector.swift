@@ -26,6 +26,7 @@ public struct NodePortConntrackCollector: Service {
                 logger.debug("external-traffic conntrack collected", metadata: [
                     "scanned": "\(report.scanned)", "removed": "\(report.removed)",
                     "remaining": "\(report.remaining)", "capacity": "\(report.capacity)",
+                    "dsrRemoved": "\(report.dsrRemoved)", "dsrRemaining": "\(report.dsrRemaining)",
                 ])
             }
         }

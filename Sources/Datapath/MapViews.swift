@@ -45,7 +45,39 @@ public struct SocketReverseNATView: Codable, Equatable, Sendable {
     public var revNatID: UInt32
 }
 
+/// One DSR flow whose backend lives on this node (`sl_dsr_v1`): the frontend its replies
+/// leave with, learnt from the receiving node's option.
+public struct DSRFlowView: Codable, Equatable, Sendable {
+    public var backend: String
+    public var client: String
+    public var frontend: String
+    public var `protocol`: String
+    /// Seconds since the latest carrier or reply.
+    public var lastSeenSecondsAgo: Double
+    /// The backend sent a FIN or RST: the short timeout applies.
+    public var closing: Bool
+}
+
 extension KernelLoadBalancerMaps {
+    /// Every DSR flow recorded under `pinPath` (empty when the external-traffic datapath
+    /// never ran there and the map does not exist).
+    public static func dsrFlowViews(pinPath: String, nowNanoseconds: UInt64 = monotonicNanoseconds()) throws -> [DSRFlowView] {
+        let path = pinPath + "/" + SL_MAP_NAME_DSR
+        guard FileManager.default.fileExists(atPath: path) else { return [] }
+        let map = try BPFMap<sl_dsr_key, sl_dsr_entry>(pinnedAt: path, name: SL_MAP_NAME_DSR)
+        return map.entries().compactMap { key, value -> DSRFlowView? in
+            guard let backend = IPAddress(abiWords: key.backend_addr), let client = IPAddress(abiWords: key.client_addr),
+                  let frontend = IPAddress(abiWords: value.frontend_addr) else { return nil }
+            let age = nowNanoseconds >= value.last_seen_ns ? nowNanoseconds - value.last_seen_ns : 0
+            return DSRFlowView(
+                backend: hostPort(backend, UInt16(bigEndian: key.backend_port)),
+                client: hostPort(client, UInt16(bigEndian: key.client_port)),
+                frontend: hostPort(frontend, UInt16(bigEndian: value.frontend_port)),
+                protocol: TransportProtocol(ipProtocolNumber: key.proto)?.rawValue ?? "\(key.proto)",
+                lastSeenSecondsAgo: Double(age) / 1e9, closing: value.flags & UInt16(SL_NAT_F_CLOSING.rawValue) != 0)
+        }.sorted { ($0.backend, $0.client) < ($1.backend, $1.client) }
+    }
+
     /// Every backend entry, with the frontends whose active set uses it.
     public func backendViews() throws -> [BackendView] {
         let state = try readState()

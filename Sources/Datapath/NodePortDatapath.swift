@@ -11,7 +11,9 @@ public struct NodePortOptions: Sendable {
     public enum Mode: String, Sendable, CaseIterable {
         /// Source NAT to the node's address: replies come back through this node.
         case snat
-        /// Direct server return (not implemented yet: refused at install).
+        /// Direct server return: a remote backend gets the client's packet DNATed only, with
+        /// the frontend in an IPv4 option; its node replies to the client directly
+        /// (`bpf/include/swiftlane/dsr.h`, docs/external-traffic.md).
         case dsr
     }
 
@@ -56,7 +58,7 @@ public struct NodePortOptions: Sendable {
 /// The external-traffic datapath: `bpf/nodeport.c` on tc ingress and egress (clsact) of
 /// the node's devices, serving NodePorts, externalIPs and LoadBalancer VIPs from the
 /// service maps the controller programs (shared through their pins with the socket load
-/// balancer), IPv4, SNAT mode.
+/// balancer), IPv4, SNAT or DSR mode.
 ///
 /// Attachment is by netlink tc filters under a fixed handle and priority: they outlive
 /// the process, and installing again replaces the program in place (`BPF_TC_F_REPLACE`,
@@ -92,6 +94,8 @@ public final class NodePortDatapath: @unchecked Sendable {
     let nat: BPFMap<sl_nat_key, sl_nat_entry>
     let nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>
     let deviceMap: BPFMap<UInt32, sl_device>
+    /// DSR flows whose backend lives on this node: (backend, client) → frontend.
+    let dsr: BPFMap<sl_dsr_key, sl_dsr_entry>
     private let object: BPFObjectFile
     /// `nodePortAddresses` and the node that resolves its `primary`, as last followed.
     private let selectionLock = NSLock()
@@ -113,10 +117,6 @@ public final class NodePortDatapath: @unchecked Sendable {
 
     /// Loads the programs without attaching them (BPF_PROG_TEST_RUN needs no device).
     static func load(_ options: NodePortOptions, logger: Logger) throws -> NodePortDatapath {
-        guard options.mode == .snat else {
-            throw BPFError("install external-traffic datapath", target: "nodePort.mode=\(options.mode.rawValue)", errno: ENOTSUP,
-                           detail: "only snat is implemented so far")
-        }
         guard options.acceleration == .none else {
             throw BPFError("install external-traffic datapath", target: "nodePort.acceleration=\(options.acceleration.rawValue)",
                            errno: ENOTSUP, detail: "XDP acceleration is not implemented yet; use none")
@@ -134,6 +134,8 @@ public final class NodePortDatapath: @unchecked Sendable {
             try checkBPF(clb_rodata_set(object.handle, "sl_snat_port_max", &high, 2), "set rodata", target: "sl_snat_port_max")
             var reclaim = UInt64(max(0, options.snatReclaimAfterSeconds) * 1e9)
             try checkBPF(clb_rodata_set(object.handle, "sl_snat_reclaim_ns", &reclaim, 8), "set rodata", target: "sl_snat_reclaim_ns")
+            var dsrMode: UInt8 = options.mode == .dsr ? 1 : 0
+            try checkBPF(clb_rodata_set(object.handle, "sl_dsr_mode", &dsrMode, 1), "set rodata", target: "sl_dsr_mode")
             try object.load()
             let ingress = bpf_program__fd(try object.program(named: ingressProgram))
             let egress = bpf_program__fd(try object.program(named: egressProgram))
@@ -143,7 +145,8 @@ public final class NodePortDatapath: @unchecked Sendable {
                 counters: try BPFMap(pinnedAt: path(SL_MAP_NAME_COUNTERS), name: SL_MAP_NAME_COUNTERS),
                 nat: try BPFMap(pinnedAt: path(SL_MAP_NAME_NAT), name: SL_MAP_NAME_NAT),
                 nodeAddresses: try BPFMap(pinnedAt: path(SL_MAP_NAME_NODE_ADDRS), name: SL_MAP_NAME_NODE_ADDRS),
-                deviceMap: try BPFMap(pinnedAt: path(SL_MAP_NAME_DEVICES), name: SL_MAP_NAME_DEVICES))
+                deviceMap: try BPFMap(pinnedAt: path(SL_MAP_NAME_DEVICES), name: SL_MAP_NAME_DEVICES),
+                dsr: try BPFMap(pinnedAt: path(SL_MAP_NAME_DSR), name: SL_MAP_NAME_DSR))
         } catch {
             object.close()
             throw error
@@ -152,7 +155,8 @@ public final class NodePortDatapath: @unchecked Sendable {
 
     private init(options: NodePortOptions, object: BPFObjectFile, ingressFD: Int32, egressFD: Int32, logger: Logger,
                  counters: BPFMap<UInt32, UInt64>, nat: BPFMap<sl_nat_key, sl_nat_entry>,
-                 nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>, deviceMap: BPFMap<UInt32, sl_device>) {
+                 nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>, deviceMap: BPFMap<UInt32, sl_device>,
+                 dsr: BPFMap<sl_dsr_key, sl_dsr_entry>) {
         self.options = options
         self.nodePortSelection = (options.nodePortAddresses, ProxyNode(name: ""))
         self.object = object
@@ -163,6 +167,7 @@ public final class NodePortDatapath: @unchecked Sendable {
         self.nat = nat
         self.nodeAddresses = nodeAddresses
         self.deviceMap = deviceMap
+        self.dsr = dsr
     }
 
     deinit { object.close() }
@@ -305,6 +310,11 @@ public final class NodePortDatapath: @unchecked Sendable {
         (nat.keys().count, nat.info.max_entries)
     }
 
+    /// Number of DSR flows recorded for this node's backends, and the table's capacity.
+    public func dsrPressure() -> (entries: Int, capacity: UInt32) {
+        (dsr.keys().count, dsr.info.max_entries)
+    }
+
     // MARK: - Connection tracking garbage collection
 
     /// How long an idle tracked flow is kept (seconds since its last packet in either
@@ -320,6 +330,11 @@ public final class NodePortDatapath: @unchecked Sendable {
             self.tcpClosing = tcpClosing
             self.udp = udp
         }
+
+        /// The idle timeout of a flow of `proto` (IPPROTO_*), closing or not.
+        func timeout(proto: UInt8, closing: Bool) -> Double {
+            proto == UInt8(IPPROTO_TCP) ? (closing ? tcpClosing : tcp) : udp
+        }
     }
 
     /// What one garbage collection pass did, and the table's pressure afterwards.
@@ -332,6 +347,10 @@ public final class NodePortDatapath: @unchecked Sendable {
         /// least recently used ones).
         public var remaining = 0
         public var capacity: UInt32 = 0
+        /// The same for the DSR table (flows whose backend lives on this node).
+        public var dsrRemoved = 0
+        public var dsrRemaining = 0
+        public var dsrCapacity: UInt32 = 0
     }
 
     /// Deletes the entries of flows idle longer than their timeout. A flow's two entries
@@ -358,14 +377,30 @@ public final class NodePortDatapath: @unchecked Sendable {
             if partner != nil { judged.insert(Self.words(partnerKey)) }
             let lastSeen = max(value.last_seen_ns, partner?.1.last_seen_ns ?? 0)
             let closing = (value.flags | (partner?.1.flags ?? 0)) & UInt16(SL_NAT_F_CLOSING.rawValue) != 0
-            let timeout = key.proto == UInt8(IPPROTO_TCP) ? (closing ? timeouts.tcpClosing : timeouts.tcp) : timeouts.udp
+            let timeout = timeouts.timeout(proto: key.proto, closing: closing)
             guard now > lastSeen, Double(now - lastSeen) / 1e9 > timeout else { continue }
             doomed.append(key)
             if let partner { doomed.append(partner.0) }
         }
         for key in doomed where (try? nat.delete(key)) != nil { report.removed += 1 }
         report.remaining = report.scanned - report.removed
+        collectDSRGarbage(timeouts: timeouts, now: now, into: &report)
         return report
+    }
+
+    /// DSR entries are refreshed by their backend's replies (and the client's carriers)
+    /// and marked closing by the backend's FIN or RST; same timeouts as tracked flows.
+    private func collectDSRGarbage(timeouts: ConntrackTimeouts, now: UInt64, into report: inout ConntrackReport) {
+        report.dsrCapacity = dsr.info.max_entries
+        for (key, value) in dsr.entries() {
+            let closing = value.flags & UInt16(SL_NAT_F_CLOSING.rawValue) != 0
+            if now > value.last_seen_ns, Double(now - value.last_seen_ns) / 1e9 > timeouts.timeout(proto: key.proto, closing: closing),
+               (try? dsr.delete(key)) != nil {
+                report.dsrRemoved += 1
+            } else {
+                report.dsrRemaining += 1
+            }
+        }
     }
 
     /// The other entry of a flow: a FORWARD entry's REPLY entry and the reverse.

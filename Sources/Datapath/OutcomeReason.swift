@@ -37,6 +37,13 @@ public enum OutcomeReason {
         "np_icmp_error_reply",
         "np_snat_port_reclaimed",
         "np_tcp_untracked",
+        "np_dsr_carried",
+        "np_dsr_no_room",
+        "np_dsr_snat_fallback",
+        "np_dsr_received",
+        "np_dsr_reply",
+        "np_dsr_malformed",
+        "np_dsr_unknown_frontend",
     ]
 
     /// Number of reasons the BPF side counts.

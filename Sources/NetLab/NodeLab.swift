@@ -44,6 +44,14 @@ public struct NodeLabNode: Hashable, Codable, Sendable {
 /// nothing of the lab lives in the host namespace: every veth is created inside a lab
 /// namespace with its peer placed directly into another one.
 ///
+/// With `sharedFabric` the external link is a bridge in a namespace of its own (<p>-f,
+/// bridge <p>fbr) joining the client, node A's external device and a third device of node
+/// B (<p>bx, 198.18.S.3/26): node B then reaches the client directly, as direct server
+/// return needs (its replies must not pass node A). Node B routes the client's segment
+/// on-link instead of via node A and uses loose reverse-path filtering (the client's
+/// packets reach it from node A, its route back leaves through <p>bx). Still no default
+/// route anywhere.
+///
 /// Names start with "sn" + a short random id; `teardown()` (also run from deinit) removes
 /// every namespace (and with them every link, bridge and tc attachment made on them) and
 /// stops the lab's processes. The lab writes the same record as `ClusterLab` under
@@ -66,6 +74,9 @@ public final class NodeLab: @unchecked Sendable {
     /// Node B's device towards node A, and its address.
     public let nodeBDevice: String
     public let nodeBIPv4: String
+    /// With `sharedFabric`: node B's device on the client's segment, and its address.
+    public let nodeBExternalDevice: String?
+    public let nodeBExternalIPv4: String?
     public private(set) var pods: [NodeLabPod] = []
 
     private var namespaces: [String] = []
@@ -77,7 +88,7 @@ public final class NodeLab: @unchecked Sendable {
 
     /// Builds the client, both nodes and `podsOnA` / `podsOnB` pods. On any failure
     /// everything made so far is removed before the error is rethrown.
-    public init(podsOnA: Int = 1, podsOnB: Int = 1, id: String? = nil, subnet: Int? = nil) throws {
+    public init(podsOnA: Int = 1, podsOnB: Int = 1, id: String? = nil, subnet: Int? = nil, sharedFabric: Bool = false) throws {
         let chosenID = id ?? String((0..<6).map { _ in Array("0123456789abcdef").randomElement()! })
         guard (1...8).contains(chosenID.count), chosenID.allSatisfy({ ($0.isASCII && $0.isLowercase) || $0.isNumber })
         else { throw NetLabError.invalidArgument("lab id '\(chosenID)' must be 1-8 of [a-z0-9]") }
@@ -101,6 +112,8 @@ public final class NodeLab: @unchecked Sendable {
         self.nodeAIPv4 = "198.18.\(s).65"
         self.nodeBDevice = prefix + "ba"
         self.nodeBIPv4 = "198.18.\(s).66"
+        self.nodeBExternalDevice = sharedFabric ? prefix + "bx" : nil
+        self.nodeBExternalIPv4 = sharedFabric ? "198.18.\(s).3" : nil
         do {
             try build()
             for _ in 0..<podsOnA { try addPod(on: nodeA) }
@@ -127,8 +140,12 @@ public final class NodeLab: @unchecked Sendable {
             try ip(netns, "link", "set", "lo", "up")
         }
         let s = subnet
-        // client <-> node A (external link)
-        try ip(clientNetns, "link", "add", prefix + "x", "type", "veth", "peer", "name", externalDevice, "netns", nodeA.netns)
+        if let nodeBExternalDevice, let nodeBExternalIPv4 {
+            try buildFabric(nodeBDevice: nodeBExternalDevice, nodeBAddress: nodeBExternalIPv4)
+        } else {
+            // client <-> node A (external link)
+            try ip(clientNetns, "link", "add", prefix + "x", "type", "veth", "peer", "name", externalDevice, "netns", nodeA.netns)
+        }
         try ip(clientNetns, "addr", "add", "\(clientIPv4)/26", "dev", prefix + "x")
         try ip(clientNetns, "link", "set", prefix + "x", "up")
         try ip(nodeA.netns, "addr", "add", "\(externalIPv4)/26", "dev", externalDevice)
@@ -151,7 +168,28 @@ public final class NodeLab: @unchecked Sendable {
         }
         try ip(nodeA.netns, "route", "add", nodeB.podCIDR, "via", nodeBIPv4)
         try ip(nodeB.netns, "route", "add", nodeA.podCIDR, "via", nodeAIPv4)
-        try ip(nodeB.netns, "route", "add", "198.18.\(s).0/26", "via", nodeAIPv4)
+        if nodeBExternalDevice == nil {
+            try ip(nodeB.netns, "route", "add", "198.18.\(s).0/26", "via", nodeAIPv4)
+        } else {
+            try Shell.run(["ip", "netns", "exec", nodeB.netns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"])
+        }
+    }
+
+    /// The shared external segment: a bridge in its own namespace with the client's, node
+    /// A's external and node B's `nodeBDevice` links (each veth made in the fabric
+    /// namespace with its peer placed directly into the other one).
+    private func buildFabric(nodeBDevice: String, nodeBAddress: String) throws {
+        let fabric = prefix + "-f", bridge = prefix + "fbr"
+        try addNamespace(fabric)
+        try ip(fabric, "link", "set", "lo", "up")
+        try ip(fabric, "link", "add", "name", bridge, "type", "bridge", "forward_delay", "0", "stp_state", "0", "mcast_snooping", "0")
+        try ip(fabric, "link", "set", bridge, "up")
+        for (port, peer, netns) in [("fx", prefix + "x", clientNetns), ("fa", externalDevice, nodeA.netns), ("fb", nodeBDevice, nodeB.netns)] {
+            try ip(fabric, "link", "add", prefix + port, "type", "veth", "peer", "name", peer, "netns", netns)
+            try ip(fabric, "link", "set", prefix + port, "master", bridge, "up")
+        }
+        try ip(nodeB.netns, "addr", "add", "\(nodeBAddress)/26", "dev", nodeBDevice)
+        try ip(nodeB.netns, "link", "set", nodeBDevice, "up")
     }
 
     /// Adds a pod namespace behind `node`'s bridge (next address of its pod network).

@@ -5,13 +5,13 @@ import Foundation
 
 /// What `dump` shows.
 enum DumpView: String, ExpressibleByArgument, CaseIterable {
-    case services, backends, affinity, conntrack
+    case services, backends, affinity, conntrack, dsr
 }
 
 struct DumpCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dump",
-        abstract: "Print what the live BPF maps hold: services, backends, affinity or conntrack.",
+        abstract: "Print what the live BPF maps hold: services, backends, affinity, conntrack or dsr.",
         discussion: """
             Reads the pinned maps (no controller needed).
 
@@ -33,11 +33,15 @@ struct DumpCommand: ParsableCommand {
             the socket reverse-NAT table of unconnected UDP sockets (socket cookie, \
             backend, frontend): this view prints it.
 
+            dsr: the direct-server-return flows whose backend lives on this node \
+            (nodePort.mode: dsr on the node that received them): backend, client, the \
+            frontend the replies leave with, seconds since the last packet, closing.
+
             --counters adds the datapath's outcome counters.
             """
     )
 
-    @Argument(help: "What to print: services, backends, affinity or conntrack.")
+    @Argument(help: "What to print: services, backends, affinity, conntrack or dsr.")
     var view: DumpView = .services
 
     @Option(name: .long, help: "Configuration file whose bpfPinPath to read.")
@@ -106,6 +110,17 @@ struct DumpCommand: ParsableCommand {
                         ["SOCKET COOKIE", "BACKEND", "FRONTEND", "REV-NAT ID"],
                         rows.map { ["\($0.socketCookie)", $0.backend, $0.frontend, "\($0.revNatID)"] }))
             }
+        case .dsr:
+            let rows = try KernelLoadBalancerMaps.dsrFlowViews(pinPath: path)
+            print(
+                output == .json
+                    ? try Self.json(rows)
+                    : Self.table(
+                        ["BACKEND", "CLIENT", "FRONTEND", "PROTO", "LAST SEEN", "STATE"],
+                        rows.map {
+                            [$0.backend, $0.client, $0.frontend, $0.protocol, String(format: "%.1fs ago", $0.lastSeenSecondsAgo),
+                             $0.closing ? "closing" : "open"]
+                        }))
         }
         if counters {
             let lines = maps.outcomeCounters().sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }

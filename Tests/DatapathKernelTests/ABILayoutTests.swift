@@ -82,6 +82,17 @@ final class ABILayoutTests: XCTestCase {
         "sl_device.snat_addr": (MemoryLayout<sl_device>.offset(of: \.snat_addr), 16),
         "sl_device.flags": (MemoryLayout<sl_device>.offset(of: \.flags), 4),
         "sl_device.pad": (MemoryLayout<sl_device>.offset(of: \.pad), 4),
+        "sl_dsr_key.backend_addr": (MemoryLayout<sl_dsr_key>.offset(of: \.backend_addr), 16),
+        "sl_dsr_key.client_addr": (MemoryLayout<sl_dsr_key>.offset(of: \.client_addr), 16),
+        "sl_dsr_key.backend_port": (MemoryLayout<sl_dsr_key>.offset(of: \.backend_port), 2),
+        "sl_dsr_key.client_port": (MemoryLayout<sl_dsr_key>.offset(of: \.client_port), 2),
+        "sl_dsr_key.proto": (MemoryLayout<sl_dsr_key>.offset(of: \.proto), 1),
+        "sl_dsr_key.pad": (MemoryLayout<sl_dsr_key>.offset(of: \.pad), 3),
+        "sl_dsr_entry.frontend_addr": (MemoryLayout<sl_dsr_entry>.offset(of: \.frontend_addr), 16),
+        "sl_dsr_entry.frontend_port": (MemoryLayout<sl_dsr_entry>.offset(of: \.frontend_port), 2),
+        "sl_dsr_entry.flags": (MemoryLayout<sl_dsr_entry>.offset(of: \.flags), 2),
+        "sl_dsr_entry.pad": (MemoryLayout<sl_dsr_entry>.offset(of: \.pad), 4),
+        "sl_dsr_entry.last_seen_ns": (MemoryLayout<sl_dsr_entry>.offset(of: \.last_seen_ns), 8),
     ]
 
     private let swiftSizes: [String: (size: Int, stride: Int)] = [
@@ -103,6 +114,8 @@ final class ABILayoutTests: XCTestCase {
         "sl_node_addr_key": (MemoryLayout<sl_node_addr_key>.size, MemoryLayout<sl_node_addr_key>.stride),
         "sl_node_addr": (MemoryLayout<sl_node_addr>.size, MemoryLayout<sl_node_addr>.stride),
         "sl_device": (MemoryLayout<sl_device>.size, MemoryLayout<sl_device>.stride),
+        "sl_dsr_key": (MemoryLayout<sl_dsr_key>.size, MemoryLayout<sl_dsr_key>.stride),
+        "sl_dsr_entry": (MemoryLayout<sl_dsr_entry>.size, MemoryLayout<sl_dsr_entry>.stride),
     ]
 
     func testEverySharedStructHasTheSameLayoutInSwiftAndC() {
@@ -141,6 +154,8 @@ final class ABILayoutTests: XCTestCase {
         XCTAssertEqual(MemoryLayout<sl_node_addr_key>.size, 16)
         XCTAssertEqual(MemoryLayout<sl_node_addr>.size, 8)
         XCTAssertEqual(MemoryLayout<sl_device>.size, 24)
+        XCTAssertEqual(MemoryLayout<sl_dsr_key>.size, 40)
+        XCTAssertEqual(MemoryLayout<sl_dsr_entry>.size, 32)
     }
 
     /// The metrics label each per-CPU counter with `OutcomeReason.names[reason]`: a name

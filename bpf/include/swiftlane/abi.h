@@ -34,6 +34,7 @@
 #define SL_MAP_NAME_NAT "sl_nat_v1"
 #define SL_MAP_NAME_NODE_ADDRS "sl_node_addrs_v1"
 #define SL_MAP_NAME_DEVICES "sl_devices_v1"
+#define SL_MAP_NAME_DSR "sl_dsr_v1"
 
 /* Default capacities (entries); the loader may override them from the config. Slot
  * index 0 is never used, so a frontend without backends has slot_base 0. The slot array
@@ -50,6 +51,7 @@
 #define SL_DEFAULT_NAT_MAX 65536
 #define SL_DEFAULT_NODE_ADDRS_MAX 256
 #define SL_DEFAULT_DEVICES_MAX 64
+#define SL_DEFAULT_DSR_MAX 65536
 
 /* Entries of the per-CPU counter array: room for reasons added later, so that a new
  * reason does not change the map's layout (and its pinned name). */
@@ -247,6 +249,8 @@ _Static_assert(sizeof(struct sl_nat_key) == 40, "sl_nat_key layout");
 enum sl_nat_flags {
 	SL_NAT_F_SNAT = 1 << 0,    /* the client's address and port were replaced (nat_addr/nat_port) */
 	SL_NAT_F_CLOSING = 1 << 1, /* TCP FIN or RST seen in this entry's direction: short GC timeout */
+	SL_NAT_F_DSR = 1 << 2,     /* FORWARD only: the backend's node replies directly (no REPLY entry
+				    * here); packets carry the frontend to it (bpf/include/swiftlane/dsr.h) */
 };
 
 struct sl_nat_entry {
@@ -292,6 +296,29 @@ struct sl_device {
 };
 _Static_assert(sizeof(struct sl_device) == 24, "sl_device layout");
 
+/* Direct server return, on the backend's node (bpf/include/swiftlane/dsr.h): the
+ * frontend a flow from a client was addressed to, learnt from the IPv4 option the
+ * receiving node added, so that the backend's replies leave with it as their source.
+ * Keyed by the reply as the backend sends it (backend -> client). LRU. */
+struct sl_dsr_key {
+	__be32 backend_addr[4]; /* network order, IPv4 v4-mapped */
+	__be32 client_addr[4];  /* network order, IPv4 v4-mapped */
+	__be16 backend_port;    /* network order */
+	__be16 client_port;     /* network order */
+	__u8 proto;             /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct sl_dsr_key) == 40, "sl_dsr_key layout");
+
+struct sl_dsr_entry {
+	__be32 frontend_addr[4]; /* network order, IPv4 v4-mapped */
+	__be16 frontend_port;    /* network order */
+	__u16 flags;             /* SL_NAT_F_CLOSING once the backend sent a FIN or RST */
+	__u32 pad;
+	__u64 last_seen_ns;      /* bpf_ktime_get_ns() of the latest carrier or reply */
+};
+_Static_assert(sizeof(struct sl_dsr_entry) == 32, "sl_dsr_entry layout");
+
 /* Per-CPU outcome counters (array of __u64 indexed by this enum). Names are exported
  * as the "reason" label of swiftlane_datapath_outcomes_total; keep them in step with
  * Datapath/OutcomeReason.swift, which a test checks against SL_REASON_MAX. */
@@ -330,7 +357,16 @@ enum sl_reason {
 	SL_REASON_NP_ICMP_ERROR_REPLY = 30, /* ICMP error about a source-NATed flow translated back */
 	SL_REASON_NP_SNAT_PORT_RECLAIMED = 31, /* a closed flow's SNAT port given to a new flow */
 	SL_REASON_NP_TCP_UNTRACKED = 32,    /* TCP segment other than a SYN, of no tracked flow: passed */
-	SL_REASON_MAX = 33,
+	/* Direct server return (bpf/include/swiftlane/dsr.h). */
+	SL_REASON_NP_DSR_CARRIED = 33,      /* frontend option added to a packet for a remote backend */
+	SL_REASON_NP_DSR_NO_ROOM = 34,      /* DSR packet sent without the option: it would exceed the MTU */
+	SL_REASON_NP_DSR_SNAT_FALLBACK = 35, /* DSR mode, new flow source-NATed instead: IP options already
+					      * present, or the client lies behind the backend's next hop */
+	SL_REASON_NP_DSR_RECEIVED = 36,     /* frontend option recorded and removed (backend's node) */
+	SL_REASON_NP_DSR_REPLY = 37,        /* backend reply given the frontend as source (backend's node) */
+	SL_REASON_NP_DSR_MALFORMED = 38,    /* dropped: frontend option of a wrong length or past the header */
+	SL_REASON_NP_DSR_UNKNOWN_FRONTEND = 39, /* dropped: frontend option naming no frontend */
+	SL_REASON_MAX = 40,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 

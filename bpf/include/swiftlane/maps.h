@@ -135,6 +135,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_devices_v1 SEC(".maps");
 
+/* Direct server return: (backend, client) -> frontend on the backend's node. LRU: an
+ * evicted entry costs replies leaving with the backend's address (the client drops them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sl_dsr_key);
+	__type(value, struct sl_dsr_entry);
+	__uint(max_entries, SL_DEFAULT_DSR_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_dsr_v1 SEC(".maps");
+
 /* Outcome counters by enum sl_reason, per CPU so the hot path never contends. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

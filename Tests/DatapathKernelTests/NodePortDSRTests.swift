@@ -1,0 +1,442 @@
+import CLibBPF
+import Controller
+@testable import Datapath
+import Foundation
+import Glibc
+import NetLab
+import ServiceModel
+import XCTest
+
+/// Both nodes of a shared-fabric `NodeLab` with Swiftlane's external-traffic datapath on
+/// their devices, each with its own pinned maps programmed by its own controller (as on
+/// two real nodes). Node B reaches the client directly over the fabric, so a DSR reply
+/// never needs node A. Everything is removed by `tearDown()`, also after a failure.
+final class DSRHarness {
+    struct Node {
+        let pinPath: String
+        let datapath: NodePortDatapath
+        let syncer: ProxySyncer
+    }
+
+    static let tcpNodePort = 30080
+    static let udpNodePort = 30053
+
+    let lab: NodeLab
+    private(set) var nodes: [Node] = []
+    let client: ProbeRunner
+    var a: Node { nodes[0] }
+    var b: Node { nodes[1] }
+
+    init(podsOnA: Int, podsOnB: Int, label: String, mode: NodePortOptions.Mode = .dsr) throws {
+        lab = try NodeLab(podsOnA: podsOnA, podsOnB: podsOnB, sharedFabric: true)
+        client = lab.clientProbe()
+        do {
+            for pod in lab.podsOnA + lab.podsOnB { try lab.startProbeServer(on: pod, tcpPort: 8080, udpPort: 8053) }
+            for (name, netns, devices) in [("node-a", lab.nodeA.netns, [lab.externalDevice, lab.interNodeDevice]),
+                                           ("node-b", lab.nodeB.netns, [lab.nodeBExternalDevice!, lab.nodeBDevice])] {
+                let pinPath = uniquePinPath(label + String(name.suffix(1)))
+                nodes.append(Node(pinPath: pinPath, datapath: try NodePortDatapath.install(
+                    NodePortOptions(pinPath: pinPath, devices: devices, mode: mode, networkNamespace: "/run/netns/" + netns),
+                    logger: testLogger), syncer: try ProxySyncer(nodeName: name, maps: try KernelLoadBalancerMaps(pinPath: pinPath),
+                                                                 logger: testLogger)))
+            }
+        } catch {
+            tearDown()
+            throw error
+        }
+    }
+
+    func tearDown() {
+        lab.teardown()
+        for node in nodes { SocketLoadBalancer.uninstall(pinPath: node.pinPath) }
+    }
+
+    /// Programs `yaml` on both nodes.
+    func apply(_ yaml: String) throws {
+        let objects = try ManifestDecoder.decode(Data(yaml.utf8), source: "dsr.yaml")
+        for node in nodes { XCTAssertEqual(node.syncer.sync(objects).failures, [], "sync failures") }
+    }
+
+    /// A LoadBalancer Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
+    /// 30053) with `pods` as ready endpoints, an externalIP and a VIP of the service range.
+    func service(pods: [NodeLabPod]) -> String {
+        let endpoints = pods.map { pod in
+            "{addresses: [\(pod.ipv4)], conditions: {ready: true}, nodeName: node-\(pod.name.prefix(1))}"
+        }
+        return """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: default}
+            spec:
+              type: LoadBalancer
+              clusterIP: 10.96.0.10
+              clusterIPs: [10.96.0.10]
+              ipFamilies: [IPv4]
+              externalIPs: [\(externalIP)]
+              ports:
+              - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
+              - {name: dns, port: 53, protocol: UDP, nodePort: \(Self.udpNodePort)}
+            status: {loadBalancer: {ingress: [{ip: \(loadBalancerIP)}]}}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+            addressType: IPv4
+            endpoints: [\(endpoints.joined(separator: ", "))]
+            ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 8053, protocol: UDP}]
+            """
+    }
+
+    var externalIP: String { lab.serviceIPv4(10) }
+    var loadBalancerIP: String { lab.serviceIPv4(20) }
+    var tcpTarget: String { "\(lab.externalIPv4):\(Self.tcpNodePort)" }
+    var udpTarget: String { "\(lab.externalIPv4):\(Self.udpNodePort)" }
+}
+
+/// NodePort, externalIP and LoadBalancer VIP in DSR mode between real namespaces: node A
+/// sends the client's packets to node B's pods with the frontend in an IPv4 option, node
+/// B answers the client directly with the frontend as source.
+final class NodePortDSRTests: XCTestCase {
+    var harness: DSRHarness!
+
+    override func tearDown() {
+        harness?.tearDown()
+        harness = nil
+    }
+
+    private func makeHarness(podsOnA: Int, podsOnB: Int) throws -> DSRHarness {
+        try requireKernelBPF()
+        harness = try DSRHarness(podsOnA: podsOnA, podsOnB: podsOnB, label: "dsr" + name.filter { $0.isLetter }.suffix(12))
+        return harness
+    }
+
+    /// Node A sent `flows` flows to node B by DSR and saw none of their replies; node B
+    /// learnt each flow from its carrier and rewrote the replies itself. (UDP clients may
+    /// reuse a source port, making two exchanges one flow: `exact` false.)
+    private func assertRepliesBypassedNodeA(_ h: DSRHarness, flows: UInt64, exact: Bool = true,
+                                            file: StaticString = #filePath, line: UInt = #line) {
+        let a = h.a.datapath.outcomeCounters(), b = h.b.datapath.outcomeCounters()
+        if exact { XCTAssertEqual(a["np_forward_new"], flows, "node A: \(a)", file: file, line: line) }
+        XCTAssertGreaterThanOrEqual(a["np_dsr_carried"] ?? 0, flows, file: file, line: line)
+        XCTAssertEqual(a["np_reply"], 0, "no reply passed node A", file: file, line: line)
+        XCTAssertEqual(a["np_dsr_no_room"], 0, file: file, line: line)
+        XCTAssertGreaterThanOrEqual(b["np_dsr_received"] ?? 0, flows, "node B: \(b)", file: file, line: line)
+        XCTAssertGreaterThanOrEqual(b["np_dsr_reply"] ?? 0, flows, file: file, line: line)
+        XCTAssertEqual(b["np_dsr_malformed"], 0, file: file, line: line)
+        XCTAssertEqual(b["np_dsr_unknown_frontend"], 0, file: file, line: line)
+    }
+
+    func testATCPNodePortInDSRModeRepliesFromTheNodePortWithTheClientAddressKept() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 2)
+        try h.apply(h.service(pods: h.lab.podsOnB))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 30)
+        XCTAssertEqual(report.ok, 30, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(Set(report.backends.keys), ["b1", "b2"], "\(report.backends)")
+        XCTAssertEqual(report.peerNameMismatches, 0, "getpeername() must show nodeAIP:nodePort")
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4], "the backend sees the client itself")
+        assertRepliesBypassedNodeA(h, flows: 30)
+        // Node A keeps one FORWARD entry per flow (no REPLY entry), node B one DSR entry.
+        XCTAssertEqual(h.a.datapath.natPressure().entries, 30)
+        XCTAssertEqual(h.b.datapath.dsrPressure().entries, 30)
+        XCTAssertEqual(h.b.datapath.dsrPressure().capacity, UInt32(SL_DEFAULT_DSR_MAX))
+        // What `swiftlane dump dsr` prints on node B.
+        let views = try KernelLoadBalancerMaps.dsrFlowViews(pinPath: h.b.pinPath)
+        XCTAssertEqual(views.count, 30)
+        XCTAssertEqual(Set(views.map(\.frontend)), [h.tcpTarget])
+        XCTAssertEqual(Set(views.map { $0.client.split(separator: ":")[0] }), [Substring(h.lab.clientIPv4)])
+        XCTAssertEqual(Set(views.map(\.backend)), Set(h.lab.podsOnB.map { "\($0.ipv4):8080" }))
+        XCTAssertEqual(Set(views.map(\.protocol)), ["TCP"])
+    }
+
+    func testSNATModeOnTheSameFabricStillSendsRepliesBackThroughNodeA() throws {
+        try requireKernelBPF()
+        harness = try DSRHarness(podsOnA: 0, podsOnB: 1, label: "dsrsnat", mode: .snat)
+        let h = harness!
+        try h.apply(h.service(pods: h.lab.podsOnB))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 10)
+        XCTAssertEqual(report.ok, 10, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv4])
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_dsr_carried"], 0)
+        XCTAssertGreaterThanOrEqual(h.a.datapath.outcomeCounters()["np_reply"] ?? 0, 10)
+        XCTAssertEqual(h.b.datapath.dsrPressure().entries, 0)
+    }
+
+    func testUDPInDSRModeRepliesComeFromTheNodePort() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 2)
+        try h.apply(h.service(pods: h.lab.podsOnB))
+        let report = try h.client.udp(target: h.udpTarget, count: 40)
+        XCTAssertEqual(report.ok, 40, "errors: \(report.errors) timeouts: \(report.timeouts)")
+        XCTAssertEqual(report.replySourceMismatches, 0, "recvfrom() must show nodeAIP:30053")
+        XCTAssertEqual(Set(report.backends.keys), ["b1", "b2"], "\(report.backends)")
+        XCTAssertEqual(Set(report.seenClientAddresses), [h.lab.clientIPv4])
+        assertRepliesBypassedNodeA(h, flows: 40, exact: false)
+        // Every datagram carries the frontend (node B cannot know which one came first).
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_dsr_carried"], 40)
+    }
+
+    func testAnExternalIPAndALoadBalancerVIPAreServedByDSR() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        try h.apply(h.service(pods: h.lab.podsOnB))
+        for (index, frontend) in [h.externalIP, h.loadBalancerIP].enumerated() {
+            let report = try h.client.tcp(target: "\(frontend):80", count: 10)
+            XCTAssertEqual(report.ok, 10, "\(frontend): \(report.failures) \(report.firstError ?? "")")
+            XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from \(frontend):80")
+            XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4])
+            assertRepliesBypassedNodeA(h, flows: UInt64(10 * (index + 1)))
+        }
+    }
+
+    func testALocalBackendInDSRModeIsServedAsInSNATMode() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 0)
+        try h.apply(h.service(pods: h.lab.podsOnA))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 10)
+        XCTAssertEqual(report.ok, 10, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.peerNameMismatches, 0)
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4])
+        let a = h.a.datapath.outcomeCounters()
+        XCTAssertEqual(a["np_dsr_carried"], 0, "a local backend needs no carrier: \(a)")
+        XCTAssertGreaterThanOrEqual(a["np_reply"] ?? 0, 10, "its replies pass node A's egress")
+    }
+
+    func testAPodBehindTheBackendsNodeIsSourceNATedNotServedByDSR() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        let b1 = h.lab.podsOnB[0]
+        try h.apply(h.service(pods: [b1]))
+        // b1 -> node A's NodePort -> b1: by DSR its replies would never leave node B through
+        // a device, so nothing could give them the NodePort as source.
+        let report = try ProbeRunner(netns: b1.netns, cgroup: nil).tcp(target: h.tcpTarget, count: 10)
+        XCTAssertEqual(report.ok, 10, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.peerNameMismatches, 0)
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv4], "source-NATed to node A")
+        let a = h.a.datapath.outcomeCounters()
+        XCTAssertEqual(a["np_dsr_snat_fallback"], 10, "\(a)")
+        XCTAssertEqual(a["np_dsr_carried"], 0)
+    }
+
+    func testHeldDSRConnectionsOutliveABackendSetChange() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 2)
+        let (a1, b1, b2) = (h.lab.podsOnA[0], h.lab.podsOnB[0], h.lab.podsOnB[1])
+        try h.apply(h.service(pods: [a1, b1]))
+        let hold = try h.client.startHold(target: h.tcpTarget, connections: 20)
+        XCTAssertEqual(hold.established.established, 20, "\(hold.established.failures)")
+        XCTAssertEqual(Set(hold.established.backends.keys), ["a1", "b1"], "held flows cover a local and a DSR backend")
+        try h.apply(h.service(pods: [b2]))
+        let after = try h.client.tcp(target: h.tcpTarget, count: 10)
+        XCTAssertEqual(after.backends, ["b2": 10], "new connections use the new set")
+        let final = try hold.finish()
+        XCTAssertEqual(final.survived, 20, "held connections keep their backend: lost \(final.lost ?? [:])")
+        XCTAssertEqual(final.survivedBackends, hold.established.backends)
+    }
+
+    func testGarbageCollectionRemovesIdleDSREntriesOnTheBackendsNode() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        try h.apply(h.service(pods: h.lab.podsOnB))
+        let hold = try h.client.startHold(target: h.tcpTarget, connections: 3)
+        XCTAssertEqual(hold.established.established, 3)
+        XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 5).ok, 5)  // closed with FIN
+        XCTAssertEqual(h.b.datapath.dsrPressure().entries, 8)
+        let start = NodePortDatapath.monotonicNanoseconds()
+        let timeouts = NodePortDatapath.ConntrackTimeouts(tcp: 3600, tcpClosing: 10, udp: 60)
+        XCTAssertEqual(h.b.datapath.collectGarbage(timeouts: timeouts, now: start + 5_000_000_000).dsrRemoved, 0)
+        let closed = h.b.datapath.collectGarbage(timeouts: timeouts, now: start + 30_000_000_000)
+        XCTAssertEqual(closed.dsrRemoved, 5, "closed flows go after 10 s")
+        XCTAssertEqual(closed.dsrRemaining, 3)
+        XCTAssertEqual(closed.dsrCapacity, UInt32(SL_DEFAULT_DSR_MAX))
+        XCTAssertEqual(try hold.finish().survived, 3)
+    }
+}
+
+/// `bpf/include/swiftlane/dsr.h` on crafted frames through BPF_PROG_TEST_RUN. The carrier
+/// parser: a well-formed frontend option is recorded and removed, a malformed one or one
+/// naming no frontend is dropped with its own reason, an option that is not first is not
+/// looked at; a recorded flow's reply leaves with the frontend as source. The sending
+/// side: which packets get the option, byte by byte, and when SNAT is used instead.
+final class DSRPacketTests: XCTestCase {
+    private static let tcActOK: Int32 = 0
+    private static let tcActShot: Int32 = 2
+    private static let tcActRedirect: Int32 = 7
+    private static let nodePort: UInt16 = 30099
+    private static let frontend: [UInt8] = [192, 0, 2, 1]
+    private static let backend: [UInt8] = [10, 0, 0, 5]
+
+    private var pinPath = ""
+    private var datapath: NodePortDatapath!
+
+    override func setUpWithError() throws {
+        try requireKernelBPF()
+        pinPath = uniquePinPath("dsrpkt")
+        datapath = try NodePortDatapath.load(NodePortOptions(pinPath: pinPath, mode: .dsr), logger: testLogger)
+        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
+        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] {
+            var key = sl_service_key()
+            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
+            key.port = Self.nodePort.bigEndian
+            key.proto = proto
+            var value = sl_service_value()
+            value.rev_nat_id = 1
+            value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
+            try maps.services.update(key, value)
+        }
+    }
+
+    override func tearDown() {
+        datapath = nil
+        SocketLoadBalancer.uninstall(pinPath: pinPath)
+    }
+
+    /// The frontend option: type 0x9a, length, port, address.
+    private static func option(length: UInt8 = 8, port: UInt16 = nodePort, address: [UInt8] = frontend) -> [UInt8] {
+        [0x9a, length, UInt8(port >> 8), UInt8(port & 0xff)] + address
+    }
+
+    private static func carrier(proto: UInt8 = UInt8(IPPROTO_TCP), options: [UInt8], ihl: UInt8? = nil) -> [UInt8] {
+        let l4 = proto == UInt8(IPPROTO_TCP) ? TestFrame.tcp(dport: 8080) : TestFrame.udp(dport: 8053)
+        return TestFrame.ethernet(TestFrame.ipv4(proto: proto, dst: backend, options: options, ihl: ihl, l4))
+    }
+
+    /// The verdict and the counters that moved, for one frame through `program`.
+    private func run(_ frame: [UInt8], _ program: NodePortDatapath.Program = .ingress) throws -> (Int32, [UInt8], [String: UInt64]) {
+        let before = datapath.outcomeCounters()
+        let result = try datapath.testRun(program, packet: frame)
+        var changed: [String: UInt64] = [:]
+        for (reason, count) in datapath.outcomeCounters() where before[reason] != count { changed[reason] = count - (before[reason] ?? 0) }
+        return (result.verdict, result.packet, changed)
+    }
+
+    func testMalformedOrUnknownCarriersAreDroppedWithTheirReason() throws {
+        let rows: [(String, [UInt8], Int32, String)] = [
+            ("option length 6", Self.carrier(options: Self.option(length: 6)), Self.tcActShot, "np_dsr_malformed"),
+            ("option length 12 in an 8-byte option area", Self.carrier(options: Self.option(length: 12)), Self.tcActShot, "np_dsr_malformed"),
+            ("option cut by the header length (IHL 6)", Self.carrier(options: Array(Self.option().prefix(4))), Self.tcActShot, "np_dsr_malformed"),
+            ("option naming no frontend", Self.carrier(options: Self.option(port: 31111)), Self.tcActShot, "np_dsr_unknown_frontend"),
+            ("UDP carrier naming a NodePort on another node's address",
+             Self.carrier(proto: UInt8(IPPROTO_UDP), options: Self.option(address: [198, 51, 100, 9])), Self.tcActOK, "np_dsr_received"),
+            ("header length beyond the frame", Self.carrier(options: Self.option(), ihl: 15), Self.tcActShot, "np_malformed"),
+            ("option after a NOP is not a carrier", Self.carrier(options: [1] + Self.option() + [0, 0, 0]), Self.tcActOK, "np_not_service"),
+        ]
+        for (name, frame, verdict, reason) in rows {
+            let (got, _, changed) = try run(frame)
+            XCTAssertEqual(got, verdict, "verdict of \(name)")
+            XCTAssertEqual(changed, [reason: 1], "counters of \(name)")
+        }
+        XCTAssertEqual(datapath.dsrPressure().entries, 1, "only the well-formed carrier was recorded")
+    }
+
+    func testACarrierIsRecordedAndStrippedAndItsFlowsRepliesGetTheFrontend() throws {
+        typealias F = TestFrame
+        let tcp = UInt8(IPPROTO_TCP)
+        let (verdict, out, changed) = try run(Self.carrier(options: Self.option()))
+        XCTAssertEqual(verdict, Self.tcActOK)
+        XCTAssertEqual(changed, ["np_dsr_received": 1])
+        // The same packet as if it had never carried the option: IHL 5, valid checksum.
+        XCTAssertEqual(out, F.ethernet(F.ipv4(proto: tcp, dst: Self.backend, F.tcp(dport: 8080))))
+
+        let reply = F.ethernet(F.ipv4(proto: tcp, src: Self.backend, dst: F.client, F.tcp(sport: 8080, dport: 40000, flags: 0x12)))
+        let (replyVerdict, rewritten, replyChanged) = try run(reply, .egress)
+        XCTAssertEqual(replyVerdict, Self.tcActOK)
+        XCTAssertEqual(replyChanged, ["np_dsr_reply": 1])
+        let expected = F.ethernet(F.ipv4(proto: tcp, src: Self.frontend, dst: F.client,
+                                         F.tcp(sport: Self.nodePort, dport: 40000, flags: 0x12)))
+        XCTAssertEqual(Array(rewritten.prefix(34)), Array(expected.prefix(34)), "source is the frontend, header checksum valid")
+        XCTAssertEqual(Array(rewritten[34..<36]), [UInt8(Self.nodePort >> 8), UInt8(Self.nodePort & 0xff)], "source port")
+        // Another client's reply is not touched.
+        let other = F.ethernet(F.ipv4(proto: tcp, src: Self.backend, dst: [198, 51, 100, 8], F.tcp(sport: 8080, dport: 40000)))
+        XCTAssertEqual(try run(other, .egress).1, other)
+    }
+
+    /// NodePort 30080/TCP and 30053/UDP on 192.0.2.1 with the one backend 10.0.0.5, which a
+    /// scratch namespace routes via 198.51.100.2 on device snd0 (MTU 1500), an external
+    /// device whose SNAT address is 198.51.100.1. The client 198.51.100.7 is on-link there.
+    private func withRemoteBackend(_ body: () throws -> Void) throws {
+        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
+        for (index, proto, port, target) in [(UInt32(1), UInt8(IPPROTO_TCP), UInt16(30080), UInt16(8080)),
+                                             (2, UInt8(IPPROTO_UDP), 30053, 8053)] {
+            var slot = sl_backend_slot()
+            slot.addr = NodePortDatapath.v4MappedWords("10.0.0.5")!
+            slot.port = target.bigEndian
+            slot.proto = proto
+            slot.backend_id = index
+            try maps.slots.update(index, slot)
+            var key = sl_service_key()
+            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
+            key.port = port.bigEndian
+            key.proto = proto
+            var value = sl_service_value()
+            (value.slot_base, value.count, value.rev_nat_id) = (index, 1, 10 + index)
+            value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
+            try maps.services.update(key, value)
+        }
+        var nodeKey = sl_node_addr_key()
+        nodeKey.addr = NodePortDatapath.v4MappedWords("192.0.2.1")!
+        var nodeValue = sl_node_addr()
+        nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
+        try datapath.nodeAddresses.update(nodeKey, nodeValue)
+
+        let netns = "sndsr\(UInt32.random(in: 0...UInt32.max))"
+        try Shell.run(["ip", "netns", "add", netns])
+        defer { _ = try? Shell.run(["ip", "netns", "del", netns], allowFailure: true) }
+        for argv in [["ip", "link", "set", "lo", "up"], ["ip", "link", "add", "snd0", "type", "veth", "peer", "name", "snd1"],
+                     ["ip", "addr", "add", "198.51.100.1/24", "dev", "snd0"], ["ip", "link", "set", "snd1", "up"],
+                     ["ip", "link", "set", "snd0", "up"], ["ip", "route", "add", "10.0.0.0/24", "via", "198.51.100.2"],
+                     ["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]] {
+            try Shell.run(["ip", "netns", "exec", netns] + argv)
+        }
+        try NodePortDatapath.inNamespace("/run/netns/" + netns) {
+            var device = sl_device()
+            device.snat_addr = NodePortDatapath.v4MappedWords("198.51.100.1")!
+            try datapath.deviceMap.update(if_nametoindex("snd0"), device)
+            try body()
+        }
+    }
+
+    func testTheSendingNodeAddsTheOptionToSYNsAndDatagramsThatFitAndSourceNATsWhatCannotUseDSR() throws {
+        typealias F = TestFrame
+        let tcp = UInt8(IPPROTO_TCP), udp = UInt8(IPPROTO_UDP)
+        let syn = F.ethernet(F.ipv4(proto: tcp, F.tcp(dport: 30080)))
+        let ack = F.ethernet(F.ipv4(proto: tcp, F.tcp(dport: 30080, flags: 0x10)))
+        let small = F.ethernet(F.ipv4(proto: udp, F.udp(sport: 41000, dport: 30053)))
+        // 1500 bytes of IPv4: fits the MTU, but not with 8 more.
+        let large = F.ethernet(F.ipv4(proto: udp, F.udp(sport: 41001, dport: 30053, payload: Array(repeating: 7, count: 1472))))
+        let withOptions = F.ethernet(F.ipv4(proto: tcp, options: [1, 1, 1, 0], F.tcp(sport: 40001, dport: 30080)))
+        let fromBehindTheBackend = F.ethernet(F.ipv4(proto: tcp, src: [10, 0, 0, 9], F.tcp(sport: 40002, dport: 30080)))
+        try withRemoteBackend {
+            let rows: [(String, [UInt8], [String: UInt64], Bool)] = [
+                ("SYN of a new flow", syn, ["np_forward_new": 1, "np_dsr_carried": 1], true),
+                ("retransmitted SYN", syn, ["np_forward": 1, "np_dsr_carried": 1], true),
+                ("ACK of the flow", ack, ["np_forward": 1], false),
+                ("first datagram", small, ["np_forward_new": 1, "np_dsr_carried": 1], true),
+                ("next datagram", small, ["np_forward": 1, "np_dsr_carried": 1], true),
+                ("datagram too large for the option", large, ["np_forward_new": 1, "np_dsr_no_room": 1], false),
+                ("SYN with IP options", withOptions, ["np_forward_new": 1, "np_dsr_snat_fallback": 1], false),
+                ("SYN from behind the backend's next hop", fromBehindTheBackend,
+                 ["np_forward_new": 1, "np_dsr_snat_fallback": 1], false),
+            ]
+            for (name, frame, counters, carries) in rows {
+                let (verdict, out, changed) = try run(frame)
+                XCTAssertEqual(verdict, Self.tcActRedirect, "verdict of \(name)")
+                XCTAssertEqual(changed, counters, "counters of \(name)")
+                let headerLength = Int(out[14] & 0x0f) * 4
+                guard out.count >= 14 + headerLength + 4 else { XCTFail("\(name): \(out.count) bytes"); continue }
+                let header = Array(out[14..<(14 + headerLength)])
+                let input = Array(frame[14...])
+                XCTAssertEqual(out.count, frame.count + (carries ? 8 : 0), "length of \(name)")
+                XCTAssertEqual(Int(header[2]) << 8 | Int(header[3]), input.count + (carries ? 8 : 0), "total length of \(name)")
+                XCTAssertEqual(F.checksum(header), 0, "header checksum of \(name)")
+                XCTAssertEqual(header[8], 63, "TTL of \(name)")
+                XCTAssertEqual(Array(header[16..<20]), [10, 0, 0, 5], "DNAT of \(name)")
+                if carries {
+                    XCTAssertEqual(header.count, 28, name)
+                    let port = UInt16(frame[14 + 20 + 2]) << 8 | UInt16(frame[14 + 20 + 3])
+                    XCTAssertEqual(Array(header[20...]), Self.option(port: port, address: F.node), "option of \(name)")
+                    XCTAssertEqual(Array(header[12..<16]), F.client, "no SNAT in \(name)")
+                } else if counters["np_dsr_snat_fallback"] != nil {
+                    XCTAssertEqual(Array(header[12..<16]), [198, 51, 100, 1], "SNAT in \(name)")
+                } else {
+                    XCTAssertEqual(header.count, 20, name)
+                    XCTAssertEqual(Array(header[12..<16]), F.client, "no SNAT in \(name)")
+                }
+            }
+        }
+        XCTAssertEqual(datapath.natPressure().entries, 3 + 2 * 2, "DSR flows keep a FORWARD entry only, SNAT flows both")
+    }
+}

@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Direct server return (nodePort.mode: dsr) for bpf/nodeport.c. Included by nodeport.c
+ * after its parser and rewrite helpers (struct sl_packet, sl_rewrite, sl_egress_ifindex).
+ *
+ * The node that receives a client's packet for a frontend (node A) sends it to a remote
+ * backend DNATed but not source-NATed, with the frontend (address, port) in an 8-byte
+ * IPv4 option placed right after the fixed header. The backend's node (node B, same
+ * program on its devices) records (backend, client) -> frontend in sl_dsr_v1, removes
+ * the option and delivers the packet; the backend's replies leaving node B get the
+ * frontend as their source on egress and go straight to the client. Node A keeps only a
+ * FORWARD entry (flag SL_NAT_F_DSR) so later packets of the flow take the same backend.
+ *
+ * Which packets carry the option: a TCP flow's SYNs only (node B's entry then lasts the
+ * connection, so full-size segments never grow past the MTU); every UDP datagram (node B
+ * has no other way to learn a flow whose first datagram was lost) that still fits the
+ * egress device's MTU with 8 more bytes. Option layout (as Cilium's): type 0x9a (copied
+ * on fragmentation, class 0, number 26), length 8, port, address.
+ *
+ * Any node accepts carriers, whatever its own mode: the mode is the receiving node's
+ * choice. A carrier naming no frontend of the cluster is dropped (a forged option would
+ * otherwise let anyone choose the source address of a pod's replies).
+ */
+#ifndef SWIFTLANE_DSR_H
+#define SWIFTLANE_DSR_H
+
+#include "maps.h"
+
+/* 1: remote backends are reached by DSR instead of SNAT. Set by the loader. */
+const volatile __u8 sl_dsr_mode = 0;
+
+#define SL_DSR_OPT_TYPE 0x9a
+#define SL_DSR_OPT_LEN 8
+
+struct sl_dsr_opt {
+	__u8 type;
+	__u8 len;
+	__be16 port;
+	__be32 addr;
+};
+
+/* The first 32-bit word of an IPv4 header: version/IHL, TOS, total length. */
+struct sl_dsr_ip_word {
+	__u8 version_ihl;
+	__u8 tos;
+	__be16 tot_len;
+};
+
+/* The FIB's next hop towards `daddr` (its gateway, or `daddr` itself when on-link) and
+ * the device it is reached through; 0 when unroutable. */
+static __always_inline __be32 sl_dsr_next_hop(struct __sk_buff *skb, const struct sl_packet *pkt, __be32 daddr,
+					      __u32 *ifindex)
+{
+	struct bpf_fib_lookup fib = {};
+	int rc;
+
+	fib.family = SL_AF_INET;
+	fib.tos = pkt->tos;
+	fib.l4_protocol = pkt->proto;
+	fib.ipv4_src = pkt->daddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 0;
+	*ifindex = fib.ifindex;
+	return fib.ipv4_dst;
+}
+
+/* Node A, new flow to a remote backend: DSR, or SNAT when the option has no place (the
+ * packet has IP options already) or the client lies behind the backend's next hop (a
+ * pod or the node hosting the backend, even the backend itself): its replies would
+ * never leave that node through a device, so nothing could give them the frontend as
+ * source. */
+static __always_inline int sl_dsr_wanted(struct __sk_buff *skb, const struct sl_packet *pkt, __be32 backend)
+{
+	__u32 backend_dev = 0, client_dev = 0;
+	__be32 hop;
+
+	if (!sl_dsr_mode)
+		return 0;
+	if (pkt->ihl_bytes != sizeof(struct iphdr))
+		goto snat;
+	hop = sl_dsr_next_hop(skb, pkt, backend, &backend_dev);
+	if (hop && hop == sl_dsr_next_hop(skb, pkt, pkt->saddr, &client_dev) && backend_dev == client_dev)
+		goto snat;
+	return 1;
+snat:
+	sl_count(SL_REASON_NP_DSR_SNAT_FALLBACK);
+	return 0;
+}
+
+/* Rewrites the header's first word (IHL and total length) after the option was added or
+ * removed, folding that change and the option's bytes (`added`: 1 added, 0 removed) into
+ * the header checksum. */
+static __always_inline int sl_dsr_fix_header(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_dsr_opt *opt,
+					     int added)
+{
+	struct sl_dsr_ip_word old_word = {}, new_word = {};
+	__u32 ihl_bytes = added ? pkt->ihl_bytes + SL_DSR_OPT_LEN : pkt->ihl_bytes - SL_DSR_OPT_LEN;
+	__u16 tot_len = added ? pkt->tot_len + SL_DSR_OPT_LEN : pkt->tot_len - SL_DSR_OPT_LEN;
+	__s64 diff;
+
+	old_word.version_ihl = 0x40 | (pkt->ihl_bytes / 4);
+	old_word.tos = pkt->tos;
+	old_word.tot_len = bpf_htons(pkt->tot_len);
+	new_word.version_ihl = 0x40 | (ihl_bytes / 4);
+	new_word.tos = pkt->tos;
+	new_word.tot_len = bpf_htons(tot_len);
+	diff = bpf_csum_diff((__be32 *)&old_word, sizeof(old_word), (__be32 *)&new_word, sizeof(new_word), 0);
+	if (diff < 0)
+		return -EFAULT;
+	diff = added ? bpf_csum_diff(NULL, 0, (__be32 *)opt, sizeof(*opt), (__wsum)diff)
+		     : bpf_csum_diff((__be32 *)opt, sizeof(*opt), NULL, 0, (__wsum)diff);
+	if (diff < 0)
+		return -EFAULT;
+	if (bpf_skb_store_bytes(skb, pkt->l3_off, &new_word, sizeof(new_word), 0) ||
+	    bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), 0, (__u32)diff, 0))
+		return -EFAULT;
+	pkt->ihl_bytes = (__u8)ihl_bytes;
+	pkt->tot_len = tot_len;
+	pkt->l4_off = pkt->l3_off + ihl_bytes;
+	return 0;
+}
+
+/* Node A, before the DNAT of a DSR flow's packet: adds the option naming the frontend
+ * (still the packet's destination) when the packet should carry it. A packet that would
+ * no longer fit the MTU towards `backend` goes without it (counted). */
+static __always_inline int sl_dsr_push(struct __sk_buff *skb, struct sl_packet *pkt, __be32 backend)
+{
+	struct sl_dsr_opt opt = { .type = SL_DSR_OPT_TYPE, .len = SL_DSR_OPT_LEN, .port = pkt->dport, .addr = pkt->daddr };
+	__u32 mtu_len = pkt->tot_len;
+	__u32 egress;
+
+	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & SL_TCP_SYN))
+		return 0;
+	if (pkt->ihl_bytes != sizeof(struct iphdr))
+		goto no_room;
+	egress = sl_egress_ifindex(skb, pkt, backend);
+	if (egress && bpf_check_mtu(skb, egress, &mtu_len, SL_DSR_OPT_LEN, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		goto no_room;
+	if (bpf_skb_adjust_room(skb, SL_DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) ||
+	    bpf_skb_store_bytes(skb, pkt->l3_off + sizeof(struct iphdr), &opt, sizeof(opt), 0) ||
+	    sl_dsr_fix_header(skb, pkt, &opt, 1)) {
+		sl_count(SL_REASON_NP_REWRITE_FAILED);
+		return -EFAULT;
+	}
+	sl_count(SL_REASON_NP_DSR_CARRIED);
+	return 0;
+no_room:
+	sl_count(SL_REASON_NP_DSR_NO_ROOM);
+	return 0;
+}
+
+/* Whether (addr, port, proto) is a frontend served to external clients somewhere: an
+ * exact externalIP / LB VIP entry, or a NodePort (on any node's address). */
+static __always_inline int sl_dsr_known_frontend(__be32 addr, __be16 port, __u8 proto)
+{
+	const struct sl_service_value *master;
+	struct sl_service_key key = {};
+
+	sl_v4_mapped(key.addr, addr);
+	key.port = port;
+	key.proto = proto;
+	key.scope = SL_SCOPE_DEFAULT;
+	master = bpf_map_lookup_elem(&sl_services_v2, &key);
+	if (master)
+		return master->kind != SL_KIND_CLUSTER_IP;
+	sl_v4_mapped(key.addr, 0);
+	master = bpf_map_lookup_elem(&sl_services_v2, &key);
+	return master && master->kind == SL_KIND_NODE_PORT;
+}
+
+/* Node B, ingress: a packet whose first IP option is the frontend option is recorded and
+ * stripped. Returns 0 (no such option: carry on), 1 (handled: pass to the stack) or
+ * -errno (drop, counted). */
+static __always_inline int sl_dsr_receive(struct __sk_buff *skb, struct sl_packet *pkt)
+{
+	struct sl_dsr_entry entry = {};
+	struct sl_dsr_key key = {};
+	struct sl_dsr_opt opt;
+
+	if (pkt->ihl_bytes == sizeof(struct iphdr) ||
+	    bpf_skb_load_bytes(skb, pkt->l3_off + sizeof(struct iphdr), &opt, 2) || opt.type != SL_DSR_OPT_TYPE)
+		return 0;
+	/* The parser checked that the header (ihl_bytes) lies inside the packet. */
+	if (opt.len != SL_DSR_OPT_LEN || pkt->ihl_bytes < sizeof(struct iphdr) + SL_DSR_OPT_LEN ||
+	    bpf_skb_load_bytes(skb, pkt->l3_off + sizeof(struct iphdr), &opt, sizeof(opt))) {
+		sl_count(SL_REASON_NP_DSR_MALFORMED);
+		return -EINVAL;
+	}
+	if (!sl_dsr_known_frontend(opt.addr, opt.port, pkt->proto)) {
+		sl_count(SL_REASON_NP_DSR_UNKNOWN_FRONTEND);
+		return -EPERM;
+	}
+	sl_v4_mapped(key.backend_addr, pkt->daddr);
+	sl_v4_mapped(key.client_addr, pkt->saddr);
+	key.backend_port = pkt->dport;
+	key.client_port = pkt->sport;
+	key.proto = pkt->proto;
+	sl_v4_mapped(entry.frontend_addr, opt.addr);
+	entry.frontend_port = opt.port;
+	entry.last_seen_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&sl_dsr_v1, &key, &entry, BPF_ANY)) {
+		sl_count(SL_REASON_NP_REWRITE_FAILED);
+		return -ENOMEM;
+	}
+	/* Removed so that the pod's stack, and anything between, sees a plain packet. */
+	if (bpf_skb_adjust_room(skb, -SL_DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) || sl_dsr_fix_header(skb, pkt, &opt, 0)) {
+		sl_count(SL_REASON_NP_REWRITE_FAILED);
+		return -EFAULT;
+	}
+	sl_count(SL_REASON_NP_DSR_RECEIVED);
+	return 1;
+}
+
+/* Node B, egress: a backend's reply of a recorded flow leaves with the frontend as its
+ * source. Returns SL_NP_PASS (also when not such a reply) or -errno. */
+static __always_inline int sl_dsr_reply(struct __sk_buff *skb, struct sl_packet *pkt)
+{
+	struct sl_dsr_entry *entry;
+	struct sl_dsr_key key = {};
+
+	sl_v4_mapped(key.backend_addr, pkt->saddr);
+	sl_v4_mapped(key.client_addr, pkt->daddr);
+	key.backend_port = pkt->sport;
+	key.client_port = pkt->dport;
+	key.proto = pkt->proto;
+	entry = bpf_map_lookup_elem(&sl_dsr_v1, &key);
+	if (!entry)
+		return SL_NP_PASS;
+	entry->last_seen_ns = bpf_ktime_get_ns();
+	if ((pkt->tcp_flags & (SL_TCP_FIN | SL_TCP_RST)) && !(entry->flags & SL_NAT_F_CLOSING))
+		entry->flags |= SL_NAT_F_CLOSING;
+	if (sl_rewrite(skb, pkt, 0, entry->frontend_addr[3], entry->frontend_port))
+		return -EFAULT;
+	sl_count(SL_REASON_NP_DSR_REPLY);
+	return SL_NP_PASS;
+}
+
+#endif /* SWIFTLANE_DSR_H */
