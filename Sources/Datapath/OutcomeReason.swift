@@ -37,6 +37,9 @@ public enum OutcomeReason {
         "np_icmp_error_reply",
         "np_snat_port_reclaimed",
         "np_tcp_untracked",
+        "np_source_range_denied",
+        "np_xdp_pass_to_tc",
+        "np_xdp_redirect",
     ]
 
     /// Number of reasons the BPF side counts.

@@ -43,7 +43,7 @@ struct CleanupCommand: ParsableCommand {
         let owned = DatapathInspection.ownedObjects(pinPath: path)
         // tc filters first: they run programs that use the pinned maps.
         let removed =
-            NodePortDatapath.uninstall(devices: DatapathInspection.networkDevices()).map { "tc:" + $0 }
+            NodePortDatapath.uninstall(devices: DatapathInspection.networkDevices(), pinPath: path).map { ($0.hasSuffix("/xdp") ? "xdp:" : "tc:") + $0 }
             + SocketLoadBalancer.uninstall(pinPath: path)
         print(
             removed.isEmpty

@@ -82,6 +82,7 @@ enum sl_service_flags {
 	SL_SVC_F_DROP = 1 << 1,     /* traffic policy says drop (e.g. iTP=Local, no local endpoint) */
 	SL_SVC_F_AFFINITY = 1 << 2, /* sessionAffinity ClientIP; timeout in affinity_timeout */
 	SL_SVC_F_NODE_SCOPE = 1 << 3, /* traffic from this node uses the SL_SCOPE_NODE entry */
+	SL_SVC_F_SOURCE_RANGES = 1 << 4, /* LB VIP with loadBalancerSourceRanges: clients must match sl_src_range_v1 */
 };
 
 /* Service map key: one entry per frontend. */
@@ -330,7 +331,10 @@ enum sl_reason {
 	SL_REASON_NP_ICMP_ERROR_REPLY = 30, /* ICMP error about a source-NATed flow translated back */
 	SL_REASON_NP_SNAT_PORT_RECLAIMED = 31, /* a closed flow's SNAT port given to a new flow */
 	SL_REASON_NP_TCP_UNTRACKED = 32,    /* TCP segment other than a SYN, of no tracked flow: passed */
-	SL_REASON_MAX = 33,
+	SL_REASON_NP_SOURCE_RANGE_DENIED = 33, /* dropped: client outside the LB VIP's loadBalancerSourceRanges */
+	SL_REASON_NP_XDP_PASS_TO_TC = 34,   /* XDP left the packet to the tc program (see bpf/nodeport.c) */
+	SL_REASON_NP_XDP_REDIRECT = 35,     /* XDP translated the packet and redirected it to its device */
+	SL_REASON_MAX = 36,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 
