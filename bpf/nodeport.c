@@ -33,6 +33,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <linux/pkt_cls.h>
+#include <linux/if_link.h>
 #include <linux/errno.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -65,9 +66,22 @@ const volatile __u64 sl_snat_reclaim_ns = 1000000000ULL;
 
 /* What the worker asks the entry point to do with a packet. */
 enum sl_np_action {
-	SL_NP_PASS = 0,     /* TC_ACT_OK */
+	SL_NP_PASS = 0,     /* tc: TC_ACT_OK; XDP: XDP_PASS, the tc program decides */
 	SL_NP_FORWARD = 1,  /* redirect out of `ifindex` (MACs written, or resolved by neigh) */
 };
+
+/* The hook a worker runs on: a constant after inlining, so each program keeps only the
+ * helpers of its own type. tc works on skbs (helpers that pull non-linear data and handle
+ * CHECKSUM_PARTIAL); XDP on the frame as received, with checksums updated by hand.
+ *
+ * XDP takes the fast part only: it translates and redirects packets of new and tracked
+ * flows whose translated destination routes out of one of the configured devices with a
+ * resolved neighbour. Everything else (ICMP errors to build or translate, local backends
+ * behind a bridge, unresolved neighbours, packets for the stack) passes unchanged to the
+ * tc program on the same device, which decides exactly as without XDP; pass outcomes are
+ * therefore counted by tc, and by XDP only as np_xdp_pass_to_tc. */
+#define SL_HOOK_TC 0
+#define SL_HOOK_XDP 1
 
 struct sl_np_forward {
 	__u32 ifindex;
@@ -97,6 +111,75 @@ struct sl_packet {
 #define SL_TCP_RST 0x04
 #define SL_TCP_ACK 0x10
 
+// MARK: - Context primitives
+
+static __always_inline int sl_store(void *ctx, int hook, __u32 off, const void *from, __u32 len)
+{
+	return hook == SL_HOOK_XDP ? bpf_xdp_store_bytes(ctx, off, (void *)from, len)
+				   : bpf_skb_store_bytes(ctx, off, from, len, 0);
+}
+
+/* The device the packet arrived on. */
+static __always_inline __u32 sl_ingress_ifindex(void *ctx, int hook)
+{
+	struct __sk_buff *skb = ctx;
+
+	if (hook == SL_HOOK_XDP)
+		return ((struct xdp_md *)ctx)->ingress_ifindex;
+	return skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+}
+
+static __always_inline __u16 sl_csum_fold(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* A checksum after a 2- or 4-byte field covered by it changed from `from` to `to`
+ * (RFC 1624: HC' = ~(~HC + ~m + m')). Words are taken in memory order throughout, which
+ * the one's complement sum does not mind. */
+static __always_inline __u16 sl_csum_update(__u16 check, __be32 from, __be32 to, __u32 size)
+{
+	__u64 sum = (__u16)~check;
+
+	sum += (__u16)~(__u16)from + (__u16)to;
+	if (size == 4)
+		sum += (__u16)~(__u16)(from >> 16) + (__u16)(to >> 16);
+	return sl_csum_fold(sum);
+}
+
+/* Folds a field change into the checksum at csum_off. l4_flags as for bpf_l4_csum_replace:
+ * 0 for the IPv4 header, BPF_F_PSEUDO_HDR for an address in the L4 pseudo header,
+ * BPF_F_MARK_MANGLED_0 for UDP (a checksum of 0 means none: it stays 0, and a computed 0
+ * is sent as 0xffff). tc uses the skb helpers, which also handle CHECKSUM_PARTIAL skbs;
+ * XDP sees frames as a NIC delivers them, with complete checksums. */
+static __always_inline int sl_csum_replace(void *ctx, int hook, int l4, __u32 csum_off, __be32 from, __be32 to,
+					   __u32 size, __u64 l4_flags)
+{
+	__u16 check;
+
+	if (hook == SL_HOOK_TC)
+		return l4 ? bpf_l4_csum_replace(ctx, csum_off, from, to, l4_flags | size)
+			  : bpf_l3_csum_replace(ctx, csum_off, from, to, size);
+	if (bpf_xdp_load_bytes(ctx, csum_off, &check, sizeof(check)))
+		return -EFAULT;
+	if ((l4_flags & BPF_F_MARK_MANGLED_0) && check == 0)
+		return 0;
+	check = sl_csum_update(check, from, to, size);
+	if ((l4_flags & BPF_F_MARK_MANGLED_0) && check == 0)
+		check = 0xffff;
+	return bpf_xdp_store_bytes(ctx, csum_off, &check, sizeof(check));
+}
+
+/* Counts an outcome that hands the packet to the stack. From XDP the packet goes to the tc
+ * program first, which counts it: XDP counts np_xdp_pass_to_tc instead. */
+static __always_inline void sl_count_pass(int hook, __u32 reason)
+{
+	if (hook == SL_HOOK_TC)
+		sl_count(reason);
+}
+
 // MARK: - Parsing
 
 /* Bytes pulled into the linear area so headers can be read directly: Ethernet, the
@@ -108,18 +191,30 @@ struct sl_packet {
 /* Parses Ethernet / IPv4 / TCP|UDP with a bounds check before every read.
  * Returns 0 (parsed), 1 (not ours: pass, counted), SL_PARSED_ICMP (an ICMP message whose
  * IPv4 header was checked, not counted), or -errno (drop, counted). */
-static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_packet *pkt)
+static __always_inline int sl_parse(void *ctx, int hook, struct sl_packet *pkt)
 {
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *ip;
-	__u32 ihl_bytes;
+	__u32 ihl_bytes, len;
 	__u16 frag;
 
-	/* tc may see a non-linear skb: pull what the parser reads (at most the frame). */
-	bpf_skb_pull_data(skb, skb->len < SL_PULL_LEN ? skb->len : SL_PULL_LEN);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
+	if (hook == SL_HOOK_XDP) {
+		struct xdp_md *xdp = ctx;
+
+		/* Single-buffer XDP (no frags): the frame is linear. */
+		data = (void *)(long)xdp->data;
+		data_end = (void *)(long)xdp->data_end;
+		len = (__u32)(data_end - data);
+	} else {
+		struct __sk_buff *skb = ctx;
+
+		/* tc may see a non-linear skb: pull what the parser reads (at most the frame). */
+		bpf_skb_pull_data(skb, skb->len < SL_PULL_LEN ? skb->len : SL_PULL_LEN);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		len = skb->len;
+	}
 
 	eth = data;
 	if ((void *)(eth + 1) > data_end) {
@@ -127,7 +222,7 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_packet *pkt
 		return -EINVAL;
 	}
 	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
-		sl_count(SL_REASON_NP_NOT_IPV4);
+		sl_count_pass(hook, SL_REASON_NP_NOT_IPV4);
 		return 1;
 	}
 	ip = (void *)(eth + 1);
@@ -141,18 +236,18 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_packet *pkt
 	}
 	ihl_bytes = (__u32)ip->ihl * 4;
 	/* tot_len must cover the header and fit in the frame (padding after it is fine). */
-	if (bpf_ntohs(ip->tot_len) < ihl_bytes || ETH_HLEN + (__u32)bpf_ntohs(ip->tot_len) > skb->len) {
+	if (bpf_ntohs(ip->tot_len) < ihl_bytes || ETH_HLEN + (__u32)bpf_ntohs(ip->tot_len) > len) {
 		sl_count(SL_REASON_NP_MALFORMED);
 		return -EINVAL;
 	}
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP) {
-		sl_count(SL_REASON_NP_NOT_IPV4);
+		sl_count_pass(hook, SL_REASON_NP_NOT_IPV4);
 		return 1;
 	}
 	frag = bpf_ntohs(ip->frag_off);
 	if (frag & (SL_IP_MF | SL_IP_OFFSET)) {
 		/* Fragments are not tracked yet: later fragments carry no ports. */
-		sl_count(SL_REASON_NP_FRAGMENT);
+		sl_count_pass(hook, SL_REASON_NP_FRAGMENT);
 		return 1;
 	}
 	pkt->l3_off = ETH_HLEN;
@@ -237,8 +332,8 @@ static __always_inline __u64 sl_l4_csum_flags(const struct sl_packet *pkt)
 
 /* Replaces the source (which = 0) or destination (which = 1) address and port, fixing
  * the IPv4 header checksum and the L4 checksum (whose pseudo header covers the address).
- * The helpers handle CHECKSUM_PARTIAL skbs (veth, local senders) correctly. */
-static __always_inline int sl_rewrite(struct __sk_buff *skb, struct sl_packet *pkt, int which, __be32 addr, __be16 port)
+ * UDP and TCP keep their ports at the same offsets. */
+static __always_inline int sl_rewrite(void *ctx, int hook, struct sl_packet *pkt, int which, __be32 addr, __be16 port)
 {
 	__u32 addr_off = pkt->l3_off + (which ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
 	__u32 port_off = pkt->l4_off + (which ? offsetof(struct tcphdr, dest) : offsetof(struct tcphdr, source));
@@ -247,16 +342,15 @@ static __always_inline int sl_rewrite(struct __sk_buff *skb, struct sl_packet *p
 	__u32 csum_off = sl_l4_csum_off(pkt);
 	__u64 l4_flags = sl_l4_csum_flags(pkt);
 
-	/* UDP and TCP keep their ports at the same offsets. */
 	if (old_addr != addr) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_addr, addr, l4_flags | BPF_F_PSEUDO_HDR | sizeof(addr)) ||
-		    bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), old_addr, addr, sizeof(addr)) ||
-		    bpf_skb_store_bytes(skb, addr_off, &addr, sizeof(addr), 0))
+		if (sl_csum_replace(ctx, hook, 1, csum_off, old_addr, addr, sizeof(addr), l4_flags | BPF_F_PSEUDO_HDR) ||
+		    sl_csum_replace(ctx, hook, 0, pkt->l3_off + offsetof(struct iphdr, check), old_addr, addr, sizeof(addr), 0) ||
+		    sl_store(ctx, hook, addr_off, &addr, sizeof(addr)))
 			goto fail;
 	}
 	if (old_port != port) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_port, port, l4_flags | sizeof(port)) ||
-		    bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0))
+		if (sl_csum_replace(ctx, hook, 1, csum_off, old_port, port, sizeof(port), l4_flags) ||
+		    sl_store(ctx, hook, port_off, &port, sizeof(port)))
 			goto fail;
 	}
 	if (which) {
@@ -272,25 +366,32 @@ fail:
 	return -EFAULT;
 }
 
-/* Routes the (translated) packet: on success the MACs are written and *fwd names the
- * egress device. Returns 1 (forward), 0 (the destination is local: pass to the stack) or
- * -errno (drop, counted). Decrements the TTL as a router does. */
-static __always_inline int sl_route(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+/* Asks the FIB where a packet of `pkt`'s kind from saddr to daddr goes (fills *fib). */
+static __always_inline int sl_fib(void *ctx, int hook, const struct sl_packet *pkt, __be32 saddr, __be32 daddr,
+				  struct bpf_fib_lookup *fib)
 {
-	struct bpf_fib_lookup fib = {};
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = SL_AF_INET;
+	fib->tos = pkt->tos;
+	fib->l4_protocol = pkt->proto;
+	fib->tot_len = pkt->tot_len;
+	fib->ipv4_src = saddr;
+	fib->ipv4_dst = daddr;
+	fib->ifindex = sl_ingress_ifindex(ctx, hook);
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* Carries out the FIB's answer `rc` for the (translated) packet: on success the MACs are
+ * written and *fwd names the egress device. Returns 1 (forward), 0 (the destination is
+ * local: pass to the stack) or -errno (drop, counted). Decrements the TTL as a router
+ * does. */
+static __always_inline int sl_forward(void *ctx, int hook, struct sl_packet *pkt, const struct bpf_fib_lookup *fib,
+				      int rc, struct sl_np_forward *fwd)
+{
 	__u32 ttl_off = pkt->l3_off + offsetof(struct iphdr, ttl);
 	__be16 old_word, new_word;
 	__u8 ttl;
-	int rc;
 
-	fib.family = SL_AF_INET;
-	fib.tos = pkt->tos;
-	fib.l4_protocol = pkt->proto;
-	fib.tot_len = pkt->tot_len;
-	fib.ipv4_src = pkt->saddr;
-	fib.ipv4_dst = pkt->daddr;
-	fib.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
 		return 0;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
@@ -305,21 +406,23 @@ static __always_inline int sl_route(struct __sk_buff *skb, struct sl_packet *pkt
 	ttl = pkt->ttl - 1;
 	old_word = bpf_htons(((__u16)pkt->ttl << 8) | pkt->proto);
 	new_word = bpf_htons(((__u16)ttl << 8) | pkt->proto);
-	if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), old_word, new_word, sizeof(new_word)) ||
-	    bpf_skb_store_bytes(skb, ttl_off, &ttl, sizeof(ttl), 0)) {
+	if (sl_csum_replace(ctx, hook, 0, pkt->l3_off + offsetof(struct iphdr, check), old_word, new_word,
+			    sizeof(new_word), 0) ||
+	    sl_store(ctx, hook, ttl_off, &ttl, sizeof(ttl))) {
 		sl_count(SL_REASON_NP_REWRITE_FAILED);
 		return -EFAULT;
 	}
 	pkt->ttl = ttl;
-	fwd->ifindex = fib.ifindex;
+	fwd->ifindex = fib->ifindex;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* The kernel resolves the neighbour (ARP) and fills the MACs on transmit. */
+		/* The kernel resolves the neighbour (ARP) and fills the MACs on transmit (tc
+		 * only: XDP hands such packets to tc before translating them). */
 		fwd->resolve_neigh = 1;
-		fwd->nexthop = fib.ipv4_dst;
+		fwd->nexthop = fib->ipv4_dst;
 		return 1;
 	}
-	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib.dmac, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN, 0)) {
+	if (sl_store(ctx, hook, offsetof(struct ethhdr, h_dest), fib->dmac, ETH_ALEN) ||
+	    sl_store(ctx, hook, offsetof(struct ethhdr, h_source), fib->smac, ETH_ALEN)) {
 		sl_count(SL_REASON_NP_REWRITE_FAILED);
 		return -EFAULT;
 	}
@@ -327,21 +430,23 @@ static __always_inline int sl_route(struct __sk_buff *skb, struct sl_packet *pkt
 	return 1;
 }
 
-/* The egress device of `daddr`, as the FIB sees it (0 when local or unroutable). */
-static __always_inline __u32 sl_egress_ifindex(struct __sk_buff *skb, const struct sl_packet *pkt, __be32 daddr)
+/* Routes the (translated) packet: sl_forward of the FIB's answer for its addresses. */
+static __always_inline int sl_route(void *ctx, int hook, struct sl_packet *pkt, struct sl_np_forward *fwd)
 {
-	struct bpf_fib_lookup fib = {};
+	struct bpf_fib_lookup fib;
+	int rc = sl_fib(ctx, hook, pkt, pkt->saddr, pkt->daddr, &fib);
 
-	fib.family = SL_AF_INET;
-	fib.tos = pkt->tos;
-	fib.l4_protocol = pkt->proto;
-	fib.tot_len = pkt->tot_len;
-	fib.ipv4_src = pkt->saddr;
-	fib.ipv4_dst = daddr;
-	fib.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	return sl_forward(ctx, hook, pkt, &fib, rc, fwd);
+}
+
+/* The egress device of `daddr`, as the FIB sees it (0 when local or unroutable). */
+static __always_inline __u32 sl_egress_ifindex(void *ctx, int hook, const struct sl_packet *pkt, __be32 daddr)
+{
+	struct bpf_fib_lookup fib;
+
 	/* Only the egress device matters here; BPF_FIB_LOOKUP_SKIP_NEIGH would save the
-	 * neighbour lookup but needs 6.5 and is not in the UAPI headers this builds with. */
-	switch (bpf_fib_lookup(skb, &fib, sizeof(fib), 0)) {
+	 * neighbour lookup but needs 6.5. */
+	switch (sl_fib(ctx, hook, pkt, pkt->saddr, daddr, &fib)) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		return fib.ifindex;
@@ -367,13 +472,6 @@ struct sl_icmp_error {
 	struct iphdr quoted_ip;
 	__u8 quoted_l4[20];
 };
-
-static __always_inline __u16 sl_csum_fold(__u64 sum)
-{
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
-}
 
 /* Turns the packet into an ICMP port unreachable back to its sender, sent out of the
  * device it came in on (MACs swapped). Packets with IP options are not answered (their
@@ -490,6 +588,18 @@ static __always_inline const struct sl_backend_slot *sl_pick_affine(const struct
 				 SL_REASON_NP_SLOT_MISSING);
 }
 
+/* loadBalancerSourceRanges: is the client inside one of the frontend's ranges? (The
+ * controller adds the Service's own VIPs when the node's IP is inside a range, A.9.) */
+static __always_inline int sl_source_allowed(const struct sl_packet *pkt, const struct sl_service_value *master)
+{
+	struct sl_source_range_key key = {};
+
+	key.prefixlen = 32 + 128;
+	key.rev_nat_id = master->rev_nat_id;
+	sl_v4_mapped(key.addr, pkt->saddr);
+	return bpf_map_lookup_elem(&sl_src_range_v1, &key) != NULL;
+}
+
 /* Direct server return: option carrying the frontend to the backend's node. */
 #include "swiftlane/dsr.h"
 
@@ -563,7 +673,7 @@ static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const
 
 /* A new flow to `master`: picks the backend, decides on SNAT, writes both entries, and
  * leaves the FORWARD entry in *fwd_entry. */
-static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_packet *pkt,
+static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_packet *pkt,
 				       const struct sl_service_value *master, const struct sl_revnat *frontend,
 				       struct sl_nat_entry *fwd_entry)
 {
@@ -580,7 +690,7 @@ static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_pa
 		return -ENOENT;
 	/* externalTrafficPolicy=Local (NODE_SCOPE flag): the client's address is kept. */
 	if (!(master->flags & SL_SVC_F_NODE_SCOPE)) {
-		egress = sl_egress_ifindex(skb, pkt, slot->addr[3]);
+		egress = sl_egress_ifindex(ctx, hook, pkt, slot->addr[3]);
 		if (egress)
 			device = bpf_map_lookup_elem(&sl_devices_v1, &egress);
 	}
@@ -601,7 +711,7 @@ static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_pa
 	key.proto = pkt->proto;
 	key.dir = SL_NAT_DIR_REPLY;
 	key.pad = 0;
-	if (device && device->snat_addr[3] != 0 && sl_dsr_wanted(skb, pkt, slot->addr[3])) {
+	if (device && device->snat_addr[3] != 0 && sl_dsr_wanted(ctx, hook, pkt, slot->addr[3])) {
 		/* DSR (dsr.h): the backend's node replies to the client itself; no REPLY entry. */
 		fwd_entry->flags = SL_NAT_F_DSR;
 	} else if (device && device->snat_addr[3] != 0) {
@@ -637,7 +747,7 @@ static __always_inline int sl_new_flow(struct __sk_buff *skb, const struct sl_pa
 }
 
 /* Applies a FORWARD entry: destination to the backend, source to the SNAT address. */
-static __always_inline int sl_apply_forward(struct __sk_buff *skb, struct sl_packet *pkt, const struct sl_nat_entry *entry)
+static __always_inline int sl_apply_forward(void *ctx, int hook, struct sl_packet *pkt, const struct sl_nat_entry *entry)
 {
 	__be32 to_addr = entry->to_addr[3];
 	__be16 to_port = entry->to_port;
@@ -645,18 +755,19 @@ static __always_inline int sl_apply_forward(struct __sk_buff *skb, struct sl_pac
 	__be16 nat_port = entry->nat_port;
 	__u16 flags = entry->flags;
 
-	/* DSR (dsr.h): the frontend option goes in while the destination still names it. */
-	if ((flags & SL_NAT_F_DSR) && sl_dsr_push(skb, pkt, to_addr))
+	/* DSR (dsr.h): the frontend option goes in while the destination still names it. XDP
+	 * never gets here with a packet that needs it (sl_translate passes those to tc). */
+	if (hook == SL_HOOK_TC && (flags & SL_NAT_F_DSR) && sl_dsr_push(ctx, pkt, to_addr))
 		return -EFAULT;
-	if (sl_rewrite(skb, pkt, 1, to_addr, to_port))
+	if (sl_rewrite(ctx, hook, pkt, 1, to_addr, to_port))
 		return -EFAULT;
-	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(skb, pkt, 0, nat_addr, nat_port))
+	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(ctx, hook, pkt, 0, nat_addr, nat_port))
 		return -EFAULT;
 	return 0;
 }
 
 /* Applies a REPLY entry: source back to the frontend, destination back to the client. */
-static __always_inline int sl_apply_reply(struct __sk_buff *skb, struct sl_packet *pkt, const struct sl_nat_entry *entry)
+static __always_inline int sl_apply_reply(void *ctx, int hook, struct sl_packet *pkt, const struct sl_nat_entry *entry)
 {
 	__be32 to_addr = entry->to_addr[3];
 	__be16 to_port = entry->to_port;
@@ -664,11 +775,56 @@ static __always_inline int sl_apply_reply(struct __sk_buff *skb, struct sl_packe
 	__be16 nat_port = entry->nat_port;
 	__u16 flags = entry->flags;
 
-	if (sl_rewrite(skb, pkt, 0, to_addr, to_port))
+	if (sl_rewrite(ctx, hook, pkt, 0, to_addr, to_port))
 		return -EFAULT;
-	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(skb, pkt, 1, nat_addr, nat_port))
+	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(ctx, hook, pkt, 1, nat_addr, nat_port))
 		return -EFAULT;
 	return 0;
+}
+
+/* Translates the packet with a tracked entry (a FORWARD entry, or the REPLY entry of a
+ * source-NATed flow) and forwards it; `reason` is counted when it is forwarded. XDP first
+ * asks the FIB where the translated packet will go: unless that is one of the configured
+ * devices (sl_devices_v1, where the loader made XDP redirects work) with a resolved
+ * neighbour, the packet passes untouched to tc, which finds the same entry. */
+static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *pkt, const struct sl_nat_entry *entry,
+					int reply, __u32 reason, struct sl_np_forward *fwd)
+{
+	struct bpf_fib_lookup fib;
+	int rc;
+
+	if (hook == SL_HOOK_XDP) {
+		__be32 saddr = pkt->saddr, daddr = pkt->daddr;
+		int snat = entry->flags & SL_NAT_F_SNAT;
+
+		/* Adding the DSR option resizes the packet: tc's job. A DSR flow's other TCP
+		 * segments are a plain DNAT, which XDP does. */
+		if (!reply && (entry->flags & SL_NAT_F_DSR) && sl_dsr_carries_option(pkt))
+			return SL_NP_PASS;
+
+		if (reply) {
+			saddr = entry->to_addr[3];
+			if (snat)
+				daddr = entry->nat_addr[3];
+		} else {
+			daddr = entry->to_addr[3];
+			if (snat)
+				saddr = entry->nat_addr[3];
+		}
+		rc = sl_fib(ctx, hook, pkt, saddr, daddr, &fib);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS || !bpf_map_lookup_elem(&sl_devices_v1, &fib.ifindex))
+			return SL_NP_PASS;
+	}
+	rc = reply ? sl_apply_reply(ctx, hook, pkt, entry) : sl_apply_forward(ctx, hook, pkt, entry);
+	if (rc)
+		return rc;
+	if (hook == SL_HOOK_XDP)
+		rc = sl_forward(ctx, hook, pkt, &fib, BPF_FIB_LKUP_RET_SUCCESS, fwd);
+	else
+		rc = sl_route(ctx, hook, pkt, fwd);
+	if (rc >= 0)
+		sl_count(reason);
+	return rc;
 }
 
 /* Marks a tracked entry as used now, and as closing once a FIN or RST passes, so the
@@ -769,7 +925,7 @@ static __always_inline int sl_icmp_error_reply(struct __sk_buff *skb, struct sl_
 	}
 	pkt->daddr = client;
 	pkt->saddr = router;
-	rc = sl_route(skb, pkt, fwd);
+	rc = sl_route(skb, SL_HOOK_TC, pkt, fwd);
 	if (rc >= 0)
 		sl_count(SL_REASON_NP_ICMP_ERROR_REPLY);
 	return rc;
@@ -779,7 +935,7 @@ static __always_inline int sl_icmp_error_reply(struct __sk_buff *skb, struct sl_
 
 /* Ingress of an external device. Returns SL_NP_PASS, SL_NP_FORWARD (*fwd filled) or
  * -errno (drop). */
-static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_forward *fwd)
+static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forward *fwd)
 {
 	const struct sl_service_value *master;
 	struct sl_nat_entry *tracked;
@@ -789,13 +945,14 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 	struct sl_nat_key key;
 	int rc;
 
-	rc = sl_parse(skb, &pkt);
+	rc = sl_parse(ctx, hook, &pkt);
 	if (rc == SL_PARSED_ICMP)
-		return sl_icmp_error_reply(skb, &pkt, fwd);
+		return hook == SL_HOOK_XDP ? SL_NP_PASS : sl_icmp_error_reply(ctx, &pkt, fwd);
 	if (rc)
 		return rc > 0 ? SL_NP_PASS : rc;
-	/* DSR (dsr.h): a packet carrying its frontend from the node that received it. */
-	rc = sl_dsr_receive(skb, &pkt);
+	/* DSR (dsr.h): a packet carrying its frontend from the node that received it. Removing
+	 * the option resizes the packet: XDP leaves every packet with IP options to tc. */
+	rc = hook == SL_HOOK_TC ? sl_dsr_receive(ctx, &pkt) : pkt.ihl_bytes != sizeof(struct iphdr);
 	if (rc)
 		return rc > 0 ? SL_NP_PASS : rc;
 
@@ -803,13 +960,7 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
 	if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
 		sl_touch(tracked, &pkt);
-		rc = sl_apply_reply(skb, &pkt, tracked);
-		if (rc)
-			return rc;
-		rc = sl_route(skb, &pkt, fwd);
-		if (rc >= 0)
-			sl_count(SL_REASON_NP_REPLY);
-		return rc;
+		return sl_translate(ctx, hook, &pkt, tracked, 1, SL_REASON_NP_REPLY, fwd);
 	}
 
 	key.dir = SL_NAT_DIR_FORWARD;
@@ -820,41 +971,42 @@ static __always_inline int sl_from_netdev(struct __sk_buff *skb, struct sl_np_fo
 		tracked = NULL;
 	if (tracked) {
 		sl_touch(tracked, &pkt);
-		rc = sl_apply_forward(skb, &pkt, tracked);
-		if (rc)
-			return rc;
-		rc = sl_route(skb, &pkt, fwd);
-		if (rc >= 0)
-			sl_count(SL_REASON_NP_FORWARD);
-		return rc;
+		return sl_translate(ctx, hook, &pkt, tracked, 0, SL_REASON_NP_FORWARD, fwd);
 	}
 
 	master = sl_lookup_frontend(&pkt, &frontend);
 	if (!master) {
-		sl_count(SL_REASON_NP_NOT_SERVICE);
+		sl_count_pass(hook, SL_REASON_NP_NOT_SERVICE);
 		return SL_NP_PASS;
+	}
+	/* The LB firewall comes before everything else (kube-proxy A.9); NodePorts and
+	 * externalIPs of the same Service are never filtered. */
+	if (master->kind == SL_KIND_LOAD_BALANCER && (master->flags & SL_SVC_F_SOURCE_RANGES) &&
+	    !sl_source_allowed(&pkt, master)) {
+		sl_count(SL_REASON_NP_SOURCE_RANGE_DENIED);
+		return -EPERM;
 	}
 	/* Only a SYN opens a TCP flow. A stray segment of a flow whose entries are gone (its
 	 * SNAT port was reclaimed after it closed, or GC removed it) would otherwise become
 	 * a "flow" that never closes and holds a SNAT port. The stack answers it with a RST. */
 	if (pkt.proto == IPPROTO_TCP && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) != SL_TCP_SYN) {
-		sl_count(SL_REASON_NP_TCP_UNTRACKED);
+		sl_count_pass(hook, SL_REASON_NP_TCP_UNTRACKED);
 		return SL_NP_PASS;
 	}
 	if (master->flags & SL_SVC_F_DROP) {
 		sl_count(SL_REASON_NP_DROP);
 		return -EPERM;
 	}
+	/* The ICMP error is built by tc (it resizes the packet). */
 	if ((master->flags & SL_SVC_F_REJECT) || master->count == 0)
-		return sl_reject(skb, &pkt, fwd);
-	rc = sl_new_flow(skb, &pkt, master, &frontend, &created);
+		return hook == SL_HOOK_XDP ? SL_NP_PASS : sl_reject(ctx, &pkt, fwd);
+	rc = sl_new_flow(ctx, hook, &pkt, master, &frontend, &created);
 	if (rc)
 		return rc;
-	rc = sl_apply_forward(skb, &pkt, &created);
-	if (rc)
-		return rc;
-	rc = sl_route(skb, &pkt, fwd);
-	if (rc >= 0)
+	rc = sl_translate(ctx, hook, &pkt, &created, 0, SL_REASON_NP_FORWARD_NEW, fwd);
+	/* A new flow XDP hands to tc was still created (its backend chosen) here: tc carries
+	 * it out as a tracked flow (np_forward). */
+	if (hook == SL_HOOK_XDP && rc == SL_NP_PASS)
 		sl_count(SL_REASON_NP_FORWARD_NEW);
 	return rc;
 }
@@ -868,7 +1020,7 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	struct sl_packet pkt = {};
 	struct sl_nat_key key;
 
-	if (sl_parse(skb, &pkt))
+	if (sl_parse(skb, SL_HOOK_TC, &pkt))
 		return SL_NP_PASS;
 	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
@@ -878,7 +1030,7 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	if (tracked->flags & SL_NAT_F_SNAT)
 		return SL_NP_PASS;
 	sl_touch(tracked, &pkt);
-	if (sl_apply_reply(skb, &pkt, tracked))
+	if (sl_apply_reply(skb, SL_HOOK_TC, &pkt, tracked))
 		return -EFAULT;
 	sl_count(SL_REASON_NP_REPLY);
 	return SL_NP_PASS;
@@ -905,11 +1057,36 @@ int sl_nodeport_ingress(struct __sk_buff *skb)
 {
 	struct sl_np_forward fwd = {};
 
-	return sl_tc_verdict(sl_from_netdev(skb, &fwd), &fwd);
+	return sl_tc_verdict(sl_from_netdev(skb, SL_HOOK_TC, &fwd), &fwd);
 }
 
 SEC("tc")
 int sl_nodeport_egress(struct __sk_buff *skb)
 {
 	return sl_to_netdev(skb) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* XDP in front of tc ingress on the same devices (nodePort.acceleration). */
+SEC("xdp")
+int sl_nodeport_xdp(struct xdp_md *ctx)
+{
+	struct sl_np_forward fwd = {};
+	int rc = sl_from_netdev(ctx, SL_HOOK_XDP, &fwd);
+
+	if (rc < 0)
+		return XDP_DROP;
+	if (rc == SL_NP_PASS) {
+		sl_count(SL_REASON_NP_XDP_PASS_TO_TC);
+		return XDP_PASS;
+	}
+	sl_count(SL_REASON_NP_XDP_REDIRECT);
+	return bpf_redirect(fwd.ifindex, 0);
+}
+
+/* For a veth that native XDP redirects into: its peer must run an XDP program (or have GRO
+ * on) for the veth to accept XDP frames. Attached to that peer, it changes nothing. */
+SEC("xdp")
+int sl_xdp_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
 }

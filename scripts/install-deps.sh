@@ -7,6 +7,7 @@ packages=(
   libbpf-dev libelf-dev zlib1g-dev libcurl4-openssl-dev pkg-config  # build: libbpf, libcurl
   clang llvm                                                      # BPF objects (Swift's clang works too)
   iproute2 bpftool                                                # namespaces, veth, inspection
+  ethtool                                                         # veth offloads for native XDP labs
   dnsmasq-base bind9-dnsutils                                     # DNS server and dig for demo/tests
   iptables nftables                                               # kube-proxy peers in the benchmarks
   python3 python3-h2 openssl                                      # KubeAPI tests: fake API server (HTTP/2), test PKI

@@ -398,6 +398,33 @@ int clb_tc_detach(int ifindex, int egress, __u32 handle, __u32 priority)
 	return bpf_tc_detach(&hook, &opts);
 }
 
+int clb_xdp_link_create(int prog_fd, int ifindex, __u32 flags)
+{
+	LIBBPF_OPTS(bpf_link_create_opts, opts, .flags = flags);
+	int fd = bpf_link_create(prog_fd, ifindex, BPF_XDP, &opts);
+
+	return fd < 0 ? -errno : fd;
+}
+
+int clb_xdp_link_ifindex(int link_fd)
+{
+	struct bpf_link_info info;
+	int err = clb_info(link_fd, &info, sizeof(info));
+
+	if (err)
+		return err;
+	if (info.type != BPF_LINK_TYPE_XDP)
+		return -EINVAL;
+	return (int)info.xdp.ifindex;
+}
+
+int clb_xdp_attach(int ifindex, int prog_fd, __u32 flags)
+{
+	int err = prog_fd < 0 ? bpf_xdp_detach(ifindex, flags, NULL) : bpf_xdp_attach(ifindex, prog_fd, flags, NULL);
+
+	return err < 0 ? err : 0; /* libbpf 1.x returns -errno */
+}
+
 int clb_prog_test_run(int prog_fd, const void *data_in, __u32 size_in, void *data_out, __u32 *size_out,
 		      __u32 *retval)
 {

@@ -17,9 +17,24 @@ public struct NodePortOptions: Sendable {
         case dsr
     }
 
-    /// XDP in front of tc (not implemented yet: anything but `.none` is refused).
+    /// XDP in front of tc ingress (`bpf/nodeport.c`, `sl_nodeport_xdp`): it translates and
+    /// redirects what it can and passes the rest to tc, which stays attached.
     public enum Acceleration: String, Sendable, CaseIterable {
-        case none, generic, native
+        case none
+        /// XDP_FLAGS_SKB_MODE: the generic hook, after the skb is built (any device).
+        case generic
+        /// XDP_FLAGS_DRV_MODE: in the driver. Redirecting into a veth needs an XDP program
+        /// (or GRO) on that veth's peer (`NodePortDatapath.attachXDPPass`).
+        case native
+
+        /// The XDP attach flags (linux/if_link.h), nil for `.none`.
+        var xdpFlags: UInt32? {
+            switch self {
+            case .none: nil
+            case .generic: 1 << 1  // XDP_FLAGS_SKB_MODE
+            case .native: 1 << 2  // XDP_FLAGS_DRV_MODE
+            }
+        }
     }
 
     /// bpffs directory holding the pinned maps (shared with the socket load balancer).
@@ -58,13 +73,16 @@ public struct NodePortOptions: Sendable {
 /// The external-traffic datapath: `bpf/nodeport.c` on tc ingress and egress (clsact) of
 /// the node's devices, serving NodePorts, externalIPs and LoadBalancer VIPs from the
 /// service maps the controller programs (shared through their pins with the socket load
-/// balancer), IPv4, SNAT or DSR mode.
+/// balancer), IPv4, SNAT or DSR mode; optionally accelerated by XDP on the same devices.
 ///
 /// Attachment is by netlink tc filters under a fixed handle and priority: they outlive
 /// the process, and installing again replaces the program in place (`BPF_TC_F_REPLACE`,
 /// one netlink request per hook), so a restart or upgrade never leaves a device without
-/// the datapath. `uninstall` removes the filters; the pinned maps are removed with the
-/// socket load balancer's (`SocketLoadBalancer.uninstall`).
+/// the datapath. XDP (`nodePort.acceleration`) is attached through a bpf_link pinned under
+/// `<pinPath>/links/` (`xdp_<device>_<mode>`), so it too survives a restart, which replaces
+/// its program in place (`bpf_link_update`). `uninstall` removes the filters and the XDP
+/// links; the pinned maps are removed with the socket load balancer's
+/// (`SocketLoadBalancer.uninstall`, which also drops any link pin left).
 public final class NodePortDatapath: @unchecked Sendable {
     /// One attached device.
     public struct Device: Sendable, Equatable {
@@ -85,6 +103,8 @@ public final class NodePortDatapath: @unchecked Sendable {
     public static let filterPriority: UInt32 = 1
     static let ingressProgram = "sl_nodeport_ingress"
     static let egressProgram = "sl_nodeport_egress"
+    static let xdpProgram = "sl_nodeport_xdp"
+    static let xdpPassProgram = "sl_xdp_pass"
 
     public let options: NodePortOptions
     public private(set) var devices: [Device] = []
@@ -102,6 +122,8 @@ public final class NodePortDatapath: @unchecked Sendable {
     private var nodePortSelection: (entries: [String], node: ProxyNode)
     let ingressFD: Int32
     let egressFD: Int32
+    let xdpFD: Int32
+    let xdpPassFD: Int32
     private let logger: Logger
 
     // MARK: - Install
@@ -117,10 +139,6 @@ public final class NodePortDatapath: @unchecked Sendable {
 
     /// Loads the programs without attaching them (BPF_PROG_TEST_RUN needs no device).
     static func load(_ options: NodePortOptions, logger: Logger) throws -> NodePortDatapath {
-        guard options.acceleration == .none else {
-            throw BPFError("install external-traffic datapath", target: "nodePort.acceleration=\(options.acceleration.rawValue)",
-                           errno: ENOTSUP, detail: "XDP acceleration is not implemented yet; use none")
-        }
         guard options.snatPorts.lowerBound > 0 else {
             throw BPFError("install external-traffic datapath", target: "SNAT ports \(options.snatPorts)", errno: EINVAL)
         }
@@ -139,9 +157,12 @@ public final class NodePortDatapath: @unchecked Sendable {
             try object.load()
             let ingress = bpf_program__fd(try object.program(named: ingressProgram))
             let egress = bpf_program__fd(try object.program(named: egressProgram))
+            let xdp = bpf_program__fd(try object.program(named: xdpProgram))
+            let xdpPass = bpf_program__fd(try object.program(named: xdpPassProgram))
             func path(_ name: String) -> String { options.pinPath + "/" + name }
             return NodePortDatapath(
-                options: options, object: object, ingressFD: ingress, egressFD: egress, logger: logger,
+                options: options, object: object, ingressFD: ingress, egressFD: egress, xdpFD: xdp, xdpPassFD: xdpPass,
+                logger: logger,
                 counters: try BPFMap(pinnedAt: path(SL_MAP_NAME_COUNTERS), name: SL_MAP_NAME_COUNTERS),
                 nat: try BPFMap(pinnedAt: path(SL_MAP_NAME_NAT), name: SL_MAP_NAME_NAT),
                 nodeAddresses: try BPFMap(pinnedAt: path(SL_MAP_NAME_NODE_ADDRS), name: SL_MAP_NAME_NODE_ADDRS),
@@ -153,7 +174,8 @@ public final class NodePortDatapath: @unchecked Sendable {
         }
     }
 
-    private init(options: NodePortOptions, object: BPFObjectFile, ingressFD: Int32, egressFD: Int32, logger: Logger,
+    private init(options: NodePortOptions, object: BPFObjectFile, ingressFD: Int32, egressFD: Int32, xdpFD: Int32,
+                 xdpPassFD: Int32, logger: Logger,
                  counters: BPFMap<UInt32, UInt64>, nat: BPFMap<sl_nat_key, sl_nat_entry>,
                  nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>, deviceMap: BPFMap<UInt32, sl_device>,
                  dsr: BPFMap<sl_dsr_key, sl_dsr_entry>) {
@@ -162,6 +184,8 @@ public final class NodePortDatapath: @unchecked Sendable {
         self.object = object
         self.ingressFD = ingressFD
         self.egressFD = egressFD
+        self.xdpFD = xdpFD
+        self.xdpPassFD = xdpPassFD
         self.logger = logger
         self.counters = counters
         self.nat = nat
@@ -196,6 +220,12 @@ public final class NodePortDatapath: @unchecked Sendable {
                                  "attach tc \(hook) program to", target: name)
                     outcomes["\(name)/\(hook)"] = existing == 0 ? .attached : .replaced
                 }
+                // XDP after tc: whatever XDP passes on, tc ingress is already there to handle.
+                if options.acceleration.xdpFlags != nil {
+                    outcomes["\(name)/xdp"] = try attachXDP(device: name, ifindex: ifindex)
+                } else {
+                    Self.removeXDPLinks(device: name, pinPath: options.pinPath)
+                }
                 devices.append(Device(name: name, ifindex: ifindex, ipv4: addresses[name] ?? []))
             }
             return (devices, outcomes)
@@ -205,8 +235,64 @@ public final class NodePortDatapath: @unchecked Sendable {
         try writeDeviceMaps()
         logger.info("external-traffic datapath attached", metadata: [
             "devices": "\(found.map(\.name))", "mode": "\(options.mode.rawValue)",
+            "acceleration": "\(options.acceleration.rawValue)",
             "replaced": "\(outcomes.values.filter { $0 == .replaced }.count)",
         ])
+    }
+
+    /// Attaches the XDP program to a device through a pinned link, or replaces the program
+    /// of the link already pinned for it in this mode. A link of the other mode cannot be
+    /// switched in place: it is removed first (XDP is off for an instant; tc still serves).
+    private func attachXDP(device name: String, ifindex: Int32) throws -> AttachOutcome {
+        let directory = SocketLoadBalancer.linkDirectory(pinPath: options.pinPath)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = directory + "/" + Self.xdpLinkName(device: name, acceleration: options.acceleration)
+        Self.removeXDPLinks(device: name, pinPath: options.pinPath, keeping: path)
+        let pinned = bpf_obj_get(path)
+        if pinned >= 0 {
+            defer { close(pinned) }
+            if clb_xdp_link_ifindex(pinned) == ifindex {
+                try checkBPF(bpf_link_update(pinned, xdpFD, nil), "replace XDP program on", target: name)
+                return .replaced
+            }
+            unlink(path)  // its device is gone, or is another one by now
+        }
+        let link = try checkBPF(clb_xdp_link_create(xdpFD, ifindex, options.acceleration.xdpFlags ?? 0),
+                                "attach XDP (\(options.acceleration.rawValue)) program to", target: name)
+        defer { close(link) }
+        try checkBPF(bpf_obj_pin(link, path), "pin XDP link", target: path)
+        return .attached
+    }
+
+    /// File name of a device's pinned XDP link under `<pinPath>/links/`.
+    static func xdpLinkName(device: String, acceleration: NodePortOptions.Acceleration) -> String {
+        "xdp_\(device)_\(acceleration.rawValue)"
+    }
+
+    /// Unpins the device's XDP links (but `keeping`): the last reference goes, the kernel
+    /// detaches the program. Returns the link names removed.
+    @discardableResult
+    static func removeXDPLinks(device: String, pinPath: String, keeping: String? = nil) -> [String] {
+        let directory = SocketLoadBalancer.linkDirectory(pinPath: pinPath)
+        return NodePortOptions.Acceleration.allCases.filter { $0.xdpFlags != nil }.compactMap { acceleration in
+            let path = directory + "/" + xdpLinkName(device: device, acceleration: acceleration)
+            return path != keeping && unlink(path) == 0 ? xdpLinkName(device: device, acceleration: acceleration) : nil
+        }
+    }
+
+    /// Native XDP redirects into a veth only when the veth's peer runs an XDP program (or
+    /// has GRO on, which enables the NAPI that receives XDP frames); otherwise the frame is
+    /// dropped (veth_xdp_xmit: ENXIO). This attaches a program that passes everything, in
+    /// native mode by netlink, to `device`, the peer of a veth this datapath redirects into
+    /// (in labs, where veth peers stand for the other machines and their NICs). It stays
+    /// until the device goes.
+    public func attachXDPPass(device: String, networkNamespace: String?) throws {
+        try Self.inNamespace(networkNamespace) {
+            let ifindex = Int32(if_nametoindex(device))
+            guard ifindex > 0 else { throw BPFError("find device", target: device, errno: errno) }
+            try checkBPF(clb_xdp_attach(ifindex, xdpPassFD, NodePortOptions.Acceleration.native.xdpFlags ?? 0),
+                         "attach XDP pass program to", target: device)
+        }
     }
 
     /// The device map (ifindex → SNAT address) and node-address map (address → serves
@@ -275,14 +361,16 @@ public final class NodePortDatapath: @unchecked Sendable {
     // MARK: - Uninstall
 
     /// Removes Swiftlane's tc filters from `devices` (in `networkNamespace`, nil = the
-    /// caller's). Devices that are gone, or carry no filter of ours, are skipped. Returns
-    /// the hooks removed ("dev/ingress"). The clsact qdisc stays: `QdiscOwnership.removeOwned`
-    /// removes the ones Swiftlane created.
+    /// caller's) and, given the pin path, their pinned XDP links. Devices that are gone, or
+    /// carry nothing of ours, are skipped. Returns the hooks removed ("dev/ingress",
+    /// "dev/xdp"). The clsact qdisc stays: `QdiscOwnership.removeOwned` removes the ones
+    /// Swiftlane created.
     @discardableResult
-    public static func uninstall(devices: [String], networkNamespace: String? = nil) -> [String] {
+    public static func uninstall(devices: [String], networkNamespace: String? = nil, pinPath: String? = nil) -> [String] {
         (try? inNamespace(networkNamespace) { () -> [String] in
             var removed: [String] = []
             for name in devices {
+                if let pinPath, !removeXDPLinks(device: name, pinPath: pinPath).isEmpty { removed.append("\(name)/xdp") }
                 let ifindex = Int32(if_nametoindex(name))
                 guard ifindex > 0 else { continue }
                 for (egress, hook) in [(Int32(0), "ingress"), (1, "egress")]
@@ -439,7 +527,7 @@ public final class NodePortDatapath: @unchecked Sendable {
 
     // MARK: - Testing
 
-    public enum Program: Sendable { case ingress, egress }
+    public enum Program: Sendable { case ingress, egress, xdp }
 
     /// Runs one program on one packet (BPF_PROG_TEST_RUN, in the caller's network
     /// namespace): the verdict and the packet as the program left it.
@@ -447,13 +535,22 @@ public final class NodePortDatapath: @unchecked Sendable {
         var output = [UInt8](repeating: 0, count: max(packet.count, 128) + 256)
         var outputSize = UInt32(output.count)
         var verdict: UInt32 = 0
-        let fd = program == .ingress ? ingressFD : egressFD
+        let fd = switch program {
+        case .ingress: ingressFD
+        case .egress: egressFD
+        case .xdp: xdpFD
+        }
+        let name = switch program {
+        case .ingress: Self.ingressProgram
+        case .egress: Self.egressProgram
+        case .xdp: Self.xdpProgram
+        }
         let result = packet.withUnsafeBytes { input in
             output.withUnsafeMutableBytes { out in
                 clb_prog_test_run(fd, input.baseAddress, UInt32(input.count), out.baseAddress, &outputSize, &verdict)
             }
         }
-        try checkBPF(result, "BPF_PROG_TEST_RUN", target: program == .ingress ? Self.ingressProgram : Self.egressProgram)
+        try checkBPF(result, "BPF_PROG_TEST_RUN", target: name)
         return (Int32(bitPattern: verdict), Array(output.prefix(Int(outputSize))))
     }
 

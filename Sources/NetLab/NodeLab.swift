@@ -65,6 +65,8 @@ public final class NodeLab: @unchecked Sendable {
     public let clientIPv4: String
     public let nodeA: NodeLabNode
     public let nodeB: NodeLabNode
+    /// The client's device (towards node A's external device).
+    public var clientDevice: String { prefix + "x" }
     /// Node A's device towards the client, and its address.
     public let externalDevice: String
     public let externalIPv4: String
@@ -83,6 +85,7 @@ public final class NodeLab: @unchecked Sendable {
     private var processes: [LabProcess] = []
     private var nextPod: [String: Int] = ["a": 1, "b": 1]
     private var tornDown = false
+    private var completeChecksums = false
     private var ownsRecord = false
     private let lock = NSLock()
 
@@ -144,10 +147,10 @@ public final class NodeLab: @unchecked Sendable {
             try buildFabric(nodeBDevice: nodeBExternalDevice, nodeBAddress: nodeBExternalIPv4)
         } else {
             // client <-> node A (external link)
-            try ip(clientNetns, "link", "add", prefix + "x", "type", "veth", "peer", "name", externalDevice, "netns", nodeA.netns)
+            try ip(clientNetns, "link", "add", clientDevice, "type", "veth", "peer", "name", externalDevice, "netns", nodeA.netns)
         }
-        try ip(clientNetns, "addr", "add", "\(clientIPv4)/26", "dev", prefix + "x")
-        try ip(clientNetns, "link", "set", prefix + "x", "up")
+        try ip(clientNetns, "addr", "add", "\(clientIPv4)/26", "dev", clientDevice)
+        try ip(clientNetns, "link", "set", clientDevice, "up")
         try ip(nodeA.netns, "addr", "add", "\(externalIPv4)/26", "dev", externalDevice)
         try ip(nodeA.netns, "link", "set", externalDevice, "up")
         try ip(clientNetns, "route", "add", "198.19.\(s).0/24", "via", externalIPv4)
@@ -184,7 +187,7 @@ public final class NodeLab: @unchecked Sendable {
         try ip(fabric, "link", "set", "lo", "up")
         try ip(fabric, "link", "add", "name", bridge, "type", "bridge", "forward_delay", "0", "stp_state", "0", "mcast_snooping", "0")
         try ip(fabric, "link", "set", bridge, "up")
-        for (port, peer, netns) in [("fx", prefix + "x", clientNetns), ("fa", externalDevice, nodeA.netns), ("fb", nodeBDevice, nodeB.netns)] {
+        for (port, peer, netns) in [("fx", clientDevice, clientNetns), ("fa", externalDevice, nodeA.netns), ("fb", nodeBDevice, nodeB.netns)] {
             try ip(fabric, "link", "add", prefix + port, "type", "veth", "peer", "name", peer, "netns", netns)
             try ip(fabric, "link", "set", prefix + port, "master", bridge, "up")
         }
@@ -214,7 +217,21 @@ public final class NodeLab: @unchecked Sendable {
         try ip(pod.netns, "link", "set", pod.interface, "up")
         try ip(pod.netns, "route", "add", "198.18.0.0/15", "via", node.bridgeIPv4)
         lock.withLock { pods.append(pod) }
+        if lock.withLock({ completeChecksums }) { try ethtool(pod.netns, "-K", pod.interface, "tx", "off") }
         return pod
+    }
+
+    /// Turns TX checksum offload off on every veth end that sends towards node A (the
+    /// client's, node B's, every pod's, also of pods added later), so that their frames
+    /// carry complete TCP/UDP checksums, as a NIC delivers them. With offload on, a veth
+    /// frame keeps the partial checksum its sender left (pseudo header only, "to be
+    /// completed by hardware"): the skb says so, which tc helpers honour, but native XDP sees
+    /// only bytes, and the frame it redirects becomes a new skb whose checksum is verified.
+    public func sendCompleteChecksums() throws {
+        lock.withLock { completeChecksums = true }
+        try ethtool(clientNetns, "-K", clientDevice, "tx", "off")
+        try ethtool(nodeB.netns, "-K", nodeBDevice, "tx", "off")
+        for pod in lock.withLock({ pods }) { try ethtool(pod.netns, "-K", pod.interface, "tx", "off") }
     }
 
     // MARK: - Processes
@@ -300,6 +317,10 @@ public final class NodeLab: @unchecked Sendable {
             lock.withLock { namespaces.removeAll { $0 == name } }
             throw error
         }
+    }
+
+    private func ethtool(_ netns: String, _ args: String...) throws {
+        try Shell.run(["ip", "netns", "exec", netns, "ethtool"] + args)
     }
 
     @discardableResult

@@ -55,6 +55,8 @@ public struct DesiredFrontend: Hashable, Sendable {
             var flags = ServiceFlags(frontend.action)
             if frontend.affinitySeconds > 0 { flags.insert(.affinity) }
             if frontend.nodeBackends != nil { flags.insert(.nodeScope) }
+            // A.9: only LB VIPs are filtered (the translation left ranges on those alone).
+            if frontend.kind == .loadBalancer && !frontend.sourceRanges.isEmpty { flags.insert(.sourceRanges) }
             let backends = frontend.action == .forward ? frontend.backends : []
             result[key] = DesiredFrontend(
                 key: key, service: frontend.service, portName: frontend.portName, kind: frontend.kind, flags: flags,

@@ -50,6 +50,9 @@ public struct ServiceFlags: OptionSet, Hashable, Sendable {
     public static let affinity = ServiceFlags(rawValue: 1 << 2)
     /// Traffic from this node uses the frontend's `.node`-scope entry (eTP=Local).
     public static let nodeScope = ServiceFlags(rawValue: 1 << 3)
+    /// A LoadBalancer VIP with loadBalancerSourceRanges: the external datapath serves only
+    /// clients inside them (the ranges alone cannot tell "none" from "client not in them").
+    public static let sourceRanges = ServiceFlags(rawValue: 1 << 4)
 }
 
 /// Which Service and port a frontend belongs to (introspection only).

@@ -42,14 +42,16 @@ struct CleanupCommand: ParsableCommand {
         quiet.logLevel = .critical
         DatapathInspection.forwardLibbpfOutput(to: quiet)
         let owned = DatapathInspection.ownedObjects(pinPath: path)
-        // tc filters first: they run programs that use the pinned maps. Then the qdiscs
-        // Swiftlane created (the record of them is pinned under the path), then the pins.
-        let filters = NodePortDatapath.uninstall(devices: DatapathInspection.networkDevices()).map { "tc:" + $0 }
+        // tc filters and XDP links first: they run programs that use the pinned maps. Then
+        // the qdiscs Swiftlane created (the record of them is pinned under the path), then
+        // the pins.
+        let hooks = NodePortDatapath.uninstall(devices: DatapathInspection.networkDevices(), pinPath: path)
+            .map { ($0.hasSuffix("/xdp") ? "xdp:" : "tc:") + $0 }
         let qdiscs = QdiscOwnership.removeOwned(pinPath: path)
         for device in qdiscs.kept {
             print("kept the clsact qdisc Swiftlane created on \(device)")
         }
-        let removed = filters + qdiscs.removed.map { "qdisc:" + $0 } + SocketLoadBalancer.uninstall(pinPath: path)
+        let removed = hooks + qdiscs.removed.map { "qdisc:" + $0 } + SocketLoadBalancer.uninstall(pinPath: path)
         print(
             removed.isEmpty
                 ? "nothing installed under \(path)" : "removed under \(path): " + removed.joined(separator: " "))

@@ -47,6 +47,19 @@ enum TestFrame {
         return header + payload
     }
 
+    /// A TCP or UDP segment with its checksum (over the IPv4 pseudo header) filled in.
+    static func withL4Checksum(_ segment: [UInt8], proto: UInt8, src: [UInt8] = client, dst: [UInt8] = node) -> [UInt8] {
+        let offset = proto == 6 ? 16 : 6
+        var out = segment
+        out[offset] = 0
+        out[offset + 1] = 0
+        let pseudo = src + dst + [0, proto, UInt8(segment.count >> 8), UInt8(segment.count & 0xff)]
+        let sum = checksum(pseudo + out)
+        out[offset] = UInt8(sum >> 8)
+        out[offset + 1] = UInt8(sum & 0xff)
+        return out
+    }
+
     /// The Internet checksum of `bytes` (0 when the bytes already hold a valid checksum).
     static func checksum(_ bytes: [UInt8]) -> UInt16 {
         var sum: UInt32 = 0
@@ -70,6 +83,9 @@ final class NodePortPacketTests: XCTestCase {
     private static let tcActOK: Int32 = 0
     private static let tcActShot: Int32 = 2
     private static let tcActRedirect: Int32 = 7
+    private static let xdpDrop: Int32 = 1
+    private static let xdpPass: Int32 = 2
+    private static let xdpRedirect: Int32 = 4
     private static let rejectingPort: UInt16 = 30099
 
     private var pinPath = ""
@@ -111,14 +127,25 @@ final class NodePortPacketTests: XCTestCase {
         var reason: String
     }
 
-    /// Runs each row through the ingress program; each must give its verdict and raise
-    /// exactly its reason's counter by one and no other.
-    private func check(_ rows: [Row], file: StaticString = #filePath, line: UInt = #line) throws {
-        for row in rows {
+    /// Runs each row through the tc ingress program; each must give its verdict and raise
+    /// exactly its reason's counter by one and no other. With `program: .xdp` the rows are
+    /// read as what XDP must do with the same frames: drop what tc drops, with the same
+    /// reason, and leave the rest untouched to tc (counted only as np_xdp_pass_to_tc).
+    private func check(_ rows: [Row], program: NodePortDatapath.Program = .ingress, file: StaticString = #filePath,
+                       line: UInt = #line) throws {
+        for var row in rows {
+            if program == .xdp {
+                row.name = "XDP: " + row.name
+                if row.verdict == Self.tcActShot {
+                    row.verdict = Self.xdpDrop
+                } else {
+                    (row.verdict, row.reason) = (Self.xdpPass, "np_xdp_pass_to_tc")
+                }
+            }
             let before = datapath.outcomeCounters()
             let result: (verdict: Int32, packet: [UInt8])
             do {
-                result = try datapath.testRun(.ingress, packet: row.frame)
+                result = try datapath.testRun(program, packet: row.frame)
             } catch {
                 XCTFail("\(row.name): \(error)", file: file, line: line)
                 continue
@@ -128,6 +155,9 @@ final class NodePortPacketTests: XCTestCase {
             var changed: [String: UInt64] = [:]
             for (reason, count) in after where before[reason] != count { changed[reason] = count - (before[reason] ?? 0) }
             XCTAssertEqual(changed, [row.reason: 1], "counters of \(row.name)", file: file, line: line)
+            if program == .xdp && row.verdict == Self.xdpPass {
+                XCTAssertEqual(result.packet, row.frame, "\(row.name) goes to tc unmodified", file: file, line: line)
+            }
         }
     }
 
@@ -136,7 +166,7 @@ final class NodePortPacketTests: XCTestCase {
         let tcp = UInt8(IPPROTO_TCP), udp = UInt8(IPPROTO_UDP)
         // BPF_PROG_TEST_RUN refuses (EINVAL) an IPv4 frame shorter than an IPv4 header, so
         // the parser's first two bounds checks are covered by the verifier alone.
-        try check([
+        let rows = [
             Row(name: "IHL 4", frame: F.ethernet(F.ipv4(proto: tcp, ihl: 4, F.tcp(dport: 80))),
                 verdict: Self.tcActShot, reason: "np_malformed"),
             Row(name: "version 6 in an IPv4 frame", frame: F.ethernet(F.ipv4(proto: tcp, version: 6, F.tcp(dport: 80))),
@@ -159,7 +189,9 @@ final class NodePortPacketTests: XCTestCase {
                 verdict: Self.tcActShot, reason: "np_malformed"),
             Row(name: "UDP length beyond the datagram", frame: F.ethernet(F.ipv4(proto: udp, F.udp(dport: 53, length: 400))),
                 verdict: Self.tcActShot, reason: "np_malformed"),
-        ])
+        ]
+        try check(rows)
+        try check(rows, program: .xdp)
     }
 
     func testFramesNotForTheDatapathPassUntouched() throws {
@@ -187,6 +219,7 @@ final class NodePortPacketTests: XCTestCase {
         for row in rows {
             XCTAssertEqual(try datapath.testRun(.ingress, packet: row.frame).packet, row.frame, "\(row.name) is not modified")
         }
+        try check(rows, program: .xdp)
     }
 
     func testAFrontendWithoutEndpointsAnswersWithICMPPortUnreachable() throws {
@@ -196,6 +229,9 @@ final class NodePortPacketTests: XCTestCase {
             let ip = F.ipv4(proto: proto, l4)
             let frame = F.ethernet(ip)
             try check([Row(name: "proto \(proto) to a rejecting NodePort", frame: frame, verdict: Self.tcActRedirect, reason: "np_reject")])
+            // XDP leaves building the ICMP error to tc.
+            try check([Row(name: "proto \(proto) to a rejecting NodePort", frame: frame, verdict: Self.tcActOK, reason: "")],
+                      program: .xdp)
             let reply = try datapath.testRun(.ingress, packet: frame).packet
             XCTAssertEqual(reply.count, 14 + 20 + 8 + 20 + quoted, "proto \(proto)")
             guard reply.count == 14 + 20 + 8 + 20 + quoted else { continue }
@@ -220,6 +256,8 @@ final class NodePortPacketTests: XCTestCase {
         typealias F = TestFrame
         let frame = F.ethernet(F.ipv4(proto: UInt8(IPPROTO_TCP), options: [1, 1, 1, 0], F.tcp(dport: Self.rejectingPort)))
         try check([Row(name: "SYN with IP options to a rejecting NodePort", frame: frame, verdict: Self.tcActShot, reason: "np_reject_failed")])
+        try check([Row(name: "SYN with IP options to a rejecting NodePort", frame: frame, verdict: Self.tcActOK, reason: "")],
+                  program: .xdp)
     }
 
     /// A scratch network namespace with a route to the test client, so bpf_fib_lookup can
@@ -280,6 +318,9 @@ final class NodePortPacketTests: XCTestCase {
                     Row(name: "ICMP error from a router", frame: fromRouter, verdict: Self.tcActRedirect, reason: "np_icmp_error_reply"),
                     Row(name: "ICMP error about no tracked flow", frame: otherFlow, verdict: Self.tcActOK, reason: "np_not_service"),
                 ])
+                // XDP leaves ICMP errors to tc.
+                try check([Row(name: "ICMP error from the backend", frame: fromBackend, verdict: Self.tcActOK, reason: "")],
+                          program: .xdp)
                 for (frame, outerSource) in [(fromBackend, frontend), (fromRouter, router)] {
                     let out = try datapath.testRun(.ingress, packet: frame).packet
                     XCTAssertEqual(out.count, frame.count)
@@ -297,6 +338,83 @@ final class NodePortPacketTests: XCTestCase {
                                                           UInt8(frontendPort >> 8), UInt8(frontendPort & 0xff)], "quoted ports")
                     XCTAssertEqual(Array(icmp[0..<2]), [3, 4], "still fragmentation needed")
                 }
+            }
+        }
+    }
+
+    /// A packet of a tracked, source-NATed flow through tc and through XDP: XDP redirects
+    /// it itself, and both leave the very same bytes, every checksum valid when recomputed
+    /// from scratch (XDP updates them by hand, tc with the skb helpers). A UDP datagram
+    /// without checksum keeps none. A destination without a resolved neighbour, or out of
+    /// a device that is not the datapath's, goes from XDP to tc untouched.
+    func testXDPTranslatesATrackedFlowExactlyAsTcDoes() throws {
+        typealias F = TestFrame
+        let frontend: [UInt8] = [203, 0, 113, 10], backend: [UInt8] = [198, 51, 100, 9], snat: [UInt8] = [198, 51, 100, 1]
+        let unresolved: [UInt8] = [198, 51, 100, 10]
+        let (clientPort, frontendPort, backendPort, natPort): (UInt16, UInt16, UInt16, UInt16) = (40000, 30080, 8080, 61234)
+        func track(proto: UInt8, to destination: [UInt8]) throws {
+            var key = sl_nat_key()
+            key.saddr = NodePortDatapath.v4MappedWords("198.51.100.7")!
+            key.daddr = NodePortDatapath.v4MappedWords("203.0.113.10")!
+            key.sport = clientPort.bigEndian
+            key.dport = frontendPort.bigEndian
+            key.proto = proto
+            key.dir = UInt8(SL_NAT_DIR_FORWARD.rawValue)
+            var entry = sl_nat_entry()
+            entry.to_addr = NodePortDatapath.v4MappedWords(destination.map(String.init).joined(separator: "."))!
+            entry.to_port = backendPort.bigEndian
+            entry.nat_addr = NodePortDatapath.v4MappedWords("198.51.100.1")!
+            entry.nat_port = natPort.bigEndian
+            entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
+            try datapath.nat.update(key, entry)
+        }
+        let tcp = UInt8(IPPROTO_TCP), udp = UInt8(IPPROTO_UDP)
+        let client: [UInt8] = [198, 51, 100, 7]
+        func frame(_ proto: UInt8, checksum: Bool = true) -> [UInt8] {
+            let segment = proto == tcp ? F.tcp(sport: clientPort, dport: frontendPort, flags: 0x10) + [0xde, 0xad, 0xbe, 0xef]
+                                       : F.udp(sport: clientPort, dport: frontendPort)
+            let l4 = checksum ? F.withL4Checksum(segment, proto: proto, src: client, dst: frontend) : segment
+            return F.ethernet(F.ipv4(proto: proto, src: client, dst: frontend, l4))
+        }
+
+        try withRoutingNamespace { netns in
+            try NodePortDatapath.inNamespace(netns) {
+                try Shell.run(["ip", "neigh", "add", "198.51.100.9", "lladdr", "02:00:00:00:00:09", "dev", "snd0", "nud", "permanent"])
+                var device = sl_device()
+                device.snat_addr = NodePortDatapath.v4MappedWords("198.51.100.1")!
+                try datapath.deviceMap.update(UInt32(if_nametoindex("snd0")), device)
+                for (proto, withChecksum) in [(tcp, true), (udp, true), (udp, false)] {
+                    try track(proto: proto, to: backend)
+                    let input = frame(proto, checksum: withChecksum)
+                    let name = "proto \(proto)\(withChecksum ? "" : " without checksum")"
+                    let viaTC = try datapath.testRun(.ingress, packet: input)
+                    let viaXDP = try datapath.testRun(.xdp, packet: input)
+                    XCTAssertEqual(viaTC.verdict, Self.tcActRedirect, name)
+                    XCTAssertEqual(viaXDP.verdict, Self.xdpRedirect, name)
+                    XCTAssertEqual(viaXDP.packet, viaTC.packet, "\(name): XDP and tc write the same packet")
+                    let out = viaXDP.packet
+                    guard out.count == input.count else { XCTFail(name); continue }
+                    XCTAssertEqual(Array(out[0..<6]), [0x02, 0, 0, 0, 0, 0x09], "\(name): to the backend's MAC")
+                    let ip = Array(out[14..<34]), l4 = Array(out[34...])
+                    XCTAssertEqual(Array(ip[12..<16]), snat, name)
+                    XCTAssertEqual(Array(ip[16..<20]), backend, name)
+                    XCTAssertEqual(ip[8], 63, "\(name): TTL decremented")
+                    XCTAssertEqual(F.checksum(ip), 0, "\(name): IPv4 header checksum")
+                    XCTAssertEqual(Array(l4[0..<4]), [UInt8(natPort >> 8), UInt8(natPort & 0xff), UInt8(backendPort >> 8),
+                                                      UInt8(backendPort & 0xff)], name)
+                    if withChecksum {
+                        XCTAssertEqual(F.withL4Checksum(l4, proto: proto, src: snat, dst: backend), l4, "\(name): L4 checksum")
+                    } else {
+                        XCTAssertEqual(Array(l4[6..<8]), [0, 0], "\(name): no checksum stays none")
+                    }
+                }
+                // Left to tc: a destination whose neighbour is unknown (tc resolves it).
+                try track(proto: tcp, to: unresolved)
+                try check([Row(name: "unresolved neighbour", frame: frame(tcp), verdict: Self.tcActOK, reason: "")], program: .xdp)
+                // ... and one out of a device that is not the datapath's.
+                try track(proto: tcp, to: backend)
+                try datapath.deviceMap.delete(UInt32(if_nametoindex("snd0")))
+                try check([Row(name: "not a datapath device", frame: frame(tcp), verdict: Self.tcActOK, reason: "")], program: .xdp)
             }
         }
     }

@@ -25,7 +25,7 @@ final class NodePortHarness {
     let client: ProbeRunner
 
     init(podsOnA: Int, podsOnB: Int, label: String, snatPorts: ClosedRange<UInt16> = 61000...65535,
-         snatReclaimAfterSeconds: Double = 1) throws {
+         snatReclaimAfterSeconds: Double = 1, acceleration: NodePortOptions.Acceleration = .none) throws {
         lab = try NodeLab(podsOnA: podsOnA, podsOnB: podsOnB)
         pinPath = uniquePinPath(label)
         do {
@@ -33,9 +33,17 @@ final class NodePortHarness {
                 try lab.startProbeServer(on: pod, tcpPort: Self.tcpPort, udpPort: Self.udpPort)
             }
             datapath = try NodePortDatapath.install(
-                NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice], snatPorts: snatPorts,
-                                snatReclaimAfterSeconds: snatReclaimAfterSeconds, networkNamespace: "/run/netns/" + lab.nodeA.netns),
+                NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice], acceleration: acceleration,
+                                snatPorts: snatPorts, snatReclaimAfterSeconds: snatReclaimAfterSeconds,
+                                networkNamespace: "/run/netns/" + lab.nodeA.netns),
                 logger: testLogger)
+            if acceleration == .native {
+                // The veth peers stand for the client's and node B's NICs (see attachXDPPass
+                // and NodeLab.sendCompleteChecksums).
+                try lab.sendCompleteChecksums()
+                try datapath.attachXDPPass(device: lab.clientDevice, networkNamespace: "/run/netns/" + lab.clientNetns)
+                try datapath.attachXDPPass(device: lab.nodeBDevice, networkNamespace: "/run/netns/" + lab.nodeB.netns)
+            }
             maps = try KernelLoadBalancerMaps(pinPath: pinPath)
             syncer = try ProxySyncer(nodeName: "node-a", maps: maps, logger: testLogger)
             client = lab.clientProbe()
@@ -60,7 +68,8 @@ final class NodePortHarness {
 
     /// A NodePort Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
     /// 30053) with `pods` as ready endpoints.
-    func webService(pods: [NodeLabPod], externalIPs: [String] = [], extra: String = "", udpTargetPort: UInt16 = udpPort) -> String {
+    func webService(pods: [NodeLabPod], externalIPs: [String] = [], extra: String = "", udpTargetPort: UInt16 = udpPort,
+                    loadBalancerIPs: [String] = []) -> String {
         let endpoints = pods.map { pod in
             "  - addresses: [\"\(pod.ipv4)\"]\n    conditions: {ready: true}\n    nodeName: \(pod.name.hasPrefix("a") ? "node-a" : "node-b")"
         }.joined(separator: "\n")
@@ -69,7 +78,7 @@ final class NodePortHarness {
             kind: Service
             metadata: {name: web, namespace: default}
             spec:
-              type: NodePort
+              type: \(loadBalancerIPs.isEmpty ? "NodePort" : "LoadBalancer")
               clusterIP: 10.96.0.10
               clusterIPs: [10.96.0.10]
               ipFamilies: [IPv4]
@@ -78,6 +87,9 @@ final class NodePortHarness {
               ports:
               - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
               - {name: dns, port: 53, protocol: UDP, nodePort: \(Self.udpNodePort)}
+            status:
+              loadBalancer:
+                ingress: [\(loadBalancerIPs.map { "{ip: \($0)}" }.joined(separator: ", "))]
             ---
             apiVersion: discovery.k8s.io/v1
             kind: EndpointSlice
@@ -101,76 +113,173 @@ final class NodePortHarness {
 
 /// Real connections from an external client namespace to node A's NodePorts and
 /// externalIPs, served by pods on node A (local) and node B (remote).
+///
+/// The tests of the matrix run through `inEveryMode`: once with tc alone, then with XDP
+/// in front of it in generic and in native mode, each on a fresh lab, with the same
+/// assertions (failures name the mode).
 final class NodePortTests: XCTestCase {
     var harness: NodePortHarness!
+    private var mode: NodePortOptions.Acceleration = .none
 
     override func tearDown() {
         harness?.tearDown()
         harness = nil
     }
 
+    override func recordFailure(withDescription description: String, inFile filePath: String, atLine lineNumber: Int,
+                                expected: Bool) {
+        super.recordFailure(withDescription: "[acceleration \(mode.rawValue)] " + description, inFile: filePath,
+                            atLine: lineNumber, expected: expected)
+    }
+
     private func makeHarness(podsOnA: Int, podsOnB: Int, snatPorts: ClosedRange<UInt16> = 61000...65535,
-                             snatReclaimAfterSeconds: Double = 1) throws -> NodePortHarness {
+                             snatReclaimAfterSeconds: Double = 1,
+                             acceleration: NodePortOptions.Acceleration = .none) throws -> NodePortHarness {
         try requireKernelBPF()
+        mode = acceleration
         harness = try NodePortHarness(podsOnA: podsOnA, podsOnB: podsOnB, label: "np" + name.filter { $0.isLetter }.suffix(14),
-                                      snatPorts: snatPorts, snatReclaimAfterSeconds: snatReclaimAfterSeconds)
+                                      snatPorts: snatPorts, snatReclaimAfterSeconds: snatReclaimAfterSeconds,
+                                      acceleration: acceleration)
         return harness
     }
 
-    func testANodePortReachesALocalPodWhichSeesTheClientAddress() throws {
-        let h = try makeHarness(podsOnA: 1, podsOnB: 0)
-        try h.apply(h.webService(pods: h.lab.podsOnA))
-        let report = try h.client.tcp(target: h.tcpTarget, count: 20)
-        XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
-        XCTAssertEqual(report.backends, ["a1": 20])
-        XCTAssertEqual(report.peerNameMismatches, 0, "the client must see replies from nodeIP:nodePort")
-        // A local backend is reached without SNAT: the pod sees the client itself.
-        XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4])
+    /// Runs `body` on a fresh harness for tc alone and for XDP generic and native in front
+    /// of it: the same flows must give the same results.
+    private func inEveryMode(podsOnA: Int, podsOnB: Int, _ body: (NodePortHarness) throws -> Void) throws {
+        for acceleration in NodePortOptions.Acceleration.allCases {
+            let h = try makeHarness(podsOnA: podsOnA, podsOnB: podsOnB, acceleration: acceleration)
+            defer {
+                h.tearDown()
+                harness = nil
+            }
+            try body(h)
+        }
+    }
+
+    /// With XDP, that it took the fast path (`redirected`) or left everything to tc.
+    private func assertXDPShare(_ h: NodePortHarness, redirected: Bool, file: StaticString = #filePath, line: UInt = #line) {
+        guard h.datapath.options.acceleration != .none else { return }
         let counters = h.datapath.outcomeCounters()
-        XCTAssertEqual(counters["np_forward_new"], 20, "\(counters)")
-        XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, 20, "every connection's replies were translated back")
+        if redirected {
+            XCTAssertGreaterThan(counters["np_xdp_redirect"] ?? 0, 0, "XDP forwards these flows itself: \(counters)",
+                                 file: file, line: line)
+        } else {
+            XCTAssertEqual(counters["np_xdp_redirect"], 0, "XDP hands these flows to tc", file: file, line: line)
+            XCTAssertGreaterThan(counters["np_xdp_pass_to_tc"] ?? 0, 0, file: file, line: line)
+        }
+    }
+
+    func testANodePortReachesALocalPodWhichSeesTheClientAddress() throws {
+        try inEveryMode(podsOnA: 1, podsOnB: 0) { h in
+            try h.apply(h.webService(pods: h.lab.podsOnA))
+            let report = try h.client.tcp(target: h.tcpTarget, count: 20)
+            XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
+            XCTAssertEqual(report.backends, ["a1": 20])
+            XCTAssertEqual(report.peerNameMismatches, 0, "the client must see replies from nodeIP:nodePort")
+            // A local backend is reached without SNAT: the pod sees the client itself.
+            XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4])
+            let counters = h.datapath.outcomeCounters()
+            XCTAssertEqual(counters["np_forward_new"], 20, "\(counters)")
+            XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, 20, "every connection's replies were translated back")
+            assertXDPShare(h, redirected: false)
+        }
     }
 
     func testANodePortReachesARemotePodThroughSNATToTheNodeAddress() throws {
-        let h = try makeHarness(podsOnA: 0, podsOnB: 2)
-        try h.apply(h.webService(pods: h.lab.podsOnB))
-        let report = try h.client.tcp(target: h.tcpTarget, count: 40)
-        XCTAssertEqual(report.ok, 40, "failures: \(report.failures) \(report.firstError ?? "")")
-        XCTAssertEqual(Set(report.backends.keys), ["b1", "b2"], "both remote pods are chosen: \(report.backends)")
-        XCTAssertEqual(report.peerNameMismatches, 0)
-        // Source-NATed to node A's address on the device towards the backend.
-        XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv4])
-        let pressure = h.datapath.natPressure()
-        XCTAssertGreaterThanOrEqual(pressure.entries, 2, "each flow holds a FORWARD and a REPLY entry")
-        XCTAssertEqual(pressure.capacity, UInt32(SL_DEFAULT_NAT_MAX))
+        try inEveryMode(podsOnA: 0, podsOnB: 2) { h in
+            try h.apply(h.webService(pods: h.lab.podsOnB))
+            let report = try h.client.tcp(target: h.tcpTarget, count: 40)
+            XCTAssertEqual(report.ok, 40, "failures: \(report.failures) \(report.firstError ?? "")")
+            XCTAssertEqual(Set(report.backends.keys), ["b1", "b2"], "both remote pods are chosen: \(report.backends)")
+            XCTAssertEqual(report.peerNameMismatches, 0)
+            // Source-NATed to node A's address on the device towards the backend.
+            XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv4])
+            let pressure = h.datapath.natPressure()
+            XCTAssertGreaterThanOrEqual(pressure.entries, 2, "each flow holds a FORWARD and a REPLY entry")
+            XCTAssertEqual(pressure.capacity, UInt32(SL_DEFAULT_NAT_MAX))
+            assertXDPShare(h, redirected: true)
+        }
     }
 
     func testUDPNodePortRepliesComeFromTheNodePortWhicheverNodeServes() throws {
-        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
-        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB))
-        let report = try h.client.udp(target: h.udpTarget, count: 60)
-        XCTAssertEqual(report.ok, 60, "errors: \(report.errors) timeouts: \(report.timeouts)")
-        XCTAssertEqual(report.replySourceMismatches, 0, "recvfrom() must show nodeIP:30053")
-        XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
-        XCTAssertEqual(Set(report.seenClientAddresses), [h.lab.clientIPv4, h.lab.nodeAIPv4])
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB))
+            let report = try h.client.udp(target: h.udpTarget, count: 60)
+            XCTAssertEqual(report.ok, 60, "errors: \(report.errors) timeouts: \(report.timeouts)")
+            XCTAssertEqual(report.replySourceMismatches, 0, "recvfrom() must show nodeIP:30053")
+            XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
+            XCTAssertEqual(Set(report.seenClientAddresses), [h.lab.clientIPv4, h.lab.nodeAIPv4])
+            assertXDPShare(h, redirected: true)
+        }
     }
 
     func testANodePortWithoutEndpointsIsRefusedAtTheClient() throws {
-        let h = try makeHarness(podsOnA: 1, podsOnB: 0)
-        try h.apply(h.webService(pods: []))
-        let report = try h.client.tcp(target: h.tcpTarget, count: 5)
-        XCTAssertEqual(report.failures, ["ECONNREFUSED": 5], "\(report.firstError ?? "")")
-        XCTAssertEqual(h.datapath.outcomeCounters()["np_reject"], 5)
+        try inEveryMode(podsOnA: 1, podsOnB: 0) { h in
+            try h.apply(h.webService(pods: []))
+            let report = try h.client.tcp(target: h.tcpTarget, count: 5)
+            XCTAssertEqual(report.failures, ["ECONNREFUSED": 5], "\(report.firstError ?? "")")
+            XCTAssertEqual(h.datapath.outcomeCounters()["np_reject"], 5)
+            assertXDPShare(h, redirected: false)
+        }
     }
 
     func testAnExternalIPIsServedOnNodeA() throws {
-        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
-        let externalIP = h.lab.serviceIPv4(10)
-        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, externalIPs: [externalIP]))
-        let report = try h.client.tcp(target: "\(externalIP):80", count: 30)
-        XCTAssertEqual(report.ok, 30, "failures: \(report.failures) \(report.firstError ?? "")")
-        XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
-        XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from externalIP:80")
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
+            let externalIP = h.lab.serviceIPv4(10)
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, externalIPs: [externalIP]))
+            let report = try h.client.tcp(target: "\(externalIP):80", count: 30)
+            XCTAssertEqual(report.ok, 30, "failures: \(report.failures) \(report.firstError ?? "")")
+            XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
+            XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from externalIP:80")
+            assertXDPShare(h, redirected: true)
+        }
+    }
+
+    func testALoadBalancerVIPIsServedOnNodeA() throws {
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
+            let vip = h.lab.serviceIPv4(20)
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, loadBalancerIPs: [vip]))
+            let report = try h.client.tcp(target: "\(vip):80", count: 30)
+            XCTAssertEqual(report.ok, 30, "failures: \(report.failures) \(report.firstError ?? "")")
+            XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
+            XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from VIP:80")
+            assertXDPShare(h, redirected: true)
+        }
+    }
+
+    func testSourceRangesDropClientsOutsideThemOnTheVIPButNotOnTheNodePort() throws {
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
+            let vip = h.lab.serviceIPv4(20)
+            let ranges = "  loadBalancerSourceRanges: [\"203.0.113.0/24\"]"
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, extra: ranges, loadBalancerIPs: [vip]))
+            let denied = try h.client.tcp(target: "\(vip):80", count: 3, connectTimeoutMs: 300)
+            XCTAssertEqual(denied.failures, ["ETIMEDOUT": 3], "dropped, not refused: \(denied.failures)")
+            let udpDenied = try h.client.udp(target: "\(vip):53", count: 2)
+            XCTAssertEqual(udpDenied.ok, 0)
+            XCTAssertGreaterThanOrEqual(h.datapath.outcomeCounters()["np_source_range_denied"] ?? 0, 5)
+            XCTAssertEqual(h.datapath.outcomeCounters()["np_forward_new"], 0)
+            // The Service's NodePort is not subject to the ranges (A.9).
+            let nodePort = try h.client.tcp(target: h.tcpTarget, count: 10)
+            XCTAssertEqual(nodePort.ok, 10, "failures: \(nodePort.failures) \(nodePort.firstError ?? "")")
+        }
+    }
+
+    func testSourceRangesServeClientsInsideThem() throws {
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
+            let vip = h.lab.serviceIPv4(20)
+            let ranges = "  loadBalancerSourceRanges: [\"203.0.113.0/24\", \"\(h.lab.clientIPv4)/32\"]"
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, extra: ranges, loadBalancerIPs: [vip]))
+            let report = try h.client.tcp(target: "\(vip):80", count: 20)
+            XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
+            XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
+            XCTAssertEqual(try h.client.udp(target: "\(vip):53", count: 10).ok, 10)
+            XCTAssertEqual(h.datapath.outcomeCounters()["np_source_range_denied"], 0)
+            // Dropping the client's range closes the VIP to it.
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, extra: "  loadBalancerSourceRanges: [\"203.0.113.0/24\"]",
+                                     loadBalancerIPs: [vip]))
+            XCTAssertEqual(try h.client.tcp(target: "\(vip):80", count: 2, connectTimeoutMs: 300).failures, ["ETIMEDOUT": 2])
+            assertXDPShare(h, redirected: true)
+        }
     }
 
     func testInstallingAgainReplacesTheProgramsInPlace() throws {
@@ -188,39 +297,96 @@ final class NodePortTests: XCTestCase {
         XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 2).failures, ["ECONNREFUSED": 2])
     }
 
+    func testXDPLinksArePinnedReplacedInPlaceSwitchedBetweenModesAndRemovedByUninstall() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1, acceleration: .generic)
+        let (external, interNode) = (h.lab.externalDevice, h.lab.interNodeDevice)
+        let links = SocketLoadBalancer.linkDirectory(pinPath: h.pinPath)
+        func pinned() -> Set<String> {
+            Set(((try? FileManager.default.contentsOfDirectory(atPath: links)) ?? []).filter { $0.hasPrefix("xdp_") })
+        }
+        func xdpShown() -> String {
+            (try? h.lab.exec(["ip", "link", "show", "dev", external], netns: h.lab.nodeA.netns).stdout) ?? "(ip failed)"
+        }
+        XCTAssertEqual(h.datapath.outcomes["\(external)/xdp"], .attached)
+        XCTAssertEqual(pinned(), ["xdp_\(external)_generic", "xdp_\(interNode)_generic"])
+        XCTAssertTrue(xdpShown().contains("xdpgeneric"), xdpShown())
+
+        let again = try NodePortDatapath.install(h.datapath.options, logger: testLogger)
+        XCTAssertEqual(again.outcomes.count, 6)
+        XCTAssertEqual(Set(again.outcomes.values), [.replaced], "tc filters and XDP links replaced in place")
+        try h.apply(h.webService(pods: h.lab.podsOnB))
+        XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 5).ok, 5)
+        XCTAssertGreaterThan(again.outcomeCounters()["np_xdp_redirect"] ?? 0, 0)
+
+        // Another mode cannot be switched in place: the generic links go, native ones come.
+        var native = h.datapath.options
+        native.acceleration = .native
+        let switched = try NodePortDatapath.install(native, logger: testLogger)
+        try h.lab.sendCompleteChecksums()
+        try switched.attachXDPPass(device: h.lab.clientDevice, networkNamespace: "/run/netns/" + h.lab.clientNetns)
+        try switched.attachXDPPass(device: h.lab.nodeBDevice, networkNamespace: "/run/netns/" + h.lab.nodeB.netns)
+        XCTAssertEqual(switched.outcomes["\(external)/xdp"], .attached)
+        XCTAssertEqual(pinned(), ["xdp_\(external)_native", "xdp_\(interNode)_native"])
+        XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 5).ok, 5)
+
+        // Back to none: the links are removed, tc alone serves.
+        var none = h.datapath.options
+        none.acceleration = .none
+        let plain = try NodePortDatapath.install(none, logger: testLogger)
+        XCTAssertNil(plain.outcomes["\(external)/xdp"])
+        XCTAssertEqual(pinned(), [])
+        XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 5).ok, 5)
+
+        _ = try NodePortDatapath.install(native, logger: testLogger)
+        let removed = NodePortDatapath.uninstall(devices: [external, interNode], networkNamespace: h.datapath.options.networkNamespace,
+                                                 pinPath: h.pinPath)
+        XCTAssertEqual(Set(removed), Set([external, interNode].flatMap { ["\($0)/ingress", "\($0)/egress", "\($0)/xdp"] }))
+        XCTAssertEqual(pinned(), [])
+        // The kernel detaches a link whose last pin is gone in deferred work.
+        let deadline = Date().addingTimeInterval(5)
+        while xdpShown().contains(" xdp"), Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        XCTAssertFalse(xdpShown().contains(" xdp"), xdpShown())
+        XCTAssertEqual(try h.client.tcp(target: h.tcpTarget, count: 2).failures, ["ECONNREFUSED": 2])
+    }
+
     func testExternalTrafficPolicyLocalKeepsTheClientAddressAndUsesOnlyLocalPods() throws {
-        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
-        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, extra: "  externalTrafficPolicy: Local"))
-        let report = try h.client.tcp(target: h.tcpTarget, count: 20)
-        XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
-        XCTAssertEqual(report.backends, ["a1": 20], "only node A's own pod serves external traffic")
-        XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4], "eTP=Local preserves the client address")
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, extra: "  externalTrafficPolicy: Local"))
+            let report = try h.client.tcp(target: h.tcpTarget, count: 20)
+            XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
+            XCTAssertEqual(report.backends, ["a1": 20], "only node A's own pod serves external traffic")
+            XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4], "eTP=Local preserves the client address")
+            assertXDPShare(h, redirected: false)
+        }
     }
 
     func testExternalTrafficPolicyLocalWithoutALocalPodDropsExternalTraffic() throws {
-        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
-        try h.apply(h.webService(pods: h.lab.podsOnB, extra: "  externalTrafficPolicy: Local"))
-        let report = try h.client.tcp(target: h.tcpTarget, count: 3, connectTimeoutMs: 300)
-        XCTAssertEqual(report.ok, 0)
-        XCTAssertEqual(report.failures, ["ETIMEDOUT": 3], "dropped, not refused: \(report.failures)")
-        XCTAssertGreaterThanOrEqual(h.datapath.outcomeCounters()["np_drop"] ?? 0, 3)
-        XCTAssertEqual(h.datapath.outcomeCounters()["np_forward_new"], 0)
+        try inEveryMode(podsOnA: 0, podsOnB: 1) { h in
+            try h.apply(h.webService(pods: h.lab.podsOnB, extra: "  externalTrafficPolicy: Local"))
+            let report = try h.client.tcp(target: h.tcpTarget, count: 3, connectTimeoutMs: 300)
+            XCTAssertEqual(report.ok, 0)
+            XCTAssertEqual(report.failures, ["ETIMEDOUT": 3], "dropped, not refused: \(report.failures)")
+            XCTAssertGreaterThanOrEqual(h.datapath.outcomeCounters()["np_drop"] ?? 0, 3)
+            XCTAssertEqual(h.datapath.outcomeCounters()["np_forward_new"], 0)
+        }
     }
 
     func testTCPConnectionsOutliveAChangeOfTheBackendSet() throws {
-        let h = try makeHarness(podsOnA: 1, podsOnB: 2)
-        let (a1, b1, b2) = (h.lab.podsOnA[0], h.lab.podsOnB[0], h.lab.podsOnB[1])
-        try h.apply(h.webService(pods: [a1, b1]))
-        let hold = try h.client.startHold(target: h.tcpTarget, connections: 20)
-        XCTAssertEqual(hold.established.established, 20, "\(hold.established.failures)")
-        XCTAssertEqual(Set(hold.established.backends.keys), ["a1", "b1"], "held flows cover a local and a source-NATed backend")
-        // Both held backends leave the set (their pods keep running); b2 joins.
-        try h.apply(h.webService(pods: [b2]))
-        let after = try h.client.tcp(target: h.tcpTarget, count: 10)
-        XCTAssertEqual(after.backends, ["b2": 10], "new connections use the new set")
-        let final = try hold.finish()
-        XCTAssertEqual(final.survived, 20, "held connections keep their backend: lost \(final.lost ?? [:])")
-        XCTAssertEqual(final.survivedBackends, hold.established.backends)
+        try inEveryMode(podsOnA: 1, podsOnB: 2) { h in
+            let (a1, b1, b2) = (h.lab.podsOnA[0], h.lab.podsOnB[0], h.lab.podsOnB[1])
+            try h.apply(h.webService(pods: [a1, b1]))
+            let hold = try h.client.startHold(target: h.tcpTarget, connections: 20)
+            XCTAssertEqual(hold.established.established, 20, "\(hold.established.failures)")
+            XCTAssertEqual(Set(hold.established.backends.keys), ["a1", "b1"], "held flows cover a local and a source-NATed backend")
+            // Both held backends leave the set (their pods keep running); b2 joins.
+            try h.apply(h.webService(pods: [b2]))
+            let after = try h.client.tcp(target: h.tcpTarget, count: 10)
+            XCTAssertEqual(after.backends, ["b2": 10], "new connections use the new set")
+            let final = try hold.finish()
+            XCTAssertEqual(final.survived, 20, "held connections keep their backend: lost \(final.lost ?? [:])")
+            XCTAssertEqual(final.survivedBackends, hold.established.backends)
+            assertXDPShare(h, redirected: true)
+        }
     }
 
     func testConntrackGarbageCollectionRemovesIdleFlowsByTheirTimeoutAndSparesLiveOnes() throws {
@@ -249,26 +415,28 @@ final class NodePortTests: XCTestCase {
     }
 
     func testClientIPAffinitySendsEveryConnectionOfAClientToOneBackend() throws {
-        let h = try makeHarness(podsOnA: 1, podsOnB: 2)
-        try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB,
-                                 extra: "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}"))
-        let report = try h.client.tcp(target: h.tcpTarget, count: 20)
-        XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
-        // Without affinity, 20 uniform choices among 3 pods all agree with probability 3⁻¹⁹.
-        XCTAssertEqual(report.backends.count, 1, "one backend for the client: \(report.backends)")
-        let counters = h.datapath.outcomeCounters()
-        XCTAssertEqual(counters["np_affinity_new"], 1)
-        XCTAssertEqual(counters["np_affinity_hit"], 19)
+        try inEveryMode(podsOnA: 1, podsOnB: 2) { h in
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB,
+                                     extra: "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}"))
+            let report = try h.client.tcp(target: h.tcpTarget, count: 20)
+            XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
+            // Without affinity, 20 uniform choices among 3 pods all agree with probability 3⁻¹⁹.
+            XCTAssertEqual(report.backends.count, 1, "one backend for the client: \(report.backends)")
+            let counters = h.datapath.outcomeCounters()
+            XCTAssertEqual(counters["np_affinity_new"], 1)
+            XCTAssertEqual(counters["np_affinity_hit"], 19)
+        }
     }
 
     func testAnICMPErrorFromARemotePodReachesTheClientThroughTheSNAT() throws {
-        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
-        // Nothing listens on UDP 8054 in the pod: it answers with ICMP port unreachable,
-        // addressed to node A's SNAT address and port.
-        try h.apply(h.webService(pods: h.lab.podsOnB, udpTargetPort: 8054))
-        let report = try h.client.udp(target: h.udpTarget, count: 3, connected: true)
-        XCTAssertEqual(report.errors, ["ECONNREFUSED": 3], "timeouts: \(report.timeouts)")
-        XCTAssertEqual(h.datapath.outcomeCounters()["np_icmp_error_reply"], 3)
+        try inEveryMode(podsOnA: 0, podsOnB: 1) { h in
+            // Nothing listens on UDP 8054 in the pod: it answers with ICMP port unreachable,
+            // addressed to node A's SNAT address and port.
+            try h.apply(h.webService(pods: h.lab.podsOnB, udpTargetPort: 8054))
+            let report = try h.client.udp(target: h.udpTarget, count: 3, connected: true)
+            XCTAssertEqual(report.errors, ["ECONNREFUSED": 3], "timeouts: \(report.timeouts)")
+            XCTAssertEqual(h.datapath.outcomeCounters()["np_icmp_error_reply"], 3)
+        }
     }
 
     func testAPodOnNodeBReachesNodeAsNodePortEvenWhenItIsTheChosenBackend() throws {

@@ -178,6 +178,22 @@ final class ReconcilerTests: XCTestCase {
         XCTAssertEqual(restarted.reconcile([frontend("198.19.0.1", ["198.18.0.11"])], prune: true, maps: maps).opCount, 0)
     }
 
+    func testOnlyLoadBalancerFrontendsWithSourceRangesAreFlaggedForTheFirewall() {
+        let ranges = [CIDR(address: ip("203.0.113.0"), prefixLength: 24)!]
+        func external(_ kind: FrontendKind, _ address: String?, _ port: UInt16, ranges: [CIDR] = []) -> Frontend {
+            Frontend(service: "default/lb", portName: "p80", protocol: .tcp, kind: kind, address: address.map(ip),
+                     family: .v4, port: port, action: .forward, backends: [Backend(address: ip("10.0.0.1"), port: 8080)],
+                     sourceRanges: ranges)
+        }
+        let plan = LoadBalancerPlan(frontends: [
+            external(.nodePort, nil, 30080), external(.externalIP, "192.0.2.1", 80),
+            external(.loadBalancer, "198.51.100.1", 80, ranges: ranges), external(.loadBalancer, "198.51.100.2", 81),
+        ], healthChecks: [])
+        let flagged = DesiredFrontend.frontends(from: plan).frontends.filter { $0.flags.contains(.sourceRanges) }
+        XCTAssertEqual(flagged.map(\.key), [key("198.51.100.1")], "the VIP with ranges, not its NodePort or externalIP")
+        XCTAssertEqual(flagged.first?.sourceRanges, ranges)
+    }
+
     func testAFlagOnlyChangeRewritesJustTheMaster() {
         let maps = InMemoryLoadBalancerMaps()
         var reconciler = Reconciler()

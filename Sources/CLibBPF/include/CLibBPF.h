@@ -86,6 +86,16 @@ int clb_tc_attach(int ifindex, int egress, int prog_fd, __u32 handle, __u32 prio
 int clb_tc_query(int ifindex, int egress, __u32 handle, __u32 priority, __u32 *prog_id);
 int clb_tc_detach(int ifindex, int egress, __u32 handle, __u32 priority);
 
+/* XDP attachment. clb_xdp_link_create: a bpf_link running prog_fd on ifindex in the mode
+ *   of flags (XDP_FLAGS_SKB_MODE = generic, XDP_FLAGS_DRV_MODE = native): its fd or -errno.
+ *   Pinned, the link outlives the process; bpf_link_update replaces its program in place.
+ * clb_xdp_link_ifindex: the device a pinned XDP link is attached to (0 once the device is
+ *   gone), or -errno (-EINVAL if the link is not an XDP link).
+ * clb_xdp_attach: netlink attachment (no link), prog_fd -1 detaches; 0 or -errno. */
+int clb_xdp_link_create(int prog_fd, int ifindex, __u32 flags);
+int clb_xdp_link_ifindex(int link_fd);
+int clb_xdp_attach(int ifindex, int prog_fd, __u32 flags);
+
 /* BPF_PROG_TEST_RUN of a tc or XDP program on one packet. data_out receives the packet as
  * the program left it (up to *size_out bytes; *size_out is set to its length), *retval
  * the program's verdict. 0 or -errno. */

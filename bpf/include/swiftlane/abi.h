@@ -84,6 +84,7 @@ enum sl_service_flags {
 	SL_SVC_F_DROP = 1 << 1,     /* traffic policy says drop (e.g. iTP=Local, no local endpoint) */
 	SL_SVC_F_AFFINITY = 1 << 2, /* sessionAffinity ClientIP; timeout in affinity_timeout */
 	SL_SVC_F_NODE_SCOPE = 1 << 3, /* traffic from this node uses the SL_SCOPE_NODE entry */
+	SL_SVC_F_SOURCE_RANGES = 1 << 4, /* LB VIP with loadBalancerSourceRanges: clients must match sl_src_range_v1 */
 };
 
 /* Service map key: one entry per frontend. */
@@ -366,7 +367,10 @@ enum sl_reason {
 	SL_REASON_NP_DSR_REPLY = 37,        /* backend reply given the frontend as source (backend's node) */
 	SL_REASON_NP_DSR_MALFORMED = 38,    /* dropped: frontend option of a wrong length or past the header */
 	SL_REASON_NP_DSR_UNKNOWN_FRONTEND = 39, /* dropped: frontend option naming no frontend */
-	SL_REASON_MAX = 40,
+	SL_REASON_NP_SOURCE_RANGE_DENIED = 40, /* dropped: client outside the LB VIP's loadBalancerSourceRanges */
+	SL_REASON_NP_XDP_PASS_TO_TC = 41,   /* XDP left the packet to the tc program (see bpf/nodeport.c) */
+	SL_REASON_NP_XDP_REDIRECT = 42,     /* XDP translated the packet and redirected it to its device */
+	SL_REASON_MAX = 43,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 

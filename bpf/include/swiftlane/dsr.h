@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Direct server return (nodePort.mode: dsr) for bpf/nodeport.c. Included by nodeport.c
- * after its parser and rewrite helpers (struct sl_packet, sl_rewrite, sl_egress_ifindex).
+ * after its parser and rewrite helpers (struct sl_packet, sl_rewrite, sl_fib,
+ * sl_egress_ifindex). What resizes a packet (adding or removing the option with
+ * bpf_skb_adjust_room) runs in the tc programs only; XDP hands those packets to tc.
  *
  * The node that receives a client's packet for a frontend (node A) sends it to a remote
  * backend DNATed but not source-NATed, with the frontend (address, port) in an 8-byte
@@ -48,19 +50,13 @@ struct sl_dsr_ip_word {
 
 /* The FIB's next hop towards `daddr` (its gateway, or `daddr` itself when on-link) and
  * the device it is reached through; 0 when unroutable. */
-static __always_inline __be32 sl_dsr_next_hop(struct __sk_buff *skb, const struct sl_packet *pkt, __be32 daddr,
+static __always_inline __be32 sl_dsr_next_hop(void *ctx, int hook, const struct sl_packet *pkt, __be32 daddr,
 					      __u32 *ifindex)
 {
-	struct bpf_fib_lookup fib = {};
+	struct bpf_fib_lookup fib;
 	int rc;
 
-	fib.family = SL_AF_INET;
-	fib.tos = pkt->tos;
-	fib.l4_protocol = pkt->proto;
-	fib.ipv4_src = pkt->daddr;
-	fib.ipv4_dst = daddr;
-	fib.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	rc = sl_fib(ctx, hook, pkt, pkt->daddr, daddr, &fib);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return 0;
 	*ifindex = fib.ifindex;
@@ -72,7 +68,7 @@ static __always_inline __be32 sl_dsr_next_hop(struct __sk_buff *skb, const struc
  * pod or the node hosting the backend, even the backend itself): its replies would
  * never leave that node through a device, so nothing could give them the frontend as
  * source. */
-static __always_inline int sl_dsr_wanted(struct __sk_buff *skb, const struct sl_packet *pkt, __be32 backend)
+static __always_inline int sl_dsr_wanted(void *ctx, int hook, const struct sl_packet *pkt, __be32 backend)
 {
 	__u32 backend_dev = 0, client_dev = 0;
 	__be32 hop;
@@ -81,8 +77,8 @@ static __always_inline int sl_dsr_wanted(struct __sk_buff *skb, const struct sl_
 		return 0;
 	if (pkt->ihl_bytes != sizeof(struct iphdr))
 		goto snat;
-	hop = sl_dsr_next_hop(skb, pkt, backend, &backend_dev);
-	if (hop && hop == sl_dsr_next_hop(skb, pkt, pkt->saddr, &client_dev) && backend_dev == client_dev)
+	hop = sl_dsr_next_hop(ctx, hook, pkt, backend, &backend_dev);
+	if (hop && hop == sl_dsr_next_hop(ctx, hook, pkt, pkt->saddr, &client_dev) && backend_dev == client_dev)
 		goto snat;
 	return 1;
 snat:
@@ -123,7 +119,14 @@ static __always_inline int sl_dsr_fix_header(struct __sk_buff *skb, struct sl_pa
 	return 0;
 }
 
-/* Node A, before the DNAT of a DSR flow's packet: adds the option naming the frontend
+/* Whether a DSR flow's packet carries the option: a TCP flow's SYNs, every UDP datagram. */
+static __always_inline int sl_dsr_carries_option(const struct sl_packet *pkt)
+{
+	return pkt->proto != IPPROTO_TCP || (pkt->tcp_flags & SL_TCP_SYN);
+}
+
+/* Node A, before the DNAT of a DSR flow's packet (tc only: it resizes the packet): adds
+ * the option naming the frontend
  * (still the packet's destination) when the packet should carry it. A packet that would
  * no longer fit the MTU towards `backend` goes without it (counted). */
 static __always_inline int sl_dsr_push(struct __sk_buff *skb, struct sl_packet *pkt, __be32 backend)
@@ -132,11 +135,11 @@ static __always_inline int sl_dsr_push(struct __sk_buff *skb, struct sl_packet *
 	__u32 mtu_len = pkt->tot_len;
 	__u32 egress;
 
-	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & SL_TCP_SYN))
+	if (!sl_dsr_carries_option(pkt))
 		return 0;
 	if (pkt->ihl_bytes != sizeof(struct iphdr))
 		goto no_room;
-	egress = sl_egress_ifindex(skb, pkt, backend);
+	egress = sl_egress_ifindex(skb, SL_HOOK_TC, pkt, backend);
 	if (egress && bpf_check_mtu(skb, egress, &mtu_len, SL_DSR_OPT_LEN, 0) != BPF_MTU_CHK_RET_SUCCESS)
 		goto no_room;
 	if (bpf_skb_adjust_room(skb, SL_DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) ||
@@ -232,7 +235,7 @@ static __always_inline int sl_dsr_reply(struct __sk_buff *skb, struct sl_packet 
 	entry->last_seen_ns = bpf_ktime_get_ns();
 	if ((pkt->tcp_flags & (SL_TCP_FIN | SL_TCP_RST)) && !(entry->flags & SL_NAT_F_CLOSING))
 		entry->flags |= SL_NAT_F_CLOSING;
-	if (sl_rewrite(skb, pkt, 0, entry->frontend_addr[3], entry->frontend_port))
+	if (sl_rewrite(skb, SL_HOOK_TC, pkt, 0, entry->frontend_addr[3], entry->frontend_port))
 		return -EFAULT;
 	sl_count(SL_REASON_NP_DSR_REPLY);
 	return SL_NP_PASS;
