@@ -219,13 +219,19 @@ final class NodePortDSRTests: XCTestCase {
         try h.apply(h.service(pods: [a1, b1]))
         let hold = try h.client.startHold(target: h.tcpTarget, connections: 20)
         XCTAssertEqual(hold.established.established, 20, "\(hold.established.failures)")
-        XCTAssertEqual(Set(hold.established.backends.keys), ["a1", "b1"], "held flows cover a local and a DSR backend")
-        try h.apply(h.service(pods: [b2]))
-        let after = try h.client.tcp(target: h.tcpTarget, count: 10)
-        XCTAssertEqual(after.backends, ["b2": 10], "new connections use the new set")
+        let held = hold.established.backends
+        XCTAssertEqual(Set(held.keys), ["a1", "b1"], "held flows cover a local and a DSR backend")
+        // b1 leaves (its pod keeps running), b2 joins: node B's entries of b1's flows stay.
+        try h.apply(h.service(pods: [a1, b2]))
+        XCTAssertEqual(try KernelLoadBalancerMaps.dsrFlowViews(pinPath: h.b.pinPath).filter { $0.backend.hasPrefix(b1.ipv4 + ":") }.count,
+                       held["b1"])
+        let repliesBefore = h.b.datapath.outcomeCounters()["np_dsr_reply"] ?? 0
+        let after = try h.client.tcp(target: h.tcpTarget, count: 20)
+        XCTAssertEqual(Set(after.backends.keys), ["a1", "b2"], "new connections use the new set")
         let final = try hold.finish()
         XCTAssertEqual(final.survived, 20, "held connections keep their backend: lost \(final.lost ?? [:])")
-        XCTAssertEqual(final.survivedBackends, hold.established.backends)
+        XCTAssertEqual(final.survivedBackends, held)
+        XCTAssertGreaterThan(h.b.datapath.outcomeCounters()["np_dsr_reply"] ?? 0, repliesBefore, "b1 kept answering by DSR")
     }
 
     func testGarbageCollectionRemovesIdleDSREntriesOnTheBackendsNode() throws {
@@ -266,17 +272,18 @@ final class DSRPacketTests: XCTestCase {
         try requireKernelBPF()
         pinPath = uniquePinPath("dsrpkt")
         datapath = try NodePortDatapath.load(NodePortOptions(pinPath: pinPath, mode: .dsr), logger: testLogger)
-        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
-        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] {
-            var key = sl_service_key()
-            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
-            key.port = Self.nodePort.bigEndian
-            key.proto = proto
-            var value = sl_service_value()
-            value.rev_nat_id = 1
-            value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
-            try maps.services.update(key, value)
-        }
+        // A NodePort without backends, for carriers to name.
+        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] { try addNodePort(Self.nodePort, proto: proto, slot: 0, revNat: 1) }
+    }
+
+    /// The NodePort wildcard entry of `port` whose active set is `slot` alone (0: none).
+    private func addNodePort(_ port: UInt16, proto: UInt8, slot: UInt32, revNat: UInt32) throws {
+        var key = sl_service_key()
+        (key.addr, key.port, key.proto) = (NodePortDatapath.v4MappedWords("0.0.0.0")!, port.bigEndian, proto)
+        var value = sl_service_value()
+        (value.slot_base, value.count, value.rev_nat_id) = (slot, slot == 0 ? 0 : 1, revNat)
+        value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
+        try KernelLoadBalancerMaps(pinPath: pinPath).services.update(key, value)
     }
 
     override func tearDown() {
@@ -357,14 +364,7 @@ final class DSRPacketTests: XCTestCase {
             slot.proto = proto
             slot.backend_id = index
             try maps.slots.update(index, slot)
-            var key = sl_service_key()
-            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
-            key.port = port.bigEndian
-            key.proto = proto
-            var value = sl_service_value()
-            (value.slot_base, value.count, value.rev_nat_id) = (index, 1, 10 + index)
-            value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
-            try maps.services.update(key, value)
+            try addNodePort(port, proto: proto, slot: index, revNat: 10 + index)
         }
         var nodeKey = sl_node_addr_key()
         nodeKey.addr = NodePortDatapath.v4MappedWords("192.0.2.1")!
