@@ -44,6 +44,7 @@ public enum OutcomeReason {
         "np_dsr_reply",
         "np_dsr_malformed",
         "np_dsr_unknown_frontend",
+        "np_dsr_icmp_error",
     ]
 
     /// Number of reasons the BPF side counts.

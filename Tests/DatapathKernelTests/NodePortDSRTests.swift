@@ -59,7 +59,7 @@ final class DSRHarness {
 
     /// A LoadBalancer Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
     /// 30053) with `pods` as ready endpoints, an externalIP and a VIP of the service range.
-    func service(pods: [NodeLabPod]) -> String {
+    func service(pods: [NodeLabPod], udpTargetPort: Int = 8053) -> String {
         let endpoints = pods.map { pod in
             "{addresses: [\(pod.ipv4)], conditions: {ready: true}, nodeName: node-\(pod.name.prefix(1))}"
         }
@@ -83,7 +83,7 @@ final class DSRHarness {
             metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
             addressType: IPv4
             endpoints: [\(endpoints.joined(separator: ", "))]
-            ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 8053, protocol: UDP}]
+            ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: \(udpTargetPort), protocol: UDP}]
             """
     }
 
@@ -196,6 +196,17 @@ final class NodePortDSRTests: XCTestCase {
         let a = h.a.datapath.outcomeCounters()
         XCTAssertEqual(a["np_dsr_carried"], 0, "a local backend needs no carrier: \(a)")
         XCTAssertGreaterThanOrEqual(a["np_reply"] ?? 0, 10, "its replies pass node A's egress")
+    }
+
+    func testAPortUnreachableFromADSRBackendReachesTheClientAsECONNREFUSED() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        // Nothing listens on UDP 8054 in the pod: it answers the client with ICMP port
+        // unreachable quoting client -> pod, which node B turns into client -> NodePort.
+        try h.apply(h.service(pods: h.lab.podsOnB, udpTargetPort: 8054))
+        let report = try h.client.udp(target: h.udpTarget, count: 3, connected: true)
+        XCTAssertEqual(report.errors, ["ECONNREFUSED": 3], "timeouts: \(report.timeouts)")
+        XCTAssertEqual(h.b.datapath.outcomeCounters()["np_dsr_icmp_error"], 3)
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_icmp_error_reply"], 0, "the error did not pass node A")
     }
 
     func testAPodBehindTheBackendsNodeIsSourceNATedNotServedByDSR() throws {
@@ -349,6 +360,33 @@ final class DSRPacketTests: XCTestCase {
         // Another client's reply is not touched.
         let other = F.ethernet(F.ipv4(proto: tcp, src: Self.backend, dst: [198, 51, 100, 8], F.tcp(sport: 8080, dport: 40000)))
         XCTAssertEqual(try run(other, .egress).1, other)
+    }
+
+    func testABackendsICMPErrorAboutARecordedFlowQuotesTheFrontend() throws {
+        typealias F = TestFrame
+        let udp = UInt8(IPPROTO_UDP)
+        XCTAssertEqual(try run(Self.carrier(proto: udp, options: Self.option())).2, ["np_dsr_received": 1])
+        // Port unreachable from the backend about client:40000 -> backend:8053.
+        func portUnreachable(quoting destination: [UInt8]) -> [UInt8] {
+            var icmp: [UInt8] = [3, 3, 0, 0, 0, 0, 0, 0] + Array(F.ipv4(proto: udp, dst: destination, F.udp(dport: 8053)).prefix(28))
+            let sum = F.checksum(icmp)
+            (icmp[2], icmp[3]) = (UInt8(sum >> 8), UInt8(sum & 0xff))
+            return F.ethernet(F.ipv4(proto: 1, src: Self.backend, dst: F.client, icmp))
+        }
+        let (verdict, out, changed) = try run(portUnreachable(quoting: Self.backend), .egress)
+        XCTAssertEqual(verdict, Self.tcActOK)
+        XCTAssertEqual(changed, ["np_dsr_icmp_error": 1])
+        let outer = Array(out[14..<34]), icmp = Array(out[34..<70]), inner = Array(out[42..<62])
+        XCTAssertEqual(Array(outer[12..<16]), Self.frontend, "outer source: the frontend")
+        XCTAssertEqual(F.checksum(outer), 0, "outer header checksum")
+        XCTAssertEqual(Array(inner[12..<16]), F.client, "quoted source: still the client")
+        XCTAssertEqual(Array(inner[16..<20]), Self.frontend, "quoted destination: the frontend")
+        XCTAssertEqual(F.checksum(inner), 0, "quoted header checksum")
+        XCTAssertEqual(Array(out[62..<66]), [0x9c, 0x40, UInt8(Self.nodePort >> 8), UInt8(Self.nodePort & 0xff)], "quoted ports")
+        XCTAssertEqual(F.checksum(icmp), 0, "ICMP checksum")
+        // About a flow that was never recorded: untouched.
+        let unrelated = portUnreachable(quoting: [10, 0, 0, 6])
+        XCTAssertEqual(try run(unrelated, .egress).1, unrelated)
     }
 
     /// NodePort 30080/TCP and 30053/UDP on 192.0.2.1 with the one backend 10.0.0.5, which a

@@ -366,7 +366,8 @@ enum sl_reason {
 	SL_REASON_NP_DSR_REPLY = 37,        /* backend reply given the frontend as source (backend's node) */
 	SL_REASON_NP_DSR_MALFORMED = 38,    /* dropped: frontend option of a wrong length or past the header */
 	SL_REASON_NP_DSR_UNKNOWN_FRONTEND = 39, /* dropped: frontend option naming no frontend */
-	SL_REASON_MAX = 40,
+	SL_REASON_NP_DSR_ICMP_ERROR = 40,   /* backend's ICMP error about a DSR flow shown as the frontend's */
+	SL_REASON_MAX = 41,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 
