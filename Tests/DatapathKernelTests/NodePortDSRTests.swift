@@ -59,7 +59,7 @@ final class DSRHarness {
 
     /// A LoadBalancer Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
     /// 30053) with `pods` as ready endpoints, an externalIP and a VIP of the service range.
-    func service(pods: [NodeLabPod], udpTargetPort: Int = 8053) -> String {
+    func service(pods: [NodeLabPod], udpTargetPort: Int = 8053, extra: String = "") -> String {
         let endpoints = pods.map { pod in
             "{addresses: [\(pod.ipv4)], conditions: {ready: true}, nodeName: node-\(pod.name.prefix(1))}"
         }
@@ -73,6 +73,7 @@ final class DSRHarness {
               clusterIPs: [10.96.0.10]
               ipFamilies: [IPv4]
               externalIPs: [\(externalIP)]
+            \(extra)
               ports:
               - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
               - {name: dns, port: 53, protocol: UDP, nodePort: \(Self.udpNodePort)}
@@ -222,6 +223,16 @@ final class NodePortDSRTests: XCTestCase {
         let a = h.a.datapath.outcomeCounters()
         XCTAssertEqual(a["np_dsr_snat_fallback"], 10, "\(a)")
         XCTAssertEqual(a["np_dsr_carried"], 0)
+    }
+
+    func testExternalTrafficPolicyLocalIsUnchangedInDSRMode() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
+        try h.apply(h.service(pods: h.lab.podsOnA + h.lab.podsOnB, extra: "  externalTrafficPolicy: Local"))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 10)
+        XCTAssertEqual(report.ok, 10, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.backends, ["a1": 10], "only node A's own pod serves external traffic")
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4])
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_dsr_carried"], 0)
     }
 
     func testHeldDSRConnectionsOutliveABackendSetChange() throws {
