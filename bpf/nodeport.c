@@ -1019,8 +1019,13 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	struct sl_nat_entry *tracked;
 	struct sl_packet pkt = {};
 	struct sl_nat_key key;
+	int rc;
 
-	if (sl_parse(skb, SL_HOOK_TC, &pkt))
+	rc = sl_parse(skb, SL_HOOK_TC, &pkt);
+	/* DSR (dsr.h): a backend's ICMP error about a flow another node received. */
+	if (rc == SL_PARSED_ICMP)
+		return sl_dsr_icmp_error(skb, &pkt);
+	if (rc)
 		return SL_NP_PASS;
 	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);

@@ -44,6 +44,7 @@ public enum OutcomeReason {
         "np_dsr_reply",
         "np_dsr_malformed",
         "np_dsr_unknown_frontend",
+        "np_dsr_icmp_error",
         "np_source_range_denied",
         "np_xdp_pass_to_tc",
         "np_xdp_redirect",

@@ -59,7 +59,7 @@ final class DSRHarness {
 
     /// A LoadBalancer Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
     /// 30053) with `pods` as ready endpoints, an externalIP and a VIP of the service range.
-    func service(pods: [NodeLabPod]) -> String {
+    func service(pods: [NodeLabPod], udpTargetPort: Int = 8053, extra: String = "") -> String {
         let endpoints = pods.map { pod in
             "{addresses: [\(pod.ipv4)], conditions: {ready: true}, nodeName: node-\(pod.name.prefix(1))}"
         }
@@ -73,6 +73,7 @@ final class DSRHarness {
               clusterIPs: [10.96.0.10]
               ipFamilies: [IPv4]
               externalIPs: [\(externalIP)]
+            \(extra)
               ports:
               - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
               - {name: dns, port: 53, protocol: UDP, nodePort: \(Self.udpNodePort)}
@@ -83,7 +84,7 @@ final class DSRHarness {
             metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
             addressType: IPv4
             endpoints: [\(endpoints.joined(separator: ", "))]
-            ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 8053, protocol: UDP}]
+            ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: \(udpTargetPort), protocol: UDP}]
             """
     }
 
@@ -198,6 +199,17 @@ final class NodePortDSRTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(a["np_reply"] ?? 0, 10, "its replies pass node A's egress")
     }
 
+    func testAPortUnreachableFromADSRBackendReachesTheClientAsECONNREFUSED() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        // Nothing listens on UDP 8054 in the pod: it answers the client with ICMP port
+        // unreachable quoting client -> pod, which node B turns into client -> NodePort.
+        try h.apply(h.service(pods: h.lab.podsOnB, udpTargetPort: 8054))
+        let report = try h.client.udp(target: h.udpTarget, count: 3, connected: true)
+        XCTAssertEqual(report.errors, ["ECONNREFUSED": 3], "timeouts: \(report.timeouts)")
+        XCTAssertEqual(h.b.datapath.outcomeCounters()["np_dsr_icmp_error"], 3)
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_icmp_error_reply"], 0, "the error did not pass node A")
+    }
+
     func testAPodBehindTheBackendsNodeIsSourceNATedNotServedByDSR() throws {
         let h = try makeHarness(podsOnA: 0, podsOnB: 1)
         let b1 = h.lab.podsOnB[0]
@@ -213,19 +225,35 @@ final class NodePortDSRTests: XCTestCase {
         XCTAssertEqual(a["np_dsr_carried"], 0)
     }
 
+    func testExternalTrafficPolicyLocalIsUnchangedInDSRMode() throws {
+        let h = try makeHarness(podsOnA: 1, podsOnB: 1)
+        try h.apply(h.service(pods: h.lab.podsOnA + h.lab.podsOnB, extra: "  externalTrafficPolicy: Local"))
+        let report = try h.client.tcp(target: h.tcpTarget, count: 10)
+        XCTAssertEqual(report.ok, 10, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.backends, ["a1": 10], "only node A's own pod serves external traffic")
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv4])
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_dsr_carried"], 0)
+    }
+
     func testHeldDSRConnectionsOutliveABackendSetChange() throws {
         let h = try makeHarness(podsOnA: 1, podsOnB: 2)
         let (a1, b1, b2) = (h.lab.podsOnA[0], h.lab.podsOnB[0], h.lab.podsOnB[1])
         try h.apply(h.service(pods: [a1, b1]))
         let hold = try h.client.startHold(target: h.tcpTarget, connections: 20)
         XCTAssertEqual(hold.established.established, 20, "\(hold.established.failures)")
-        XCTAssertEqual(Set(hold.established.backends.keys), ["a1", "b1"], "held flows cover a local and a DSR backend")
-        try h.apply(h.service(pods: [b2]))
-        let after = try h.client.tcp(target: h.tcpTarget, count: 10)
-        XCTAssertEqual(after.backends, ["b2": 10], "new connections use the new set")
+        let held = hold.established.backends
+        XCTAssertEqual(Set(held.keys), ["a1", "b1"], "held flows cover a local and a DSR backend")
+        // b1 leaves (its pod keeps running), b2 joins: node B's entries of b1's flows stay.
+        try h.apply(h.service(pods: [a1, b2]))
+        XCTAssertEqual(try KernelLoadBalancerMaps.dsrFlowViews(pinPath: h.b.pinPath).filter { $0.backend.hasPrefix(b1.ipv4 + ":") }.count,
+                       held["b1"])
+        let repliesBefore = h.b.datapath.outcomeCounters()["np_dsr_reply"] ?? 0
+        let after = try h.client.tcp(target: h.tcpTarget, count: 20)
+        XCTAssertEqual(Set(after.backends.keys), ["a1", "b2"], "new connections use the new set")
         let final = try hold.finish()
         XCTAssertEqual(final.survived, 20, "held connections keep their backend: lost \(final.lost ?? [:])")
-        XCTAssertEqual(final.survivedBackends, hold.established.backends)
+        XCTAssertEqual(final.survivedBackends, held)
+        XCTAssertGreaterThan(h.b.datapath.outcomeCounters()["np_dsr_reply"] ?? 0, repliesBefore, "b1 kept answering by DSR")
     }
 
     func testGarbageCollectionRemovesIdleDSREntriesOnTheBackendsNode() throws {
@@ -266,17 +294,18 @@ final class DSRPacketTests: XCTestCase {
         try requireKernelBPF()
         pinPath = uniquePinPath("dsrpkt")
         datapath = try NodePortDatapath.load(NodePortOptions(pinPath: pinPath, mode: .dsr), logger: testLogger)
-        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
-        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] {
-            var key = sl_service_key()
-            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
-            key.port = Self.nodePort.bigEndian
-            key.proto = proto
-            var value = sl_service_value()
-            value.rev_nat_id = 1
-            value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
-            try maps.services.update(key, value)
-        }
+        // A NodePort without backends, for carriers to name.
+        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] { try addNodePort(Self.nodePort, proto: proto, slot: 0, revNat: 1) }
+    }
+
+    /// The NodePort wildcard entry of `port` whose active set is `slot` alone (0: none).
+    private func addNodePort(_ port: UInt16, proto: UInt8, slot: UInt32, revNat: UInt32) throws {
+        var key = sl_service_key()
+        (key.addr, key.port, key.proto) = (NodePortDatapath.v4MappedWords("0.0.0.0")!, port.bigEndian, proto)
+        var value = sl_service_value()
+        (value.slot_base, value.count, value.rev_nat_id) = (slot, slot == 0 ? 0 : 1, revNat)
+        value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
+        try KernelLoadBalancerMaps(pinPath: pinPath).services.update(key, value)
     }
 
     override func tearDown() {
@@ -344,6 +373,33 @@ final class DSRPacketTests: XCTestCase {
         XCTAssertEqual(try run(other, .egress).1, other)
     }
 
+    func testABackendsICMPErrorAboutARecordedFlowQuotesTheFrontend() throws {
+        typealias F = TestFrame
+        let udp = UInt8(IPPROTO_UDP)
+        XCTAssertEqual(try run(Self.carrier(proto: udp, options: Self.option())).2, ["np_dsr_received": 1])
+        // Port unreachable from the backend about client:40000 -> backend:8053.
+        func portUnreachable(quoting destination: [UInt8]) -> [UInt8] {
+            var icmp: [UInt8] = [3, 3, 0, 0, 0, 0, 0, 0] + Array(F.ipv4(proto: udp, dst: destination, F.udp(dport: 8053)).prefix(28))
+            let sum = F.checksum(icmp)
+            (icmp[2], icmp[3]) = (UInt8(sum >> 8), UInt8(sum & 0xff))
+            return F.ethernet(F.ipv4(proto: 1, src: Self.backend, dst: F.client, icmp))
+        }
+        let (verdict, out, changed) = try run(portUnreachable(quoting: Self.backend), .egress)
+        XCTAssertEqual(verdict, Self.tcActOK)
+        XCTAssertEqual(changed, ["np_dsr_icmp_error": 1])
+        let outer = Array(out[14..<34]), icmp = Array(out[34..<70]), inner = Array(out[42..<62])
+        XCTAssertEqual(Array(outer[12..<16]), Self.frontend, "outer source: the frontend")
+        XCTAssertEqual(F.checksum(outer), 0, "outer header checksum")
+        XCTAssertEqual(Array(inner[12..<16]), F.client, "quoted source: still the client")
+        XCTAssertEqual(Array(inner[16..<20]), Self.frontend, "quoted destination: the frontend")
+        XCTAssertEqual(F.checksum(inner), 0, "quoted header checksum")
+        XCTAssertEqual(Array(out[62..<66]), [0x9c, 0x40, UInt8(Self.nodePort >> 8), UInt8(Self.nodePort & 0xff)], "quoted ports")
+        XCTAssertEqual(F.checksum(icmp), 0, "ICMP checksum")
+        // About a flow that was never recorded: untouched.
+        let unrelated = portUnreachable(quoting: [10, 0, 0, 6])
+        XCTAssertEqual(try run(unrelated, .egress).1, unrelated)
+    }
+
     /// NodePort 30080/TCP and 30053/UDP on 192.0.2.1 with the one backend 10.0.0.5, which a
     /// scratch namespace routes via 198.51.100.2 on device snd0 (MTU 1500), an external
     /// device whose SNAT address is 198.51.100.1. The client 198.51.100.7 is on-link there.
@@ -357,14 +413,7 @@ final class DSRPacketTests: XCTestCase {
             slot.proto = proto
             slot.backend_id = index
             try maps.slots.update(index, slot)
-            var key = sl_service_key()
-            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
-            key.port = port.bigEndian
-            key.proto = proto
-            var value = sl_service_value()
-            (value.slot_base, value.count, value.rev_nat_id) = (index, 1, 10 + index)
-            value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
-            try maps.services.update(key, value)
+            try addNodePort(port, proto: proto, slot: index, revNat: 10 + index)
         }
         var nodeKey = sl_node_addr_key()
         nodeKey.addr = NodePortDatapath.v4MappedWords("192.0.2.1")!

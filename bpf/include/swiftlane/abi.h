@@ -367,10 +367,11 @@ enum sl_reason {
 	SL_REASON_NP_DSR_REPLY = 37,        /* backend reply given the frontend as source (backend's node) */
 	SL_REASON_NP_DSR_MALFORMED = 38,    /* dropped: frontend option of a wrong length or past the header */
 	SL_REASON_NP_DSR_UNKNOWN_FRONTEND = 39, /* dropped: frontend option naming no frontend */
-	SL_REASON_NP_SOURCE_RANGE_DENIED = 40, /* dropped: client outside the LB VIP's loadBalancerSourceRanges */
-	SL_REASON_NP_XDP_PASS_TO_TC = 41,   /* XDP left the packet to the tc program (see bpf/nodeport.c) */
-	SL_REASON_NP_XDP_REDIRECT = 42,     /* XDP translated the packet and redirected it to its device */
-	SL_REASON_MAX = 43,
+	SL_REASON_NP_DSR_ICMP_ERROR = 40,   /* backend's ICMP error about a DSR flow shown as the frontend's */
+	SL_REASON_NP_SOURCE_RANGE_DENIED = 41, /* dropped: client outside the LB VIP's loadBalancerSourceRanges */
+	SL_REASON_NP_XDP_PASS_TO_TC = 42,   /* XDP left the packet to the tc program (see bpf/nodeport.c) */
+	SL_REASON_NP_XDP_REDIRECT = 43,     /* XDP translated the packet and redirected it to its device */
+	SL_REASON_MAX = 44,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 
