@@ -27,16 +27,23 @@ final class DSRHarness {
     var a: Node { nodes[0] }
     var b: Node { nodes[1] }
 
-    init(podsOnA: Int, podsOnB: Int, label: String, mode: NodePortOptions.Mode = .dsr) throws {
+    /// `acceleration`: XDP in front of tc on both nodes' devices, as `swiftlane run` would
+    /// install it with `nodePort.acceleration`.
+    init(podsOnA: Int, podsOnB: Int, label: String, mode: NodePortOptions.Mode = .dsr,
+         acceleration: NodePortOptions.Acceleration = .none) throws {
         lab = try NodeLab(podsOnA: podsOnA, podsOnB: podsOnB, sharedFabric: true)
         client = lab.clientProbe()
         do {
             for pod in lab.podsOnA + lab.podsOnB { try lab.startProbeServer(on: pod, tcpPort: 8080, udpPort: 8053) }
+            // Native XDP sees frames as a NIC delivers them: complete checksums (see
+            // NodeLab.sendCompleteChecksums).
+            if acceleration == .native { try lab.sendCompleteChecksums() }
             for (name, netns, devices) in [("node-a", lab.nodeA.netns, [lab.externalDevice, lab.interNodeDevice]),
                                            ("node-b", lab.nodeB.netns, [lab.nodeBExternalDevice!, lab.nodeBDevice])] {
                 let pinPath = uniquePinPath(label + String(name.suffix(1)))
                 nodes.append(Node(pinPath: pinPath, datapath: try NodePortDatapath.install(
-                    NodePortOptions(pinPath: pinPath, devices: devices, mode: mode, networkNamespace: "/run/netns/" + netns),
+                    NodePortOptions(pinPath: pinPath, devices: devices, mode: mode, acceleration: acceleration,
+                                    networkNamespace: "/run/netns/" + netns),
                     logger: testLogger), syncer: try ProxySyncer(nodeName: name, maps: try KernelLoadBalancerMaps(pinPath: pinPath),
                                                                  logger: testLogger)))
             }
@@ -147,6 +154,44 @@ final class NodePortDSRTests: XCTestCase {
         XCTAssertEqual(Set(views.map { $0.client.split(separator: ":")[0] }), [Substring(h.lab.clientIPv4)])
         XCTAssertEqual(Set(views.map(\.backend)), Set(h.lab.podsOnB.map { "\($0.ipv4):8080" }))
         XCTAssertEqual(Set(views.map(\.protocol)), ["TCP"])
+    }
+
+    /// The same DSR flows with XDP (generic, then native) in front of tc on both nodes: the
+    /// same results, and XDP itself forwards the DSR flows' segments that carry no option
+    /// (it hands SYNs and UDP datagrams, which must grow by the option, to tc).
+    func testDSRGivesTheSameResultsWithXDPInFront() throws {
+        try requireKernelBPF()
+        for acceleration in [NodePortOptions.Acceleration.generic, .native] {
+            harness = try DSRHarness(podsOnA: 0, podsOnB: 2, label: "dsrxdp" + acceleration.rawValue.prefix(3),
+                                     acceleration: acceleration)
+            let h = harness!
+            defer {
+                h.tearDown()
+                harness = nil
+            }
+            try h.apply(h.service(pods: h.lab.podsOnB))
+            let tcp = try h.client.tcp(target: h.tcpTarget, count: 20)
+            XCTAssertEqual(tcp.ok, 20, "[\(acceleration)] \(tcp.failures) \(tcp.firstError ?? "")")
+            XCTAssertEqual(Set(tcp.backends.keys), ["b1", "b2"], "[\(acceleration)] \(tcp.backends)")
+            XCTAssertEqual(tcp.peerNameMismatches, 0, "[\(acceleration)] getpeername() must show nodeAIP:nodePort")
+            XCTAssertEqual(tcp.seenClientAddresses, [h.lab.clientIPv4], "[\(acceleration)]")
+            assertRepliesBypassedNodeA(h, flows: 20)
+            let afterTCP = h.a.datapath.outcomeCounters()
+            XCTAssertGreaterThan(afterTCP["np_xdp_redirect"] ?? 0, 0, "[\(acceleration)] XDP forwards option-less segments: \(afterTCP)")
+            XCTAssertGreaterThanOrEqual(afterTCP["np_xdp_pass_to_tc"] ?? 0, 20, "[\(acceleration)] SYNs go to tc for the option")
+
+            let udp = try h.client.udp(target: h.udpTarget, count: 20)
+            XCTAssertEqual(udp.ok, 20, "[\(acceleration)] \(udp.errors) timeouts \(udp.timeouts)")
+            XCTAssertEqual(udp.replySourceMismatches, 0, "[\(acceleration)]")
+            XCTAssertEqual(Set(udp.seenClientAddresses), [h.lab.clientIPv4], "[\(acceleration)]")
+            XCTAssertEqual((h.a.datapath.outcomeCounters()["np_dsr_carried"] ?? 0) - (afterTCP["np_dsr_carried"] ?? 0), 20,
+                           "[\(acceleration)] every datagram carries the frontend, added by tc")
+
+            let vip = try h.client.tcp(target: "\(h.loadBalancerIP):80", count: 10)
+            XCTAssertEqual(vip.ok, 10, "[\(acceleration)] \(vip.failures)")
+            XCTAssertEqual(vip.peerNameMismatches, 0, "[\(acceleration)]")
+            XCTAssertEqual(h.a.datapath.outcomeCounters()["np_reply"], 0, "[\(acceleration)] no reply passed node A")
+        }
     }
 
     func testSNATModeOnTheSameFabricStillSendsRepliesBackThroughNodeA() throws {
