@@ -21,9 +21,10 @@ struct NodePortBench: ParsableCommand {
             Each round runs every datapath in turn on the same lab: Swiftlane tc alone, \
             Swiftlane with XDP generic and XDP native in front of tc, and kube-proxy-style \
             iptables rules (nat PREROUTING DNAT to the pod, POSTROUTING MASQUERADE as for \
-            externalTrafficPolicy=Cluster). Per datapath: (1) a UDP flood of small datagrams \
-            over --flows flows (connected sockets, sendmmsg) from the client namespace for \
-            --seconds, counted by the receiving pod (packets/s delivered); (2) --parallel \
+            externalTrafficPolicy=Cluster). Per datapath: (1) a flood of small UDP datagrams \
+            over --flows flows, prebuilt frames sent from an AF_PACKET socket on the client's \
+            device (sendmmsg) for --seconds, counted by the receiving pod's UDP socket \
+            (packets/s delivered); (2) --parallel \
             clients each opening TCP connections until established and resetting them \
             (SO_LINGER 0, so neither side keeps TIME_WAIT), --connections in all \
             (connections/s). Reported: min/median/max over rounds, and ratios of medians. \
@@ -148,6 +149,12 @@ struct NodePortBench: ParsableCommand {
 
         let dsr = Self.probeDSR(base, logger: logger)
         let receiver = try FloodReceiver(netns: pod.netns, port: Self.floodPort)
+        func mac(_ device: String, _ netns: String) throws -> [UInt8] {
+            let text = try lab.exec(["cat", "/sys/class/net/\(device)/address"], netns: netns).stdout
+            return text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ":").compactMap { UInt8($0, radix: 16) }
+        }
+        let link = FloodSender.Link(device: lab.clientDevice, sourceMAC: try mac(lab.clientDevice, lab.clientNetns),
+                                    destinationMAC: try mac(lab.externalDevice, lab.nodeA.netns), source: lab.clientIPv4)
         defer { receiver.stop() }
 
         print("NodePort under load, external client -> node A (SNAT) -> pod on node B; \(rounds) rounds")
@@ -164,7 +171,7 @@ struct NodePortBench: ParsableCommand {
                     try iptables(lab, pod: pod, add: true)
                 }
                 let before = datapath?.outcomeCounters() ?? [:]
-                let sample = Result { try measure(contender.rawValue, round: round, lab: lab, receiver: receiver) }
+                let sample = Result { try measure(contender.rawValue, round: round, lab: lab, link: link, receiver: receiver) }
                 if contender == .iptables { try iptables(lab, pod: pod, add: false) }
                 var s = try sample.get()
                 for (reason, count) in datapath?.outcomeCounters() ?? [:] where count != before[reason] {
@@ -227,6 +234,8 @@ struct NodePortBench: ParsableCommand {
     static func checkLayout() {
         precondition(MemoryLayout<MMsgHdr>.stride == 64 && MemoryLayout<MMsgHdr>.offset(of: \MMsgHdr.msg_len) == 56,
                      "struct mmsghdr layout")
+        precondition(MemoryLayout<SockaddrLL>.size == 20 && MemoryLayout<SockaddrLL>.offset(of: \SockaddrLL.sll_addr) == 12,
+                     "struct sockaddr_ll layout")
     }
 
     private static func probeDSR(_ base: NodePortOptions, logger: Logger) -> String {
@@ -242,9 +251,12 @@ struct NodePortBench: ParsableCommand {
         }
     }
 
-    private func measure(_ datapath: String, round: Int, lab: NodeLab, receiver: FloodReceiver) throws -> Sample {
+    private func measure(_ datapath: String, round: Int, lab: NodeLab, link: FloodSender.Link, receiver: FloodReceiver) throws
+        -> Sample
+    {
         let target = try LabEndpoint("\(lab.externalIPv4):\(Self.floodNodePort)")
-        let flood = try FloodSender.run(netns: lab.clientNetns, target: target, flows: flows, seconds: seconds, receiver: receiver)
+        let flood = try FloodSender.run(netns: lab.clientNetns, link: link, target: target, flows: flows, seconds: seconds,
+                                        receiver: receiver)
         let tcpTarget = try LabEndpoint("\(lab.externalIPv4):30080")
         let connect = try ConnectStorm.run(netns: lab.clientNetns, target: tcpTarget, clients: parallel, total: connections)
         return Sample(datapath: datapath, round: round, packetsPerSecond: flood.receivedPerSecond, packetsSent: flood.sent,
@@ -318,6 +330,17 @@ private func onThreadIn<T>(_ netns: String, _ body: @escaping () throws -> T) ->
 private struct MMsgHdr {
     var msg_hdr = msghdr()
     var msg_len: UInt32 = 0
+}
+
+/// struct sockaddr_ll (linux/if_packet.h, not in the Glibc module).
+private struct SockaddrLL {
+    var sll_family: UInt16 = UInt16(AF_PACKET)
+    var sll_protocol: UInt16 = 0
+    var sll_ifindex: Int32 = 0
+    var sll_hatype: UInt16 = 0
+    var sll_pkttype: UInt8 = 0
+    var sll_halen: UInt8 = 0
+    var sll_addr: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0)
 }
 
 /// sendmmsg(2) / recvmmsg(2), looked up in libc for the same reason.
@@ -426,42 +449,82 @@ enum FloodSender {
         func add(_ n: Int) { lock.withLock { count += n } }
     }
 
-    static func run(netns: String, target: LabEndpoint, flows: Int, seconds: Double, receiver: FloodReceiver) throws -> Result {
-        let progress = Progress()
-        let sender = onThreadIn(netns) { () throws -> Void in
-            var sockets: [Int32] = []
-            defer { sockets.forEach { close($0) } }
-            var destination = sockaddrIn(target)
-            for _ in 0..<flows {
-                let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-                guard fd >= 0 else { throw NetLabError.system(what: "socket", errno: errno) }
-                sockets.append(fd)
-                let connected = withUnsafePointer(to: &destination) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                guard connected == 0 else { throw NetLabError.system(what: "connect \(target)", errno: errno) }
+    /// Where the frames go: the client's device and both ends' MAC addresses.
+    struct Link {
+        var device: String
+        var sourceMAC: [UInt8]
+        var destinationMAC: [UInt8]
+        var source: String
+    }
+
+    /// One Ethernet/IPv4/UDP frame per flow (source ports 10000…), 18 bytes of payload,
+    /// every checksum complete, as a traffic generator on another machine would send.
+    static func frames(link: Link, target: LabEndpoint, flows: Int) -> [[UInt8]] {
+        func address(_ text: String) -> [UInt8] { text.split(separator: ".").map { UInt8($0)! } }
+        func checksum(_ bytes: [UInt8]) -> UInt16 {
+            var sum: UInt32 = 0
+            for i in stride(from: 0, to: bytes.count, by: 2) {
+                sum += UInt32(bytes[i]) << 8 | (i + 1 < bytes.count ? UInt32(bytes[i + 1]) : 0)
             }
+            while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
+            return ~UInt16(sum)
+        }
+        let (src, dst) = (address(link.source), address(target.ip))
+        let payload = [UInt8](repeating: 0x5a, count: 18)
+        return (0..<flows).map { flow in
+            let sport = UInt16(10_000 + flow), length = UInt16(8 + payload.count)
+            var udp: [UInt8] = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(target.port >> 8), UInt8(target.port & 0xff),
+                                UInt8(length >> 8), UInt8(length & 0xff), 0, 0] + payload
+            let sum = checksum(src + dst + [0, 17, UInt8(length >> 8), UInt8(length & 0xff)] + udp)
+            (udp[6], udp[7]) = (UInt8(sum >> 8), UInt8(sum & 0xff))
+            let total = UInt16(20 + udp.count)
+            var ip: [UInt8] = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 0, 0x40, 0, 64, 17, 0, 0] + src + dst
+            let ipSum = checksum(ip)
+            (ip[10], ip[11]) = (UInt8(ipSum >> 8), UInt8(ipSum & 0xff))
+            return link.destinationMAC + link.sourceMAC + [0x08, 0x00] + ip + udp
+        }
+    }
+
+    /// Sends the flows' frames round-robin from an AF_PACKET socket on the client's device
+    /// (sendmmsg, 32 a call, no qdisc): the client's own UDP stack stays out of the figure.
+    static func run(netns: String, link: Link, target: LabEndpoint, flows: Int, seconds: Double, receiver: FloodReceiver)
+        throws -> Result
+    {
+        let progress = Progress()
+        let frames = Self.frames(link: link, target: target, flows: flows)
+        let sender = onThreadIn(netns) { () throws -> Void in
+            let fd = socket(AF_PACKET, Int32(SOCK_RAW.rawValue), 0)
+            guard fd >= 0 else { throw NetLabError.system(what: "socket(AF_PACKET)", errno: errno) }
+            defer { close(fd) }
+            var bypass: Int32 = 1
+            setsockopt(fd, SOL_PACKET, 20 /* PACKET_QDISC_BYPASS */, &bypass, socklen_t(MemoryLayout<Int32>.size))
+            var address = SockaddrLL()
+            address.sll_protocol = UInt16(0x0800).bigEndian  // ETH_P_IP
+            address.sll_ifindex = Int32(if_nametoindex(link.device))
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<SockaddrLL>.size)) }
+            }
+            guard bound == 0 else { throw NetLabError.system(what: "bind AF_PACKET to \(link.device)", errno: errno) }
             let batch = 32
-            var payload = [UInt8](repeating: 0x5a, count: 18)
-            try payload.withUnsafeMutableBytes { raw in
-                var iov = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
-                try withUnsafeMutablePointer(to: &iov) { iovPointer in
+            var storage = frames.flatMap { $0 }
+            let frameLength = frames[0].count
+            try storage.withUnsafeMutableBytes { raw in
+                var iovecs = (0..<frames.count).map { iovec(iov_base: raw.baseAddress! + $0 * frameLength, iov_len: frameLength) }
+                try iovecs.withUnsafeMutableBufferPointer { iov in
                     var headers = [MMsgHdr](repeating: MMsgHdr(), count: batch)
-                    for i in 0..<batch {
-                        headers[i].msg_hdr.msg_iov = iovPointer
-                        headers[i].msg_hdr.msg_iovlen = 1
-                    }
-                    var index = 0
+                    var next = 0
                     while !progress.isStopping {
-                        let n = headers.withUnsafeMutableBytes {
-                            libcSendmmsg(sockets[index], $0.baseAddress!, UInt32(batch), Int32(MSG_DONTWAIT))
+                        for i in 0..<batch {
+                            headers[i].msg_hdr.msg_iov = iov.baseAddress! + next
+                            headers[i].msg_hdr.msg_iovlen = 1
+                            next = (next + 1) % frames.count
                         }
+                        let n = headers.withUnsafeMutableBytes { libcSendmmsg(fd, $0.baseAddress!, UInt32(batch), 0) }
                         if n > 0 {
                             progress.add(Int(n))
-                        } else if errno != EAGAIN && errno != ENOBUFS && errno != ECONNREFUSED {
+                        } else if errno != EAGAIN && errno != ENOBUFS {
                             throw NetLabError.system(what: "sendmmsg", errno: errno)
                         }
-                        index = (index + 1) % sockets.count
                     }
                 }
             }
