@@ -80,7 +80,7 @@ let package = Package(
         .target(
             name: "Operations",
             dependencies: [
-                "Controller", "Datapath", "Reconciler", "ServiceModel",
+                "Controller", "Datapath", "KubeAPI", "Reconciler", "ServiceModel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -128,14 +128,14 @@ let package = Package(
         .testTarget(
             name: "OperationsTests",
             dependencies: [
-                "Operations", "Controller", "Datapath", "Reconciler", "ServiceModel", "NetLab", "swiftlane",
+                "Operations", "Controller", "Datapath", "KubeAPI", "Reconciler", "ServiceModel", "NetLab", "swiftlane",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
         .testTarget(
             name: "DatapathKernelTests",
-            dependencies: ["Datapath", "CLibBPF", "Reconciler", "ServiceModel", "Controller", "NetLab", "swiftlane"]
+            dependencies: ["Datapath", "CLibBPF", "Reconciler", "ServiceModel", "Controller", "NetLab", "Operations", "swiftlane"]
         ),
     ],
     swiftLanguageModes: [.v5]

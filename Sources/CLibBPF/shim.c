@@ -8,6 +8,10 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/vfs.h>
+#include <sys/socket.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/pkt_sched.h>
 #include <bpf/btf.h>
 
 struct bpf_object *clb_object_open_mem(const void *bytes, size_t size, const char *name,
@@ -271,7 +275,78 @@ int clb_tc_clsact_create(int ifindex)
 	clb_tc_hook_init(&hook, ifindex, 0);
 	hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS;
 	err = bpf_tc_hook_create(&hook);
-	return err == -EEXIST ? 0 : err;
+	if (err == -EEXIST)
+		return 0;
+	return err ? err : 1;
+}
+
+int clb_tc_clsact_destroy(int ifindex)
+{
+	struct bpf_tc_hook hook;
+
+	clb_tc_hook_init(&hook, ifindex, 0);
+	hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS;
+	return bpf_tc_hook_destroy(&hook);
+}
+
+int clb_tc_filter_count(int ifindex, int egress)
+{
+	struct {
+		struct nlmsghdr header;
+		struct tcmsg tc;
+	} request;
+	char buffer[16384] __attribute__((aligned(NLMSG_ALIGNTO)));
+	int fd, count = 0, err = 0, done = 0;
+
+	memset(&request, 0, sizeof(request));
+	request.header.nlmsg_len = NLMSG_LENGTH(sizeof(struct tcmsg));
+	request.header.nlmsg_type = RTM_GETTFILTER;
+	request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	request.header.nlmsg_seq = 1;
+	request.tc.tcm_family = AF_UNSPEC;
+	request.tc.tcm_ifindex = ifindex;
+	request.tc.tcm_parent = TC_H_MAKE(TC_H_CLSACT, egress ? TC_H_MIN_EGRESS : TC_H_MIN_INGRESS);
+
+	fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (fd < 0)
+		return -errno;
+	if (send(fd, &request, request.header.nlmsg_len, 0) < 0) {
+		err = -errno;
+		goto out;
+	}
+	while (!done) {
+		ssize_t length = recv(fd, buffer, sizeof(buffer), 0);
+		struct nlmsghdr *header;
+
+		if (length < 0) {
+			if (errno == EINTR)
+				continue;
+			err = -errno;
+			goto out;
+		}
+		if (length == 0)
+			break;
+		for (header = (struct nlmsghdr *)buffer; NLMSG_OK(header, (unsigned int)length);
+		     header = NLMSG_NEXT(header, length)) {
+			if (header->nlmsg_type == NLMSG_DONE) {
+				done = 1;
+				break;
+			}
+			if (header->nlmsg_type == NLMSG_ERROR) {
+				struct nlmsgerr *error = NLMSG_DATA(header);
+
+				err = error->error;
+				goto out;
+			}
+			/* The dump lists each classifier instance (handle 0) and then its filters;
+			 * only the filters count. */
+			if (header->nlmsg_type == RTM_NEWTFILTER && ((struct tcmsg *)NLMSG_DATA(header))->tcm_handle != 0)
+				count++;
+		}
+	}
+out:
+	close(fd);
+	return err ? err : count;
 }
 
 int clb_tc_attach(int ifindex, int egress, int prog_fd, __u32 handle, __u32 priority)

@@ -11,6 +11,19 @@ public protocol ProxySyncObserver: AnyObject, Sendable {
     func proxySyncer(_ syncer: ProxySyncer, didSync report: ProxySyncer.Report, objects: ManifestObjects, prune: Bool)
 }
 
+/// Several observers of one syncer, told in order.
+public final class ProxySyncObservers: ProxySyncObserver, @unchecked Sendable {
+    public let observers: [any ProxySyncObserver]
+
+    public init(_ observers: [any ProxySyncObserver]) {
+        self.observers = observers
+    }
+
+    public func proxySyncer(_ syncer: ProxySyncer, didSync report: ProxySyncer.Report, objects: ManifestObjects, prune: Bool) {
+        for observer in observers { observer.proxySyncer(syncer, didSync: report, objects: objects, prune: prune) }
+    }
+}
+
 /// A frontend change the reconciler could not apply, taken apart for logs and metrics.
 /// The reconciler reports failures as text (`BPFError.description`, or its own planning
 /// error for a full slot array); both name the errno as `E…`, and map writes name the map.

@@ -123,6 +123,8 @@ public final class ProxySyncer: @unchecked Sendable {
         /// From the change being observed to the maps being programmed (kube-proxy's
         /// network programming latency), when the caller said when it observed it.
         public var networkProgrammingLatency: Duration?
+        /// Services with a frontend left on its previous state, and the first error.
+        public var failedServices: [String: String] = [:]
     }
 
     /// Adopts the maps' current contents: nothing is rewritten until a sync finds a
@@ -137,7 +139,7 @@ public final class ProxySyncer: @unchecked Sendable {
 
     /// The node as the translation sees it: from a Node object of that name if the source
     /// has one, otherwise just its name.
-    func proxyNode(from nodes: [ServiceModel.Node]) -> ProxyNode {
+    public func proxyNode(from nodes: [ServiceModel.Node]) -> ProxyNode {
         guard let node = nodes.first(where: { $0.metadata.name == nodeName }) else {
             return ProxyNode(name: nodeName, labels: [:], addresses: [], podCIDRs: [])
         }
@@ -241,9 +243,12 @@ public final class ProxySyncer: @unchecked Sendable {
         if let observedAt { metadata["networkProgrammingLatency"] = "\(end - observedAt)" }
         logger.info("synced", metadata: metadata)
         for change in report.applied { logger.debug("\(change)") }
-        let result = Report(frontends: owners.count, servicesChanged: changed.count, changes: report.applied.count, ops: report.opCount,
+        var result = Report(frontends: owners.count, servicesChanged: changed.count, changes: report.applied.count, ops: report.opCount,
                             failures: report.failed.map { "\($0.change.service): \($0.error)" }, duration: end - start,
                             networkProgrammingLatency: observedAt.map { end - $0 })
+        for (change, error) in report.failed where result.failedServices[change.service] == nil {
+            result.failedServices[change.service] = "\(error)"
+        }
         observer?.proxySyncer(self, didSync: result, objects: objects, prune: prune)
         return result
     }

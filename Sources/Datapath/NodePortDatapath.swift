@@ -3,6 +3,7 @@ import CLibBPF
 import Foundation
 import Glibc
 import Logging
+import ServiceModel
 
 /// Where and how the external-traffic datapath (`bpf/nodeport.c`) is installed.
 public struct NodePortOptions: Sendable {
@@ -112,6 +113,9 @@ public final class NodePortDatapath: @unchecked Sendable {
     let nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>
     let deviceMap: BPFMap<UInt32, sl_device>
     private let object: BPFObjectFile
+    /// `nodePortAddresses` and the node that resolves its `primary`, as last followed.
+    private let selectionLock = NSLock()
+    private var nodePortSelection: (entries: [String], node: ProxyNode)
     let ingressFD: Int32
     let egressFD: Int32
     let xdpFD: Int32
@@ -172,6 +176,7 @@ public final class NodePortDatapath: @unchecked Sendable {
                  counters: BPFMap<UInt32, UInt64>, nat: BPFMap<sl_nat_key, sl_nat_entry>,
                  nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>, deviceMap: BPFMap<UInt32, sl_device>) {
         self.options = options
+        self.nodePortSelection = (options.nodePortAddresses, ProxyNode(name: ""))
         self.object = object
         self.ingressFD = ingressFD
         self.egressFD = egressFD
@@ -201,7 +206,7 @@ public final class NodePortDatapath: @unchecked Sendable {
             for name in names {
                 let ifindex = Int32(if_nametoindex(name))
                 guard ifindex > 0 else { throw BPFError("find device", target: name, errno: errno) }
-                try checkBPF(clb_tc_clsact_create(ifindex), "create clsact qdisc on", target: name)
+                try QdiscOwnership.ensureClsact(ifindex: ifindex, device: name, pinPath: options.pinPath)
                 for (egress, fd, hook) in [(Int32(0), ingressFD, "ingress"), (1, egressFD, "egress")] {
                     var existing: UInt32 = 0
                     try checkBPF(clb_tc_query(ifindex, egress, Self.filterHandle, Self.filterPriority, &existing),
@@ -297,7 +302,12 @@ public final class NodePortDatapath: @unchecked Sendable {
     /// The device map (ifindex → SNAT address) and node-address map (address → serves
     /// NodePorts?) for the current devices; entries of devices gone are removed.
     private func writeDeviceMaps() throws {
-        let cidrs = options.nodePortAddresses.compactMap(IPv4CIDR.init)
+        // A.12, as the plan resolves it: IPv4 CIDRs (with `primary` the node's first IPv4
+        // address); none, or a zero one, selects every address.
+        let selection = selectionLock.withLock { nodePortSelection }
+        let cidrs = LoadBalancerPlan.nodePortCIDRs(
+            family: .v4, node: selection.node, options: TranslationOptions(nodePortAddresses: selection.entries))
+        let all = cidrs.isEmpty || cidrs.contains(where: \.isMatchAll)
         var wantedDevices: [UInt32: sl_device] = [:]
         var wantedAddresses: [[UInt32]: (sl_node_addr_key, sl_node_addr)] = [:]
         for device in devices {
@@ -310,7 +320,7 @@ public final class NodePortDatapath: @unchecked Sendable {
                 key.addr = words
                 var value = sl_node_addr()
                 value.ifindex = UInt32(device.ifindex)
-                if cidrs.isEmpty || cidrs.contains(where: { $0.contains(address) }) {
+                if all || IPAddress(sloppy: address).map({ ip in cidrs.contains { $0.contains(ip) } }) == true {
                     value.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
                 }
                 wantedAddresses[[words.0, words.1, words.2, words.3]] = (key, value)
@@ -324,12 +334,41 @@ public final class NodePortDatapath: @unchecked Sendable {
         }
     }
 
+    /// Makes the node-address map follow a changed `nodePortAddresses` (configuration
+    /// reload) or a change of the node's primary address (`primary`), without a restart.
+    /// Cheap when nothing changed: called after every sync.
+    public func followNodePortAddresses(_ entries: [String], node: ProxyNode) throws {
+        let primary = node.primaryAddress(.v4)
+        let changed = selectionLock.withLock { () -> Bool in
+            let current = nodePortSelection
+            guard current.entries != entries || current.node.primaryAddress(.v4) != primary else { return false }
+            nodePortSelection = (entries, node)
+            return true
+        }
+        guard changed else { return }
+        try writeDeviceMaps()
+        logger.info("NodePort addresses changed", metadata: [
+            "nodePortAddresses": "\(entries)", "primary": "\(primary.map { "\($0)" } ?? "unknown")",
+        ])
+    }
+
+    /// The node addresses that serve NodePorts now (introspection, tests).
+    public func nodePortServingAddresses() -> [String] {
+        nodeAddresses.keys().compactMap { key in
+            guard let value = nodeAddresses.lookup(key), value.flags & UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue) != 0 else {
+                return nil
+            }
+            return IPAddress(mapped16: withUnsafeBytes(of: key.addr) { Array($0) })?.description
+        }.sorted()
+    }
+
     // MARK: - Uninstall
 
     /// Removes Swiftlane's tc filters from `devices` (in `networkNamespace`, nil = the
     /// caller's) and, given the pin path, their pinned XDP links. Devices that are gone, or
     /// carry nothing of ours, are skipped. Returns the hooks removed ("dev/ingress",
-    /// "dev/xdp"). The clsact qdisc stays: other programs may use it.
+    /// "dev/xdp"). The clsact qdisc stays: `QdiscOwnership.removeOwned` removes the ones
+    /// Swiftlane created.
     @discardableResult
     public static func uninstall(devices: [String], networkNamespace: String? = nil, pinPath: String? = nil) -> [String] {
         (try? inNamespace(networkNamespace) { () -> [String] in
@@ -549,23 +588,3 @@ public final class NodePortDatapath: @unchecked Sendable {
     }
 }
 
-/// An IPv4 CIDR of `nodePortAddresses` (IPv6 entries are not of this family: nil).
-struct IPv4CIDR {
-    let network: UInt32
-    let mask: UInt32
-
-    init?(_ text: String) {
-        let parts = text.split(separator: "/")
-        guard parts.count == 2, let bits = UInt32(parts[1]), bits <= 32 else { return nil }
-        var raw = in_addr()
-        guard inet_pton(AF_INET, String(parts[0]), &raw) == 1 else { return nil }
-        mask = bits == 0 ? 0 : ~UInt32(0) << (32 - bits)
-        network = UInt32(bigEndian: raw.s_addr) & mask
-    }
-
-    func contains(_ address: String) -> Bool {
-        var raw = in_addr()
-        guard inet_pton(AF_INET, address, &raw) == 1 else { return false }
-        return UInt32(bigEndian: raw.s_addr) & mask == network
-    }
-}

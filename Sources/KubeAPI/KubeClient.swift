@@ -46,11 +46,29 @@ public final class KubeClient: @unchecked Sendable {
     public func get(_ pathAndQuery: String, totalTimeout: Duration? = nil, stallTimeout: Duration? = nil,
                     acceptCompressed: Bool = false) async throws -> HTTPResponse {
         try await rateLimiter.acquire()
-        var headers: [(name: String, value: String)] = [("Accept", "application/json")]
-        if let token = tokens.token() { headers.append(("Authorization", "Bearer " + token)) }
         let request = HTTPRequest(
-            server: configuration.server, pathAndQuery: pathAndQuery, headers: headers, tls: configuration.tls,
+            server: configuration.server, pathAndQuery: pathAndQuery, headers: headers(), tls: configuration.tls,
             totalTimeout: totalTimeout, stallTimeout: stallTimeout, acceptCompressed: acceptCompressed)
         return try await transport.send(request)
+    }
+
+    /// A write (`POST`, `PATCH`…) of a JSON body, answered in full. It does not take from
+    /// the informers' rate limit: writers (the event recorder) bring their own, so that
+    /// a burst of them never delays a relist.
+    public func send(_ method: String, _ pathAndQuery: String, json body: Data, contentType: String = "application/json",
+                     timeout: Duration = .seconds(10), responseLimit: Int = 1 << 20) async throws -> (status: Int, body: Data) {
+        let request = HTTPRequest(
+            server: configuration.server, pathAndQuery: pathAndQuery,
+            headers: headers() + [("Content-Type", contentType)], tls: configuration.tls,
+            totalTimeout: timeout, method: method, body: body)
+        let response = try await transport.send(request)
+        if response.head.status == 401 { tokens.invalidate() }
+        return (response.head.status, try await response.collect(limit: responseLimit))
+    }
+
+    private func headers() -> [(name: String, value: String)] {
+        var headers: [(name: String, value: String)] = [("Accept", "application/json")]
+        if let token = tokens.token() { headers.append(("Authorization", "Bearer " + token)) }
+        return headers
     }
 }

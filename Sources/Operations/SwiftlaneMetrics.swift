@@ -164,6 +164,14 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
         ).increment()
     }
 
+    /// What became of one Kubernetes Event (`EventRecorder.Outcome`), by its reason.
+    public func recordEvent(reason: String, outcome: String) {
+        registry.counter(
+            "swiftlane_events_total", labels: [("reason", reason), ("result", outcome)],
+            help: "Kubernetes Events by reason and result (posted, suppressed as a repeat, dropped from a full queue, failed, unsent without an API server)"
+        ).increment()
+    }
+
     /// A configuration file change was applied or rejected.
     public func recordConfigReload(applied: Bool, restartRequired: Bool) {
         registry.counter(

@@ -1,14 +1,19 @@
 import Controller
+import KubeAPI
 import ServiceModel
 
 /// Hands every sync and every arriving change to the metrics and the health state.
 public final class SyncTelemetry: ProxySyncObserver, @unchecked Sendable {
     public let metrics: SwiftlaneMetrics?
     public let health: ProxyHealth
+    /// Where a Service whose frontends could not be programmed is reported, so that
+    /// `kubectl describe service` shows it (deduplicated by the recorder).
+    public let events: EventRecorder?
 
-    public init(metrics: SwiftlaneMetrics?, health: ProxyHealth) {
+    public init(metrics: SwiftlaneMetrics?, health: ProxyHealth, events: EventRecorder? = nil) {
         self.metrics = metrics
         self.health = health
+        self.events = events
     }
 
     public func proxySyncer(
@@ -18,6 +23,19 @@ public final class SyncTelemetry: ProxySyncObserver, @unchecked Sendable {
         health.recordSync(
             failures: report.failures.count, complete: prune,
             node: objects.nodes.first { $0.metadata.name == syncer.nodeName })
+        for (service, error) in report.failedServices.sorted(by: { $0.key < $1.key }) {
+            events?.record(Self.programmingFailure(service: service, error: error, node: syncer.nodeName))
+        }
+    }
+
+    /// A Warning on the Service: its frontends stay on their previous state (map full…).
+    static func programmingFailure(service: String, error: String, node: String) -> ClusterEvent {
+        let parts = service.split(separator: "/", maxSplits: 1).map(String.init)
+        let reference: ObjectReference =
+            parts.count == 2 ? .service(namespace: parts[0], name: parts[1]) : .service(namespace: "default", name: service)
+        return ClusterEvent(
+            regarding: reference, type: .warning, reason: "FailedToProgramService", action: "Program",
+            note: "node \(node) could not program service \(service) (frontends left on their previous state, retried with backoff): \(error)")
     }
 
     /// A change arrived from the source; the next sync will program it.

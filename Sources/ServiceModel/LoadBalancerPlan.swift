@@ -326,7 +326,7 @@ extension LoadBalancerPlan {
     }
 
     /// The configured CIDRs of one family, with `primary` resolved.
-    static func nodePortCIDRs(family: IPFamily, node: ProxyNode, options: TranslationOptions) -> [CIDR] {
+    public static func nodePortCIDRs(family: IPFamily, node: ProxyNode, options: TranslationOptions) -> [CIDR] {
         var cidrs: [CIDR] = []
         for entry in options.nodePortAddresses {
             if entry.trimmingWhitespace() == "primary" {

@@ -15,9 +15,10 @@ struct CleanupCommand: ParsableCommand {
             --wait seconds) until the kernel has released every program and map the pins \
             held, and fails, naming the processes that still hold them, if some remain: \
             a running `swiftlane run` keeps its maps until it exits, so stop the \
-            controller (delete the DaemonSet) first. A clsact qdisc that held Swiftlane's \
-            filters is left in place, empty: other tools may share it. Service traffic is no \
-            longer translated afterwards. Use it to uninstall, or to start over after an \
+            controller (delete the DaemonSet) first. A clsact qdisc that Swiftlane created is \
+            removed too, unless another tool has attached filters to it since; one that \
+            existed before Swiftlane is left as it was. Service traffic is no longer \
+            translated afterwards. Use it to uninstall, or to start over after an \
             incompatible upgrade.
             """
     )
@@ -41,10 +42,16 @@ struct CleanupCommand: ParsableCommand {
         quiet.logLevel = .critical
         DatapathInspection.forwardLibbpfOutput(to: quiet)
         let owned = DatapathInspection.ownedObjects(pinPath: path)
-        // tc filters first: they run programs that use the pinned maps.
-        let removed =
-            NodePortDatapath.uninstall(devices: DatapathInspection.networkDevices(), pinPath: path).map { ($0.hasSuffix("/xdp") ? "xdp:" : "tc:") + $0 }
-            + SocketLoadBalancer.uninstall(pinPath: path)
+        // tc filters and XDP links first: they run programs that use the pinned maps. Then
+        // the qdiscs Swiftlane created (the record of them is pinned under the path), then
+        // the pins.
+        let filters = NodePortDatapath.uninstall(devices: DatapathInspection.networkDevices(), pinPath: path)
+            .map { ($0.hasSuffix("/xdp") ? "xdp:" : "tc:") + $0 }
+        let qdiscs = QdiscOwnership.removeOwned(pinPath: path)
+        for device in qdiscs.kept {
+            print("kept the clsact qdisc Swiftlane created on \(device)")
+        }
+        let removed = filters + qdiscs.removed.map { "qdisc:" + $0 } + SocketLoadBalancer.uninstall(pinPath: path)
         print(
             removed.isEmpty
                 ? "nothing installed under \(path)" : "removed under \(path): " + removed.joined(separator: " "))

@@ -16,8 +16,12 @@ struct DemoCommand: AsyncParsableCommand {
             servers), installs the socket load balancer on a cgroup of its own, runs the \
             controller on the sample manifests in examples/demo, and sends requests through \
             the ClusterIPs, printing which backend answered each one. Then it marks one pod \
-            as terminating, shows the traffic move, and removes everything it created. Needs \
-            root; touches nothing outside its own namespaces, cgroup and pins.
+            as terminating and shows the traffic move. With --external (the default) it then \
+            builds a two-node lab (an external client, node A with the tc programs on its \
+            devices, node B) and sends TCP through NodePorts: eTP=Cluster to pods on both \
+            nodes (those on node B source-NATed to node A) and eTP=Local (node A's pod only, \
+            the client's address kept). It removes everything it created. Needs root; touches \
+            nothing outside its own namespaces, cgroup and pins.
             """
     )
 
@@ -26,6 +30,9 @@ struct DemoCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Requests to send per step.")
     var requests: Int = 9
+
+    @Flag(inversion: .prefixedNo, help: "Also show traffic from outside the node through NodePorts (a two-node lab, tc programs).")
+    var external: Bool = true
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -119,11 +126,20 @@ struct DemoCommand: AsyncParsableCommand {
         print("\n■ what the maps serve now (`swiftlane dump -o table`)")
         print(try datapath.maps.readState().servedPlan.tableString())
         let counters = datapath.maps.outcomeCounters().filter { $0.value > 0 }.sorted { $0.key < $1.key }
-        print("\n■ summary")
-        for (what, result) in summary { print("  " + what.padding(toLength: 32, withPad: " ", startingAt: 0) + result) }
-        print("  datapath counters: " + counters.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
-        let ok = tcp.ok == tcp.attempts && tcp6.ok == tcp6.attempts && udp.ok == udp.attempts
+        var ok = tcp.ok == tcp.attempts && tcp6.ok == tcp6.attempts && udp.ok == udp.attempts
             && refused.failures["ECONNREFUSED"] == refused.attempts && after.backends["b3"] == nil && after.ok == after.attempts
+        summary.append(("socket datapath counters", counters.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
+
+        if external {
+            let act = try ExternalTrafficDemo(pinPath: pinPath + "-external", logger: logger)
+            cleanup.external = act
+            let (rows, externalOK) = try act.run(requests: requests)
+            summary += rows
+            ok = ok && externalOK
+        }
+
+        print("\n■ summary")
+        for (what, result) in summary { print("  " + what.padding(toLength: 36, withPad: " ", startingAt: 0) + result) }
         print(ok ? "\n✔ demo passed; cleaning up" : "\n✘ demo saw unexpected results; cleaning up")
         if !ok { throw ExitCode.failure }
     }
@@ -156,7 +172,9 @@ enum DemoPins {
     static func removeOrphans() {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/bpf")) ?? []
         for name in names where name.hasPrefix("swiftlane-demo-") {
-            guard let pid = pid_t(name.dropFirst("swiftlane-demo-".count)), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            // swiftlane-demo-PID, or swiftlane-demo-PID-external for the external act.
+            let pidText = name.dropFirst("swiftlane-demo-".count).prefix { $0 != "-" }
+            guard let pid = pid_t(pidText), kill(pid, 0) != 0, errno == ESRCH else { continue }
             SocketLoadBalancer.uninstall(pinPath: "/sys/fs/bpf/" + name)
         }
     }
@@ -169,6 +187,12 @@ final class DemoCleanup: @unchecked Sendable {
     private let work: String
     private let lock = NSLock()
     private var done = false
+    /// The external-traffic act, once it started.
+    var external: ExternalTrafficDemo? {
+        get { lock.withLock { externalAct } }
+        set { lock.withLock { externalAct = newValue } }
+    }
+    private var externalAct: ExternalTrafficDemo?
     private var sources: [DispatchSourceSignal] = []
 
     init(lab: ClusterLab, pinPath: String, work: String) {
@@ -182,6 +206,7 @@ final class DemoCleanup: @unchecked Sendable {
         defer { lock.unlock() }
         guard !done else { return }
         done = true
+        externalAct?.teardown()
         lab.teardown()
         SocketLoadBalancer.uninstall(pinPath: pinPath)
         try? FileManager.default.removeItem(atPath: work)

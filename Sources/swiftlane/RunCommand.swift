@@ -8,6 +8,7 @@ import Metrics
 import Operations
 import Prometheus
 import ServiceLifecycle
+import struct ServiceModel.ProxyNode
 
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -72,16 +73,21 @@ struct RunCommand: AsyncParsableCommand {
         let metrics = SwiftlaneMetrics(
             registry: registry, pinPath: configuration.bpfPinPath, outcomeCounters: { maps.outcomeCounters() },
             kubernetesStatus: kubernetesStatus, version: SwiftlaneVersion.current)
-        let telemetry = SyncTelemetry(metrics: metrics, health: health)
+        // Events about Services and this Node (`kubectl describe`); posted while the source
+        // is the API server, logged always.
+        let events = EventRecorder(reportingInstance: "swiftlane-" + configuration.nodeName, logger: logger)
+        events.onOutcome = { reason, outcome in metrics.recordEvent(reason: reason, outcome: outcome.rawValue) }
+        let telemetry = SyncTelemetry(metrics: metrics, health: health, events: events)
         telemetryBox.telemetry = telemetry
-        syncer.observer = telemetry
+        syncer.observer =
+            nodePort.map { ProxySyncObservers([telemetry, NodePortAddressFollower(datapath: $0, logger: logger)]) } ?? telemetry
         health.answered = { endpoint, code in metrics.recordHealthCheck(endpoint: endpoint, code: code) }
         health.liveNode = { kubernetesStatus.node }
         let expectedLinks = datapath.attachments.filter { $0.outcome != .skipped }
             .map { SocketLoadBalancer.linkDirectory(pinPath: configuration.bpfPinPath) + "/" + $0.hook.linkName }
         health.datapathAttached = { Self.linksAttached(expectedLinks, pinPath: configuration.bpfPinPath) }
         let supervisor = try SourceSupervisor(configuration: configuration, syncer: syncer, logger: logger) { current in
-            let source = try Self.makeSource(current, syncer: syncer, status: kubernetesStatus, logger: logger)
+            let source = try Self.makeSource(current, syncer: syncer, status: kubernetesStatus, events: events, logger: logger)
             health.sourceReady = Self.sourceReadiness(current, kubernetesStatus)
             return source
         }
@@ -112,10 +118,23 @@ struct RunCommand: AsyncParsableCommand {
                     datapath: nodePort, timeouts: configuration.nodePort.conntrack,
                     intervalSeconds: configuration.nodePort.conntrackGCIntervalSeconds, logger: logger))
         }
-        // healthCheckNodePort listeners (A.10) for the ports the controller programs.
-        services.append(
-            HealthCheckNodePorts(logger: logger, proxyHealthy: { health.isHealthy().healthy }) { maps.healthCheckTable() })
-        services += [reloader, supervisor]
+        // healthCheckNodePort listeners (A.10) for the ports the controller programs, on the
+        // node addresses nodePortAddresses selects (A.12), read at every poll.
+        let nodeName = configuration.nodeName
+        let nodePortAddresses = configuration.translation.nodePortAddresses
+        let healthChecks = HealthCheckNodePorts(
+            addresses: {
+                HealthCheckNodePorts.listenAddresses(
+                    nodePortAddresses: nodePortAddresses,
+                    localAddresses: InterfaceAddresses.current().values.flatMap { $0 },
+                    primary: kubernetesStatus.node.map { ProxyNode(node: $0).addresses } ?? [])
+            }, logger: logger, proxyHealthy: { health.isHealthy().healthy }
+        ) { maps.healthCheckTable() }
+        healthChecks.onBindFailure = { service, port, host, error in
+            events.record(HealthCheckNodePorts.bindFailureEvent(service: service, port: port, host: host, error: error, node: nodeName))
+        }
+        services.append(healthChecks)
+        services += [EventReporting(recorder: events), reloader, supervisor]
         let group = ServiceGroup(
             configuration: .init(
                 services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -125,10 +144,11 @@ struct RunCommand: AsyncParsableCommand {
     /// The sync service for the configured source.
     static func makeSource(
         _ configuration: SwiftlaneConfiguration, syncer: ProxySyncer, status: KubernetesSourceStatus,
-        logger: Logger
+        events: EventRecorder, logger: Logger
     ) throws -> any Service {
         switch configuration.source {
         case .directory(let directory):
+            events.client = nil
             return DirectorySyncService(
                 source: DirectorySource(path: directory.path, logger: logger), syncer: syncer,
                 pollInterval: .milliseconds(directory.pollIntervalMilliseconds),
@@ -149,6 +169,14 @@ struct RunCommand: AsyncParsableCommand {
             let client = try KubeClient(
                 configuration: clientConfiguration, limits: .init(qps: kubernetes.qps, burst: kubernetes.burst),
                 transportOptions: transport, logger: logger)
+            let first = events.client == nil
+            events.client = client
+            if first {
+                // kube-proxy's start-up event on its Node.
+                events.record(ClusterEvent(
+                    regarding: .node(configuration.nodeName), type: .normal, reason: "Starting", action: "StartSwiftlane",
+                    note: "Starting Swiftlane \(SwiftlaneVersion.current)."))
+            }
             return KubernetesSyncService(
                 client: client, syncer: syncer, serviceProxyName: configuration.serviceProxyName,
                 minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), status: status,

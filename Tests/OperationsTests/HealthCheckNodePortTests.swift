@@ -50,7 +50,7 @@ final class HealthCheckNodePortTests: XCTestCase {
         box.table = [ready: HealthCheckEntry(service: "shop/web", localEndpoints: 2),
                      draining: HealthCheckEntry(service: "shop/old", localEndpoints: 0)]
         let servers = HealthCheckNodePorts(
-            host: "127.0.0.1", pollInterval: .milliseconds(20), logger: Logger(label: "test"),
+            addresses: { ["127.0.0.1"] }, pollInterval: .milliseconds(20), logger: Logger(label: "test"),
             proxyHealthy: { box.lock.withLock { box.healthy } }, table: { box.lock.withLock { box.table } })
         let task = Task { try await servers.run() }
         defer { task.cancel() }
@@ -95,6 +95,69 @@ final class HealthCheckNodePortTests: XCTestCase {
         XCTAssertEqual(servers.listening, [], "shutdown closes every listener")
     }
 
+    /// A.12's address set: per family, the node addresses inside the CIDRs; all of IPv4
+    /// (the wildcard) when nothing restricts it; `primary` is the node's first address.
+    func testHealthCheckPortsListenOnTheAddressesNodePortAddressesSelects() {
+        let local = ["10.0.0.5", "192.168.7.2", "127.0.0.1", "fd00::5", "2001:db8::9"].compactMap(IPAddress.init(sloppy:))
+        func addresses(_ config: [String], primary: [String] = []) -> [String] {
+            HealthCheckNodePorts.listenAddresses(
+                nodePortAddresses: config, localAddresses: local, primary: primary.compactMap(IPAddress.init(sloppy:)))
+        }
+        XCTAssertEqual(addresses([]), ["0.0.0.0"], "default: every address")
+        XCTAssertEqual(addresses(["10.0.0.0/8"]), ["10.0.0.5"])
+        XCTAssertEqual(addresses(["10.0.0.0/8", "0.0.0.0/0"]), ["0.0.0.0"], "a zero CIDR selects everything")
+        XCTAssertEqual(addresses(["127.0.0.0/8", "192.168.0.0/16"]), ["192.168.7.2"], "never loopback")
+        XCTAssertEqual(addresses(["fd00::/8"]), ["0.0.0.0", "fd00::5"], "IPv6 CIDRs leave IPv4 unrestricted")
+        XCTAssertEqual(addresses(["primary"], primary: ["192.168.7.2", "2001:db8::9"]), ["192.168.7.2", "2001:db8::9"])
+        XCTAssertEqual(addresses(["172.16.0.0/12"]), [], "no node address in the range: no listener")
+    }
+
+    /// Every selected address gets its own listener; a port taken by someone else is
+    /// reported (kube-proxy's FailedToStartServiceHealthcheck) and retried until free.
+    func testEachAddressIsServedAndABindFailureIsReportedAndRetried() async throws {
+        let box = TableBox()
+        let port = try freePort()
+        box.table = [port: HealthCheckEntry(service: "shop/web", localEndpoints: 1)]
+        // Someone else holds the port on 127.0.0.2.
+        let squatter = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.2")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(squatter, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        XCTAssertEqual(bound, 0, "the squatter binds")
+        XCTAssertEqual(listen(squatter, 1), 0)
+        final class Failures: @unchecked Sendable {
+            let lock = NSLock()
+            var seen: [(String, UInt16, String)] = []
+        }
+        let failures = Failures()
+        let servers = HealthCheckNodePorts(
+            addresses: { ["127.0.0.1", "127.0.0.2"] }, pollInterval: .milliseconds(20), logger: Logger(label: "test"),
+            proxyHealthy: { true }, table: { box.lock.withLock { box.table } })
+        servers.onBindFailure = { service, port, host, _ in failures.lock.withLock { failures.seen.append((service, port, host)) } }
+        let task = Task { try await servers.run() }
+        defer { task.cancel() }
+        try await waitUntil { failures.lock.withLock { !failures.seen.isEmpty } && servers.listening == [port] }
+        let first = try XCTUnwrap(failures.lock.withLock { failures.seen.first })
+        XCTAssertEqual(first.0, "shop/web")
+        XCTAssertEqual(first.1, port)
+        XCTAssertEqual(first.2, "127.0.0.2")
+        XCTAssertEqual(servers.listeningAddresses[port], ["127.0.0.1"])
+        let event = HealthCheckNodePorts.bindFailureEvent(service: first.0, port: port, host: first.2, error: "in use", node: "node-a")
+        XCTAssertEqual(event.reason, "FailedToStartServiceHealthcheck")
+        XCTAssertEqual(event.type, .warning)
+        XCTAssertEqual(event.regarding, .service(namespace: "shop", name: "web"))
+        XCTAssertTrue(event.note.hasPrefix("node node-a failed to start healthcheck \"shop/web\" on port \(port)"), event.note)
+
+        close(squatter)
+        try await waitUntil { servers.listeningAddresses[port] == ["127.0.0.1", "127.0.0.2"] }
+        let answer = try await Task.detached { try SimpleHTTP.get(host: "127.0.0.2", port: Int(port), path: "/") }.value
+        XCTAssertEqual(answer.status, 200)
+    }
+
     /// The whole path: a LoadBalancer Service with externalTrafficPolicy=Local through the
     /// controller into the pinned health-check map, served from there.
     func testTheControllersHealthCheckTableIsServedWithLocalReadyEndpointCounts() async throws {
@@ -133,7 +196,7 @@ final class HealthCheckNodePortTests: XCTestCase {
         try sync(manifest([("10.0.0.1", "node-a", true), ("10.0.0.2", "node-a", true), ("10.0.0.3", "node-b", true),
                            ("10.0.0.4", "node-a", false)]))
         let servers = HealthCheckNodePorts(
-            host: "127.0.0.1", pollInterval: .milliseconds(20), logger: logger, proxyHealthy: { true },
+            addresses: { ["127.0.0.1"] }, pollInterval: .milliseconds(20), logger: logger, proxyHealthy: { true },
             table: { maps.healthCheckTable() })
         let task = Task { try await servers.run() }
         defer { task.cancel() }

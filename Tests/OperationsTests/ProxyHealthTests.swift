@@ -153,13 +153,13 @@ final class ManualClock: @unchecked Sendable {
 
 /// One HTTP/1.0 GET over loopback with plain sockets.
 enum SimpleHTTP {
-    static func get(port: Int, path: String) throws -> (status: Int, headers: [String: String], body: String) {
+    static func get(host: String = "127.0.0.1", port: Int, path: String) throws -> (status: Int, headers: [String: String], body: String) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))

@@ -1,5 +1,6 @@
 import Controller
 import Foundation
+import KubeAPI
 import Logging
 import Reconciler
 import ServiceModel
@@ -137,5 +138,42 @@ final class SyncMetricsTests: XCTestCase {
             value(text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").flatMap { $0 > 0 ? $0 : nil },
             "a sync with failures is not a successful sync")
         XCTAssertTrue(health.readyz().body.contains("the last sync left 1 frontends on their previous state"))
+    }
+
+    /// A Service that could not be programmed gets a Warning Event (once per dedupe
+    /// window, however many syncs retry it), and the event outcome is a metric.
+    func testAServiceThatCannotBeProgrammedGetsOneWarningEvent() async throws {
+        let metrics = SwiftlaneMetrics(pinPath: "/nonexistent", outcomeCounters: { [:] }, version: "test")
+        final class Seen: @unchecked Sendable {
+            let lock = NSLock()
+            var outcomes: [String] = []
+        }
+        let seen = Seen()
+        let events = EventRecorder(reportingInstance: "swiftlane-node-a", logger: Logger(label: "test"))
+        events.onOutcome = { reason, outcome in
+            metrics.recordEvent(reason: reason, outcome: outcome.rawValue)
+            seen.lock.withLock { seen.outcomes.append("\(reason)/\(outcome.rawValue)") }
+        }
+        let run = Task { await events.run() }
+        defer { run.cancel() }
+        let syncer = try ProxySyncer(
+            nodeName: "node-a", maps: InMemoryLoadBalancerMaps(serviceCapacity: 1), logger: Logger(label: "test"))
+        syncer.observer = SyncTelemetry(metrics: metrics, health: ProxyHealth(), events: events)
+        let report = syncer.sync(try objects(sliceVersion: "1", trigger: now, withLocalOnly: true))
+        let failed = try XCTUnwrap(report.failedServices.first)
+        XCTAssertEqual(report.failedServices.count, 1)
+        _ = syncer.sync(try objects(sliceVersion: "1", trigger: now, withLocalOnly: true))  // the retry fails again
+
+        let event = SyncTelemetry.programmingFailure(service: failed.key, error: failed.value, node: "node-a")
+        XCTAssertEqual(event.reason, "FailedToProgramService")
+        XCTAssertEqual(event.type, .warning)
+        XCTAssertEqual("\(event.regarding.namespace ?? "")/\(event.regarding.name)", failed.key)
+        XCTAssertTrue(event.note.contains("E2BIG"), event.note)
+        let deadline = Date().addingTimeInterval(10)
+        while seen.lock.withLock({ seen.outcomes.count }) < 2 && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        XCTAssertEqual(seen.lock.withLock { seen.outcomes.sorted() },
+                       ["FailedToProgramService/suppressed", "FailedToProgramService/unsent"])
+        let text = metrics.registry.emitToString()
+        XCTAssertEqual(value(text, #"swiftlane_events_total{reason="FailedToProgramService",result="unsent"}"#), 1, text)
     }
 }

@@ -69,13 +69,19 @@ int clb_setns(int fd, int nstype);
 
 /* tc (clsact) attachment through netlink, in the calling thread's network namespace.
  * Filters made this way outlive the process (a restart keeps traffic flowing).
- * clb_tc_clsact_create: adds the clsact qdisc unless it exists; 0 or -errno.
+ * clb_tc_clsact_create: adds the clsact qdisc unless it exists; 1 when this call created
+ *   it, 0 when it was there already, or -errno.
+ * clb_tc_clsact_destroy: removes the clsact qdisc and every filter on it; 0 or -errno.
+ * clb_tc_filter_count: how many filters (of anyone) sit on the ingress or egress hook, by
+ *   a netlink dump; the count or -errno.
  * clb_tc_attach: attaches prog_fd as a direct-action filter at ingress (egress == 0) or
  *   egress under handle/priority, replacing a filter already there in place; 0 or -errno.
  * clb_tc_query: the id of the program attached under handle/priority in *prog_id
  *   (0 when none); 0 or -errno.
  * clb_tc_detach: removes that filter; 0 or -errno (-ENOENT when none). */
 int clb_tc_clsact_create(int ifindex);
+int clb_tc_clsact_destroy(int ifindex);
+int clb_tc_filter_count(int ifindex, int egress);
 int clb_tc_attach(int ifindex, int egress, int prog_fd, __u32 handle, __u32 priority);
 int clb_tc_query(int ifindex, int egress, __u32 handle, __u32 priority, __u32 *prog_id);
 int clb_tc_detach(int ifindex, int egress, __u32 handle, __u32 priority);

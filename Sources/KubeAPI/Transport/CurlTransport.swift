@@ -393,6 +393,19 @@ final class Transfer: @unchecked Sendable {
             try set(CURLOPT_LOW_SPEED_TIME, max(1, stall.wholeSecondsRoundedUp), "CURLOPT_LOW_SPEED_TIME")
         }
         if request.acceptCompressed { try set(CURLOPT_ACCEPT_ENCODING, "gzip", "CURLOPT_ACCEPT_ENCODING") }
+        if request.method != "GET" { try set(CURLOPT_CUSTOMREQUEST, request.method, "CURLOPT_CUSTOMREQUEST") }
+        if let body = request.body {
+            try set(CURLOPT_POSTFIELDSIZE_LARGE, body.count, "CURLOPT_POSTFIELDSIZE_LARGE")
+            // COPYPOSTFIELDS: libcurl keeps its own copy, the Data may go away.
+            let code = body.isEmpty
+                ? clc_easy_setopt_string(handle, CURLOPT_POSTFIELDS, "")
+                : body.withUnsafeBytes { bytes in
+                    clc_easy_setopt_pointer(handle, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress))
+                }
+            try CurlError.check(code, "setopt CURLOPT_COPYPOSTFIELDS for \(summary)")
+            // No `Expect: 100-continue` round trip before small bodies.
+            headerList = curl_slist_append(headerList, "Expect:")
+        }
 
         if server.isTLS { try configureTLS(request.tls) }
 

@@ -39,8 +39,12 @@ public struct TLSOptions: Sendable, Equatable {
     }
 }
 
-/// One GET request. The response body is streamed (see `HTTPResponse`).
+/// One request: a GET (lists, watches) or a write with a body (Events). The response
+/// body is streamed (see `HTTPResponse`).
 public struct HTTPRequest: Sendable {
+    public var method: String
+    /// Sent as is, with `Content-Type` from `headers`.
+    public var body: Data?
     public var server: ServerURL
     /// Path and query, starting with `/`, already percent-encoded; appended to the
     /// server's base path.
@@ -59,8 +63,10 @@ public struct HTTPRequest: Sendable {
     public init(
         server: ServerURL, pathAndQuery: String, headers: [(name: String, value: String)] = [],
         tls: TLSOptions = TLSOptions(), totalTimeout: Duration? = nil, stallTimeout: Duration? = nil,
-        acceptCompressed: Bool = false
+        acceptCompressed: Bool = false, method: String = "GET", body: Data? = nil
     ) {
+        self.method = method
+        self.body = body
         self.server = server
         self.pathAndQuery = pathAndQuery
         self.headers = headers
@@ -72,7 +78,7 @@ public struct HTTPRequest: Sendable {
 
     /// `GET https://host:port/base/path?query`, for logs and errors (never the headers:
     /// they carry the token).
-    public var summary: String { "GET " + server.url(for: pathAndQuery) }
+    public var summary: String { method + " " + server.url(for: pathAndQuery) }
 }
 
 /// The status line and headers of a response.

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import itertools
 import json
+import re
 import socket
 import ssl
 import struct
@@ -39,6 +40,7 @@ RESOURCES = {
     "/api/v1/nodes": ("nodes", "Node", "v1", False),
 }
 BY_NAME = {v[0]: (path,) + v for path, v in RESOURCES.items()}
+EVENTS_PATH = re.compile(r"/apis/events\.k8s\.io/v1/namespaces/([a-z0-9-]+)/events")
 
 CONTINUE_EXPIRED = {
     "kind": "Status", "apiVersion": "v1",
@@ -318,6 +320,8 @@ class H2Session:
         self.window_open = asyncio.Event()
         self.closed_streams = set()
         self.tasks = {}
+        # Streams whose request body is still arriving: stream id -> (headers, body so far).
+        self.pending = {}
 
     def check(self, stream_id):
         if stream_id in self.closed_streams or self.writer.is_closing():
@@ -363,7 +367,19 @@ class H2Session:
                 for event in events:
                     if isinstance(event, h2.events.RequestReceived):
                         headers = dict(event.headers)
+                        if event.stream_ended is None:
+                            # A request with a body (POST): served once the body is complete.
+                            self.pending[event.stream_id] = (headers, bytearray())
+                            continue
                         task = asyncio.ensure_future(self.handle(event.stream_id, headers))
+                        self.tasks[event.stream_id] = task
+                    elif isinstance(event, h2.events.DataReceived):
+                        if event.stream_id in self.pending:
+                            self.pending[event.stream_id][1].extend(event.data)
+                        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded) and event.stream_id in self.pending:
+                        headers, body = self.pending.pop(event.stream_id)
+                        task = asyncio.ensure_future(self.handle(event.stream_id, headers, bytes(body)))
                         self.tasks[event.stream_id] = task
                     elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
                         self.window_open.set()
@@ -382,9 +398,9 @@ class H2Session:
                 task.cancel()
             self.window_open.set()
 
-    async def handle(self, stream_id, headers):
+    async def handle(self, stream_id, headers, body=b""):
         target = headers.get(":path", "/")
-        request = Request(headers.get(":method", "GET"), target, headers, "HTTP/2", self.peer)
+        request = Request(headers.get(":method", "GET"), target, headers, "HTTP/2", self.peer, body)
         writer = H2Writer(self, stream_id)
         try:
             await self.server.app(request, writer)
@@ -402,8 +418,9 @@ class H2Session:
 
 
 class Request:
-    def __init__(self, method, target, headers, http_version, peer):
+    def __init__(self, method, target, headers, http_version, peer, body=b""):
         self.method = method
+        self.body = body
         parsed = urllib.parse.urlsplit(target)
         self.path = parsed.path
         self.query = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
@@ -422,6 +439,7 @@ class FakeAPIServer:
         self.tokens = set(args.token or [])
         self.faults = []
         self.requests = []
+        self.events = []
         self.snapshots = {}
         self.snapshot_ids = itertools.count(1)
         self.watchlist = args.watchlist
@@ -460,6 +478,8 @@ class FakeAPIServer:
                 entry["status"] = 401
                 return await self.respond(w, 401, status_body(401, "Unauthorized", "Unauthorized"))
 
+        if request.method == "POST":
+            return await self.create_event(request, w, entry)
         route = RESOURCES.get(request.path)
         if route is None:
             entry["status"] = 404
@@ -485,6 +505,35 @@ class FakeAPIServer:
             await self.serve_watch(request, w, resource, label_terms, field_terms, fault, entry)
         else:
             await self.serve_list(request, w, resource, route, label_terms, field_terms, fault, entry)
+
+    async def create_event(self, request, w, entry):
+        """POST of an events.k8s.io/v1 Event: checked like the API server would, kept for `events`."""
+        match = EVENTS_PATH.fullmatch(request.path)
+        if match is None:
+            entry["status"] = 405
+            return await self.respond(w, 405, status_body(405, "MethodNotAllowed", "only events can be created here"))
+        entry["resource"] = "events"
+        fault = self.take_fault("events", "create", request.query) or {}
+        if "status" in fault:
+            entry["status"] = fault["status"]
+            return await self.respond(w, fault["status"], status_body(fault["status"], REASONS.get(fault["status"], "Error"), "injected"))
+        try:
+            event = json.loads(request.body)
+        except ValueError:
+            entry["status"] = 400
+            return await self.respond(w, 400, status_body(400, "BadRequest", "body is not JSON"))
+        missing = [f for f in ("eventTime", "reportingController", "reportingInstance", "action", "reason", "regarding", "type")
+                   if not event.get(f)]
+        namespace = event.get("metadata", {}).get("namespace")
+        if missing or namespace != match.group(1) or event.get("apiVersion") != "events.k8s.io/v1" \
+                or event.get("type") not in ("Normal", "Warning") or len(event.get("note", "")) > 1024:
+            entry["status"] = 422
+            return await self.respond(w, 422, status_body(422, "Invalid", "invalid event: missing %s" % missing))
+        event["metadata"]["uid"] = "event-%d" % len(self.events)
+        event["metadata"]["resourceVersion"] = str(self.store.rv + 1)
+        self.events.append(event)
+        entry["status"] = 201
+        return await self.respond(w, 201, json.dumps(event).encode())
 
     async def respond(self, w, code, body, headers=(("Content-Type", "application/json"),)):
         await w.start(code, list(headers), length=len(body))
@@ -701,6 +750,11 @@ class FakeAPIServer:
             return {}
         if op == "rv":
             return {"rv": str(store.rv)}
+        if op == "events":
+            result = list(self.events)
+            if cmd.get("clear"):
+                self.events.clear()
+            return {"events": result}
         raise ValueError("unknown op " + op)
 
 
@@ -778,7 +832,9 @@ async def serve_connection(server, reader, writer):
                 if ":" in line:
                     name, value = line.split(":", 1)
                     headers[name.strip().lower()] = value.strip()
-            request = Request(method, target, headers, "HTTP/1.1", peer)
+            length = int(headers.get("content-length") or 0)
+            body = await reader.readexactly(length) if length else b""
+            request = Request(method, target, headers, "HTTP/1.1", peer, body)
             h1 = H1Writer(writer)
             await server.app(request, h1)
             if h1.aborted:

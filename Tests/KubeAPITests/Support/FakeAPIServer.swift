@@ -287,8 +287,10 @@ struct ServedRequest {
     var status: Int?
     var peerCertificate: String?
     var host: String?
+    var method: String
 
     init(_ entry: [String: Any]) {
+        method = entry["method"] as? String ?? "GET"
         path = entry["path"] as? String ?? ""
         query = entry["query"] as? [String: String] ?? [:]
         http = entry["http"] as? String ?? ""
