@@ -223,15 +223,22 @@ final class NodePortTests: XCTestCase {
         }
     }
 
+    /// 30 connections to `address`:80 reach the pods of both nodes, with replies from
+    /// `address`:80.
+    private func assertServedByBothNodes(_ h: NodePortHarness, at address: String, file: StaticString = #filePath,
+                                         line: UInt = #line) throws {
+        let report = try h.client.tcp(target: "\(address):80", count: 30)
+        XCTAssertEqual(report.ok, 30, "failures: \(report.failures) \(report.firstError ?? "")", file: file, line: line)
+        XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)", file: file, line: line)
+        XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from \(address):80", file: file, line: line)
+        assertXDPShare(h, redirected: true, file: file, line: line)
+    }
+
     func testAnExternalIPIsServedOnNodeA() throws {
         try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
             let externalIP = h.lab.serviceIPv4(10)
             try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, externalIPs: [externalIP]))
-            let report = try h.client.tcp(target: "\(externalIP):80", count: 30)
-            XCTAssertEqual(report.ok, 30, "failures: \(report.failures) \(report.firstError ?? "")")
-            XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
-            XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from externalIP:80")
-            assertXDPShare(h, redirected: true)
+            try assertServedByBothNodes(h, at: externalIP)
         }
     }
 
@@ -239,11 +246,7 @@ final class NodePortTests: XCTestCase {
         try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
             let vip = h.lab.serviceIPv4(20)
             try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, loadBalancerIPs: [vip]))
-            let report = try h.client.tcp(target: "\(vip):80", count: 30)
-            XCTAssertEqual(report.ok, 30, "failures: \(report.failures) \(report.firstError ?? "")")
-            XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
-            XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from VIP:80")
-            assertXDPShare(h, redirected: true)
+            try assertServedByBothNodes(h, at: vip)
         }
     }
 
