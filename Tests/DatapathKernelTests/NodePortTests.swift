@@ -37,10 +37,13 @@ final class NodePortHarness {
                                 snatPorts: snatPorts, snatReclaimAfterSeconds: snatReclaimAfterSeconds,
                                 networkNamespace: "/run/netns/" + lab.nodeA.netns),
                 logger: testLogger)
-            if acceleration == .native {
-                // The veth peers stand for the client's and node B's NICs (see attachXDPPass
-                // and NodeLab.sendCompleteChecksums).
+            if acceleration != .none {
+                // The veth peers stand for the client's and node B's NICs, which deliver
+                // complete checksums (NodeLab.sendCompleteChecksums).
                 try lab.sendCompleteChecksums()
+            }
+            if acceleration == .native {
+                // A veth takes natively redirected frames only if its peer runs XDP.
                 try datapath.attachXDPPass(device: lab.clientDevice, networkNamespace: "/run/netns/" + lab.clientNetns)
                 try datapath.attachXDPPass(device: lab.nodeBDevice, networkNamespace: "/run/netns/" + lab.nodeB.netns)
             }
