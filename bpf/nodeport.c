@@ -608,8 +608,9 @@ static __always_inline int sl_source_allowed(const struct sl_packet *pkt, const 
 /* Writes the REPLY entry of a new source-NATed flow under a free port of the SNAT range:
  * the port is drawn at random and retried on collision (BPF_NOEXIST makes the claim
  * atomic against other CPUs). A port held by a closed flow (FIN or RST seen either way,
- * idle for sl_snat_reclaim_ns) is taken over: without that, a burst of short connections
- * to one backend would exhaust the range long before the garbage collector runs.
+ * idle for sl_snat_reclaim_ns), or by a flow whose FORWARD entry is gone or was replaced,
+ * is taken over: without that, a burst of short connections to one backend would exhaust
+ * the range long before the garbage collector runs.
  * Returns the port (network order) or 0. */
 static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const struct sl_nat_entry *value, __u64 now)
 {
@@ -640,11 +641,11 @@ static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const
 		if (observed == SL_NAT_CLAIMING)
 			continue;
 		partner = bpf_map_lookup_elem(&sl_nat_v1, &forward);
-		/* Only if that FORWARD entry still names this port (the client may have opened
-		 * a new flow from the same port since). */
-		if (partner && partner->nat_port != reply->dport)
-			partner = NULL;
-		if (!((holder->flags | (partner ? partner->flags : 0)) & SL_NAT_F_CLOSING))
+		/* A live flow keeps its port unless it closed. A REPLY entry whose FORWARD entry
+		 * is gone, or names another port (the client opened a new flow from the same port
+		 * since: a client closing with RST reuses its ports at once), belongs to no flow
+		 * any more: its port goes as if the flow had closed. */
+		if (partner && partner->nat_port == reply->dport && !((holder->flags | partner->flags) & SL_NAT_F_CLOSING))
 			continue;
 		/* Of several CPUs reclaiming this port, exactly one swaps last_seen_ns to the
 		 * CLAIMING marker (the others see it changed, or see the marker, and try another

@@ -269,14 +269,23 @@ public final class NodePortDatapath: @unchecked Sendable {
         "xdp_\(device)_\(acceleration.rawValue)"
     }
 
-    /// Unpins the device's XDP links (but `keeping`): the last reference goes, the kernel
-    /// detaches the program. Returns the link names removed.
+    /// Detaches and unpins the device's XDP links (but `keeping`). Detaching explicitly
+    /// (BPF_LINK_DETACH) takes effect at once, so a link of another mode can follow right
+    /// away; dropping the last pin alone would detach only in the kernel's deferred work.
+    /// Returns the link names removed.
     @discardableResult
     static func removeXDPLinks(device: String, pinPath: String, keeping: String? = nil) -> [String] {
         let directory = SocketLoadBalancer.linkDirectory(pinPath: pinPath)
         return NodePortOptions.Acceleration.allCases.filter { $0.xdpFlags != nil }.compactMap { acceleration in
-            let path = directory + "/" + xdpLinkName(device: device, acceleration: acceleration)
-            return path != keeping && unlink(path) == 0 ? xdpLinkName(device: device, acceleration: acceleration) : nil
+            let name = xdpLinkName(device: device, acceleration: acceleration)
+            let path = directory + "/" + name
+            guard path != keeping else { return nil }
+            let link = bpf_obj_get(path)
+            if link >= 0 {
+                _ = bpf_link_detach(link)
+                close(link)
+            }
+            return unlink(path) == 0 ? name : nil
         }
     }
 

@@ -225,8 +225,8 @@ public final class NodeLab: @unchecked Sendable {
     /// client's, node B's, every pod's, also of pods added later), so that their frames
     /// carry complete TCP/UDP checksums, as a NIC delivers them. With offload on, a veth
     /// frame keeps the partial checksum its sender left (pseudo header only, "to be
-    /// completed by hardware"): the skb says so, which tc helpers honour, but native XDP sees
-    /// only bytes, and the frame it redirects becomes a new skb whose checksum is verified.
+    /// completed by hardware"): the skb says so, which tc helpers honour, but XDP sees only
+    /// bytes and would update it as a complete one (see docs/external-traffic.md).
     public func sendCompleteChecksums() throws {
         lock.withLock { completeChecksums = true }
         try ethtool(clientNetns, "-K", clientDevice, "tx", "off")

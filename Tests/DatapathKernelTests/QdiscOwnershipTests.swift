@@ -33,10 +33,10 @@ final class QdiscOwnershipTests: XCTestCase {
         return output.contains("clsact")
     }
 
-    private func install() throws {
+    private func install(acceleration: NodePortOptions.Acceleration = .none) throws {
         // The datapath object holds its maps open; cleanup waits for them, so drop it here.
         _ = try NodePortDatapath.install(
-            NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice],
+            NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice], acceleration: acceleration,
                             networkNamespace: "/run/netns/" + lab.nodeA.netns),
             logger: testLogger)
     }
@@ -83,5 +83,20 @@ final class QdiscOwnershipTests: XCTestCase {
         let (_, filters, _) = try inNodeA(["tc", "filter", "show", "dev", lab.externalDevice, "ingress"])
         XCTAssertTrue(filters.contains("pref 7 bpf") && filters.contains("bytecode"), "the other tool's filter is untouched: \(filters)")
         XCTAssertFalse(filters.contains("sl_nodeport") || filters.contains("0x5113"), "Swiftlane's filter is gone: \(filters)")
+    }
+
+    func testCleanupDetachesXDPAndLeavesNothing() throws {
+        try install(acceleration: .native)
+        let (_, before, _) = try inNodeA(["ip", "link", "show", "dev", lab.externalDevice])
+        XCTAssertTrue(before.contains("prog/xdp"), before)
+
+        let output = try cleanup()
+        XCTAssertTrue(output.contains("xdp:\(lab.externalDevice)/xdp") && output.contains("xdp:\(lab.interNodeDevice)/xdp"), output)
+        for device in [lab.externalDevice, lab.interNodeDevice] {
+            let (_, shown, _) = try inNodeA(["ip", "link", "show", "dev", device])
+            XCTAssertFalse(shown.contains("xdp"), "no XDP program is left on \(device): \(shown)")
+            XCTAssertFalse(try hasClsact(device), "no qdisc is left on \(device)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pinPath), "no pin is left")
     }
 }
