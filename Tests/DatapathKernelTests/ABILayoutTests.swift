@@ -1,5 +1,6 @@
 import CLibBPF
 import Datapath
+import Reconciler
 import XCTest
 
 /// The Swift importer and the C compiler must agree on every shared struct, field by
@@ -163,5 +164,13 @@ final class ABILayoutTests: XCTestCase {
     func testEveryOutcomeReasonOfTheBPFSideHasItsName() {
         XCTAssertEqual(OutcomeReason.names.count, OutcomeReason.count)
         XCTAssertEqual(Set(OutcomeReason.names).count, OutcomeReason.names.count, "names are unique")
+    }
+
+    func testTheReconcilersServiceFlagsAreTheBPFSidesFlags() {
+        let pairs: [(ServiceFlags, sl_service_flags)] = [
+            (.reject, SL_SVC_F_REJECT), (.drop, SL_SVC_F_DROP), (.affinity, SL_SVC_F_AFFINITY),
+            (.nodeScope, SL_SVC_F_NODE_SCOPE), (.sourceRanges, SL_SVC_F_SOURCE_RANGES),
+        ]
+        for (swift, c) in pairs { XCTAssertEqual(UInt32(swift.rawValue), c.rawValue, "\(c)") }
     }
 }
