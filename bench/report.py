@@ -89,6 +89,27 @@ class Report:
         self.add(f"![{name}]({name})", "")
 
 
+def scaling_plot(series, ylabels, xlabel, title):
+    """Two log-log panels against the service count; series: (label, color, linestyle,
+    points) with points (services, left (min, median, max), right (min, median, max))."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for label, color, linestyle, points in series:
+        xs = [p[0] for p in points]
+        for axis, index in ((axes[0], 1), (axes[1], 2)):
+            mids = [p[index][1] for p in points]
+            errors = [[p[index][1] - p[index][0] for p in points], [p[index][2] - p[index][1] for p in points]]
+            axis.errorbar(xs, mids, yerr=errors, marker="o", capsize=3, color=color, label=label, linestyle=linestyle)
+    for axis, ylabel in zip(axes, ylabels):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
 # Figures 1 and 2: ClusterIP TCP connect and UDP request/reply.
 
 def traffic_rows(measurements, kind):
@@ -138,29 +159,16 @@ def traffic_figure(report, number, title, measurements, kind, unit):
     report.add(f"## Figure {number}: {title}", "")
     report.table(header, rows)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    series = []
     for datapath in DATAPATHS + ["direct"]:
         source = "swiftlane" if datapath == "direct" else datapath
         points = [(n, e["direct" if datapath == "direct" else "p50"], e["directRate" if datapath == "direct" else "rate"])
                   for n, e in sorted(table.get(source, {}).items()) if e.get("p50")]
-        if not points:
-            continue
-        xs = [p[0] for p in points]
-        for axis, index in ((axes[0], 1), (axes[1], 2)):
-            mids = [p[index][1] for p in points]
-            errors = [[p[index][1] - p[index][0] for p in points], [p[index][2] - p[index][1] for p in points]]
-            axis.errorbar(xs, mids, yerr=errors, marker="o", capsize=3, color=COLORS[datapath],
-                          label=datapath + (" (no rules)" if datapath == "direct" else ""),
-                          linestyle="--" if datapath == "direct" else "-")
-    axes[0].set_ylabel("p50 latency (µs)")
-    axes[1].set_ylabel(f"{unit}/s (one flow at a time)")
-    for axis in axes:
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("services")
-        axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Figure {number}: {title} (median, min–max over rounds)", fontsize=9)
+        if points:
+            series.append((datapath + (" (no rules)" if datapath == "direct" else ""), COLORS[datapath],
+                           "--" if datapath == "direct" else "-", points))
+    fig = scaling_plot(series, ["p50 latency (µs)", f"{unit}/s (one flow at a time)"], "services",
+                       f"Figure {number}: {title} (median, min–max over rounds)")
     report.plot(f"figure{number}-{kind}.png", fig)
     return table
 
@@ -217,22 +225,9 @@ def programming_figure(report, measurements, programming):
                "changed chains with `nft -f`). Peers' times cover the tool only, not generating its input.", "")
     report.table(header, rows)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for datapath, points in series.items():
-        xs = [p[0] for p in points]
-        for axis, index in ((axes[0], 1), (axes[1], 2)):
-            mids = [p[index][1] for p in points]
-            errors = [[p[index][1] - p[index][0] for p in points], [p[index][2] - p[index][1] for p in points]]
-            axis.errorbar(xs, mids, yerr=errors, marker="o", capsize=3, color=COLORS[datapath], label=datapath)
-    axes[0].set_ylabel("from empty (s)")
-    axes[1].set_ylabel("one endpoint change (ms)")
-    for axis in axes:
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("services (4 endpoints each)")
-        axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Figure 3: programming time (median, min–max)", fontsize=9)
+    fig = scaling_plot([(d, COLORS[d], "-", points) for d, points in series.items()],
+                       ["from empty (s)", "one endpoint change (ms)"], "services (4 endpoints each)",
+                       "Figure 3: programming time (median, min–max)")
     report.plot("figure3-programming.png", fig)
 
     at = 10_000
