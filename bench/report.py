@@ -235,8 +235,12 @@ def programming_figure(report, measurements, programming):
     own_empty = statistics.median(own["fromEmptyRounds"]) if own else None
     fastest = [statistics.median(peers[(p, at)]["programSeconds"]) for p in PEERS
                if (p, at) in peers and peers[(p, at)].get("programSeconds")]
-    report.target(3, "10,000 services: from empty ≥ 10× faster than the fastest measured peer (peer / Swiftlane)",
-                  ratio(min(fastest), own_empty) if fastest and own_empty else None, 10, "ge")
+    report.target(3, "10,000 services: from empty (controller sync) ≥ 10× faster than the fastest measured peer "
+                  "(peer / Swiftlane)", ratio(min(fastest), own_empty) if fastest and own_empty else None, 10, "ge")
+    maps = maps_only.get(at)
+    maps_empty = statistics.median(maps["programSeconds"]) if maps and maps.get("programSeconds") else None
+    report.target(3, "10,000 services: from empty (maps only) ≥ 10× faster than the fastest measured peer (peer / Swiftlane)",
+                  ratio(min(fastest), maps_empty) if fastest and maps_empty else None, 10, "ge")
     for peer in ("iptables-nft", "iptables-legacy"):
         m = peers.get((peer, at))
         partial = statistics.median(m["oneChangeSeconds"]) * 1000 if m and m.get("oneChangeSeconds") else None
@@ -363,7 +367,7 @@ def main():
                "Peers, on the same lab in the same run: kube-proxy's iptables layout (KUBE-SERVICES → KUBE-SVC-* "
                "with `statistic` → KUBE-SEP-* DNAT, KUBE-MARK-MASQ) loaded with `iptables-restore` on the nft and "
                "legacy backends; kube-proxy's nftables layout (service-ips verdict map, per-service chains with "
-               "`numgen`) loaded with `nft -f`; direct (the client talks to the backend address). Each latency "
+               "`numgen`) loaded with `nft -f`; direct (the client talks to the backends' addresses in rotation). Each latency "
                "figure is measured turn by turn with a direct exchange in the same thread; min–max are over rounds. "
                "A peer whose rule load would exceed the run's budget is reported as not measured.", "")
     if failures:

@@ -31,7 +31,7 @@ if [ "$mode" = quick ]; then
   nodeport_args=(--connections 300 --exchanges 300 --rounds 1)
 else
   scales=(10 1000 10000 30000)
-  rounds=5 iterations=500 load_budget=150 changes=200 churn_seconds=20
+  rounds=5 iterations=1000 load_budget=300 changes=200 churn_seconds=20
   nodeport_args=()
 fi
 churn_scale=10000  # figure 5: 10,000 services / 40,000 endpoints
@@ -39,7 +39,7 @@ churn_scale=10000  # figure 5: 10,000 services / 40,000 endpoints
 ./scripts/install-deps.sh
 swift build -c release --product swiftlane
 swift build -c release --product swiftlane-bench
-bench="$PWD/.build/release/swiftlane-bench"
+bench=.build/release/swiftlane-bench  # relative: the logs show the command as typed here
 export SWIFTLANE_BIN="$PWD/.build/release/swiftlane"  # the lab's probe servers and clients
 
 mkdir -p "$out"

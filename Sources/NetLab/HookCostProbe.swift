@@ -92,14 +92,16 @@ public enum HookCostProbe {
     /// connection is closed with RST so no TIME_WAIT piles up.
     public static func interleavedTCPConnect(netns: String, cgroup: String?, first: String, second: String,
                                              iterations: Int) throws -> (first: LatencyStats, second: LatencyStats) {
-        let (a, b) = try interleavedTCP(netns: netns, cgroup: cgroup, first: first, second: second, iterations: iterations)
+        let (a, b) = try interleavedTCP(netns: netns, cgroup: cgroup, first: [first], second: [second], iterations: iterations)
         return (a.latency, b.latency)
     }
 
-    /// interleavedTCPConnect, with connections per second (socket + connect + close).
-    public static func interleavedTCP(netns: String, cgroup: String?, first: String, second: String,
+    /// interleavedTCPConnect, with connections per second (socket + connect + close). Each
+    /// side is a list of addresses taken in turn: a direct side that spreads over the same
+    /// backends as a load-balanced side finds their caches as warm.
+    public static func interleavedTCP(netns: String, cgroup: String?, first: [String], second: [String],
                                       iterations: Int) throws -> (first: InterleavedFigures, second: InterleavedFigures) {
-        try interleaved(netns: netns, cgroup: cgroup, targets: [first, second], iterations: iterations) { endpoint, address in
+        try interleaved(netns: netns, cgroup: cgroup, sides: [first, second], iterations: iterations) { endpoint, address in
             let fd = socket(endpoint.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             guard fd >= 0 else { throw NetLabError.system(what: "socket", errno: errno) }
             var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
@@ -118,11 +120,11 @@ public enum HookCostProbe {
     /// exchange on a fresh socket (a new flow, so a netfilter datapath looks the service
     /// up again instead of reusing a conntrack entry): connect(), send, wait for the
     /// reply (1 s at most, then a failure), close. The time covers connect to reply.
-    public static func interleavedUDP(netns: String, cgroup: String?, first: String, second: String,
+    public static func interleavedUDP(netns: String, cgroup: String?, first: [String], second: [String],
                                       iterations: Int) throws -> (first: InterleavedFigures, second: InterleavedFigures) {
         var reply = [UInt8](repeating: 0, count: 512)
         let request = Array("ping".utf8)
-        return try interleaved(netns: netns, cgroup: cgroup, targets: [first, second], iterations: iterations) { endpoint, address in
+        return try interleaved(netns: netns, cgroup: cgroup, sides: [first, second], iterations: iterations) { endpoint, address in
             let fd = socket(endpoint.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
             guard fd >= 0 else { throw NetLabError.system(what: "socket", errno: errno) }
             defer { close(fd) }
@@ -140,10 +142,11 @@ public enum HookCostProbe {
         }
     }
 
-    /// Runs `operation` on each target in turn, `iterations` times each after 50 warm-up
-    /// turns, on a thread of its own in `netns` (and `cgroup`, if given). `operation`
-    /// returns the ns of the part it times; the whole turn counts toward the cycle rate.
-    private static func interleaved(netns: String, cgroup: String?, targets: [String], iterations: Int,
+    /// Runs `operation` on each side in turn (each side's addresses in rotation),
+    /// `iterations` times each after 50 warm-up turns, on a thread of its own in `netns`
+    /// (and `cgroup`, if given). `operation` returns the ns of the part it times; the whole
+    /// turn counts toward the cycle rate.
+    private static func interleaved(netns: String, cgroup: String?, sides: [[String]], iterations: Int,
                                     _ operation: @escaping (LabEndpoint, SockAddr) throws -> UInt64) throws
         -> (first: InterleavedFigures, second: InterleavedFigures)
     {
@@ -159,7 +162,10 @@ public enum HookCostProbe {
                 let home = try currentCgroupPath()
                 if let cgroup { try Cgroup2.join(path: cgroup) }
                 defer { if cgroup != nil { try? Cgroup2.join(path: home) } }
-                let endpoints = try targets.map { try LabEndpoint($0) }.map { ($0, SockAddr($0)) }
+                let endpoints = try sides.map { side in
+                    guard !side.isEmpty else { throw NetLabError.invalidArgument("a side without addresses") }
+                    return try side.map { try LabEndpoint($0) }.map { ($0, SockAddr($0)) }
+                }
                 var samples = [[UInt64]](repeating: [], count: endpoints.count)
                 var cycleNs = [UInt64](repeating: 0, count: endpoints.count)
                 for iteration in 0..<(iterations + 50) {
@@ -167,7 +173,8 @@ public enum HookCostProbe {
                     // caches warmed by the other.
                     for index in (iteration % 2 == 0 ? Array(endpoints.indices) : Array(endpoints.indices.reversed())) {
                         let cycleStart = DispatchTime.now().uptimeNanoseconds
-                        let elapsed = try operation(endpoints[index].0, endpoints[index].1)
+                        let (endpoint, address) = endpoints[index][iteration % endpoints[index].count]
+                        let elapsed = try operation(endpoint, address)
                         if iteration >= 50 {  // the first 50 warm up
                             samples[index].append(elapsed)
                             cycleNs[index] += DispatchTime.now().uptimeNanoseconds - cycleStart

@@ -20,7 +20,7 @@ struct ClusterIPPeersBench: ParsableCommand {
             port): Swiftlane programs its maps and is measured from the lab's cgroup; then \
             each peer loads kube-proxy's rule layout into the client namespace and is \
             measured from outside the cgroup. Every latency figure is measured interleaved \
-            with a direct exchange with a backend (same thread, turn by turn), --rounds \
+            with a direct exchange with the backends in rotation (same thread, turn by turn), --rounds \
             times. Programming is from empty and for one endpoint change (iptables: the \
             partial `--noflush` restore kube-proxy does; nftables: the changed chains); a \
             peer's load from empty is repeated each round only while it takes under \
@@ -87,7 +87,8 @@ struct ClusterIPPeersBench: ParsableCommand {
         let datapath = try SocketLoadBalancer.install(DatapathOptions(pinPath: pinPath, cgroupPath: lab.clientCgroup.path), logger: logger)
         var reconciler = Reconciler(adopting: try datapath.maps.readState(), slotCapacity: datapath.maps.slotCapacity)
         let clusterCIDR = "198.18.0.0/16"
-        let directTCP = "\(lab.backends[0].ipv4):8080", directUDP = "\(lab.backends[0].ipv4):8053"
+        // Direct turns go to every backend in rotation, as the service's do at random.
+        let directTCP = lab.backends.map { "\($0.ipv4):8080" }, directUDP = lab.backends.map { "\($0.ipv4):8053" }
         var results: [Measurement] = []
         /// Each peer's last load from empty (services, seconds), to predict the next one.
         var lastLoad: [String: (services: Int, seconds: Double)] = [:]
@@ -110,9 +111,9 @@ struct ClusterIPPeersBench: ParsableCommand {
             changed.endpoints.removeLast()
             let measureTraffic = { (cgroup: String?) throws -> (Round, Round) in
                 let tcp = try HookCostProbe.interleavedTCP(
-                    netns: lab.clientNetns, cgroup: cgroup, first: "\(target.clusterIP):80", second: directTCP, iterations: iterations)
+                    netns: lab.clientNetns, cgroup: cgroup, first: ["\(target.clusterIP):80"], second: directTCP, iterations: iterations)
                 let udp = try HookCostProbe.interleavedUDP(
-                    netns: lab.clientNetns, cgroup: cgroup, first: "\(target.clusterIP):53", second: directUDP, iterations: iterations)
+                    netns: lab.clientNetns, cgroup: cgroup, first: ["\(target.clusterIP):53"], second: directUDP, iterations: iterations)
                 return (Round(via: tcp.first, direct: tcp.second), Round(via: udp.first, direct: udp.second))
             }
 

@@ -29,11 +29,13 @@ final class InterleavedProbeTests: XCTestCase {
         let lab = harness.lab
         let vip = lab.vipIPv4(20)
         try program(vip: vip)
-        let backend = lab.backends[0].ipv4
+        // The direct side takes both backends in turn.
         let tcp = try HookCostProbe.interleavedTCP(netns: lab.clientNetns, cgroup: lab.clientCgroup.path,
-                                                   first: "\(vip):80", second: "\(backend):8080", iterations: 100)
+                                                   first: ["\(vip):80"], second: lab.backends.map { "\($0.ipv4):8080" },
+                                                   iterations: 100)
         let udp = try HookCostProbe.interleavedUDP(netns: lab.clientNetns, cgroup: lab.clientCgroup.path,
-                                                   first: "\(vip):53", second: "\(backend):8053", iterations: 100)
+                                                   first: ["\(vip):53"], second: lab.backends.map { "\($0.ipv4):8053" },
+                                                   iterations: 100)
         for figures in [tcp.first, tcp.second, udp.first, udp.second] {
             XCTAssertEqual(figures.latency.count, 100)
             XCTAssertGreaterThan(figures.latency.minNs, 0)
@@ -47,15 +49,18 @@ final class InterleavedProbeTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(counters["sock_forward"] ?? 0, 150, "\(counters)")
     }
 
-    func testInterleavedUDPFailsWhenATargetDoesNotAnswer() throws {
+    func testInterleavedProbesFailWhenATargetDoesNotAnswerOrASideIsEmpty() throws {
         let lab = harness.lab
         // Outside the cgroup nothing translates the ClusterIP, and no route leads to it.
         XCTAssertThrowsError(try HookCostProbe.interleavedUDP(
-            netns: lab.clientNetns, cgroup: nil, first: "\(lab.vipIPv4(21)):53", second: "\(lab.backends[0].ipv4):8053",
+            netns: lab.clientNetns, cgroup: nil, first: ["\(lab.vipIPv4(21)):53"], second: ["\(lab.backends[0].ipv4):8053"],
             iterations: 10))
-        // A backend port with no listener: the reply is an ICMP port unreachable.
+        // One address of a side has no listener (the reply is an ICMP port unreachable):
+        // its turn comes in the rotation and fails the run.
         XCTAssertThrowsError(try HookCostProbe.interleavedUDP(
-            netns: lab.clientNetns, cgroup: nil, first: "\(lab.backends[0].ipv4):9", second: "\(lab.backends[0].ipv4):8053",
-            iterations: 10))
+            netns: lab.clientNetns, cgroup: nil, first: ["\(lab.backends[0].ipv4):8053"],
+            second: ["\(lab.backends[1].ipv4):8053", "\(lab.backends[0].ipv4):9"], iterations: 10))
+        XCTAssertThrowsError(try HookCostProbe.interleavedTCP(
+            netns: lab.clientNetns, cgroup: nil, first: [], second: ["\(lab.backends[0].ipv4):8080"], iterations: 10))
     }
 }
