@@ -45,7 +45,7 @@ export SWIFTLANE_BIN="$PWD/.build/release/swiftlane"  # the lab's probe servers 
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.png "$out"/*.log "$out"/*.failed
 started=$(date +%s)
-python3 - "$out/machine.json" "$mode" <<'EOF'
+python3 - "$out/machine.json" "$mode" "$out" <<'EOF'
 import json, os, platform, subprocess, sys, datetime
 def run(*argv):
     try: return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
@@ -56,7 +56,9 @@ json.dump({
     "kernel": platform.release(), "cpus": os.cpu_count(), "cpuModel": model,
     "loadAverageAtStart": open("/proc/loadavg").read().split()[:3],
     "memoryGiB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-    "commit": run("git", "describe", "--always", "--dirty"),
+    # Changes outside the results (which this run is replacing) mark the commit dirty.
+    "commit": run("git", "rev-parse", "--short", "HEAD")
+              + ("-dirty" if run("git", "status", "--porcelain", "--", ".", ":(exclude)" + sys.argv[3]) else ""),
     "iptables": run("iptables-nft", "--version"), "nft": run("nft", "--version"),
 }, open(sys.argv[1], "w"), indent=2)
 EOF
