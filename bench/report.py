@@ -356,7 +356,8 @@ def main():
     report = Report(out)
     mode = machine.get("mode", "?")
     report.add("# Swiftlane benchmark report", "",
-               f"Run: **{mode}** (`sudo ./scripts/bench.sh{' --quick' if mode == 'quick' else ''}`), "
+               f"Run: **{mode}** (`sudo ./scripts/bench.sh{' --quick' if mode == 'quick' else ''}"
+               f"{'' if os.path.normpath(out) == 'bench/results' else ' --out ' + out}`), "
                f"{machine.get('date', '?')}, commit {machine.get('commit', '?')}"
                + (f", took {args.elapsed // 60} min {args.elapsed % 60} s." if args.elapsed else "."), "",
                "Machine: kernel {k}, {c} CPUs ({m}), {g} GiB, load average at start {l}; {i}; {n}. The machine is "
