@@ -259,6 +259,8 @@ def programming_figure(report, measurements, programming):
 
 def nodeport_figure(report, rows, failure):
     report.add("## Figure 4: NodePort", "")
+    if isinstance(rows, dict):  # rows under some key of an object: every list of rows in it
+        rows = [r for value in rows.values() if isinstance(value, list) for r in value]
     if not isinstance(rows, list) or not rows:
         report.add(f"NodePort: figures not available ({failure or 'no JSON written'}).", "")
         report.target(4, "XDP ≥ 4× iptables and ≥ 2× tc packets/s", None, 0, "ge")
