@@ -12,6 +12,7 @@ packages=(
   iptables nftables                                               # kube-proxy peers in the benchmarks
   python3 python3-h2 openssl                                      # KubeAPI tests: fake API server (HTTP/2), test PKI
   python3-prometheus-client                                       # operations tests: the reference Prometheus text parser
+  python3-matplotlib                                              # scripts/bench.sh: the report's plots
 )
 missing=()
 for package in "${packages[@]}"; do
