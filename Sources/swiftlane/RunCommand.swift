@@ -130,7 +130,8 @@ struct RunCommand: AsyncParsableCommand {
         switch configuration.source {
         case .directory(let directory):
             return DirectorySyncService(
-                source: DirectorySource(path: directory.path, logger: logger), syncer: syncer,
+                source: DirectorySource(path: directory.path, maximumObjectBytes: configuration.maxObjectBytes, logger: logger),
+                syncer: syncer,
                 pollInterval: .milliseconds(directory.pollIntervalMilliseconds),
                 minSyncPeriod: .milliseconds(configuration.minSyncPeriodMilliseconds), logger: logger)
         case .kubernetes(let kubernetes):
@@ -149,10 +150,12 @@ struct RunCommand: AsyncParsableCommand {
             let client = try KubeClient(
                 configuration: clientConfiguration, limits: .init(qps: kubernetes.qps, burst: kubernetes.burst),
                 transportOptions: transport, logger: logger)
+            var informerOptions = InformerOptions()
+            informerOptions.maximumObjectBytes = configuration.maxObjectBytes
             return KubernetesSyncService(
                 client: client, syncer: syncer, serviceProxyName: configuration.serviceProxyName,
-                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), status: status,
-                logger: logger)
+                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds),
+                informerOptions: informerOptions, status: status, logger: logger)
         }
     }
 
