@@ -3,15 +3,16 @@
 # framer and event decoder (KubeAPI) with libFuzzer (swiftc -sanitize=fuzzer,address),
 # seeded with the spec fixtures and the test fixtures. Not part of `swift build`.
 #
-#   scripts/fuzz.sh [RUNS]        # RUNS iterations per target (default 200000)
-#   FUZZ_SECONDS=600 scripts/fuzz.sh 0   # time-bounded instead (0 = no iteration bound)
+#   scripts/fuzz.sh [RUNS]               # RUNS iterations per target (default 20000)
+#   FUZZ_SECONDS=600 scripts/fuzz.sh 0   # time-bounded instead (RUNS 0: no iteration bound)
 #
 # Prints, per target, the iterations run and the crashes found; exits 1 if any crashed.
 # Crash inputs are kept under .build/fuzz/<target>/crashes/ (rerun one with
 # `.build/fuzz/<target>/fuzzer CRASH-FILE`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${1:-200000}
+RUNS=${1:-20000}
+[ "$RUNS" = 0 ] && RUNS=-1  # libFuzzer: -1 runs without an iteration bound
 SECONDS_LIMIT=${FUZZ_SECONDS:-0}
 SWIFTC=${SWIFTC:-$(command -v swiftc || echo /opt/swift/usr/bin/swiftc)}
 OUT=.build/fuzz
