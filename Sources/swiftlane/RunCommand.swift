@@ -152,6 +152,9 @@ struct RunCommand: AsyncParsableCommand {
                 transportOptions: transport, logger: logger)
             var informerOptions = InformerOptions()
             informerOptions.maximumObjectBytes = configuration.maxObjectBytes
+            // A line the framer refuses fails the whole stream: keep it above the object cap,
+            // so that an oversized object is skipped instead.
+            informerOptions.maximumEventBytes = max(informerOptions.maximumEventBytes, 2 * configuration.maxObjectBytes)
             return KubernetesSyncService(
                 client: client, syncer: syncer, serviceProxyName: configuration.serviceProxyName,
                 minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds),
