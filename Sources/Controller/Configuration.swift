@@ -30,6 +30,10 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
     /// Bursts of changes are coalesced: at most one sync per this many milliseconds
     /// (kube-proxy's minSyncPeriod; the first change after a quiet period syncs at once).
     public var minSyncPeriodMilliseconds: Int = 100
+    /// The largest object either source accepts (a manifest document, a watch event), in
+    /// bytes: a larger one is rejected, logged and counted, and the object keeps its last
+    /// good state. etcd stores at most 1.5 MiB per object (protobuf); its JSON is larger.
+    public var maxObjectBytes: Int = 3 << 20
     /// Entries per BPF map, by `DatapathOptions.sizableMaps` key; unset maps keep their
     /// built-in size. Changing a size of a running installation needs `swiftlane cleanup`.
     public var mapSizes: [String: UInt32] = [:]
@@ -149,6 +153,12 @@ public struct SwiftlaneConfiguration: Equatable, Sendable {
                 throw Invalid(key: "minSyncPeriodMilliseconds", message: "\(period) is outside 0...60000")
             }
             config.minSyncPeriodMilliseconds = period
+        }
+        if let bytes = try reader.int("maxObjectBytes") {
+            guard (1024...(64 << 20)).contains(bytes) else {
+                throw Invalid(key: "maxObjectBytes", message: "\(bytes) is outside 1024...67108864")
+            }
+            config.maxObjectBytes = bytes
         }
         if let sizes = try reader.mapping("mapSizes") {
             var sizeReader = KeyReader(mapping: sizes, prefix: "mapSizes.")

@@ -95,6 +95,7 @@ extension SwiftlaneConfiguration {
         compare(
             "featureGates.PreferSameTrafficDistribution", translation.preferSameTrafficDistribution,
             new.translation.preferSameTrafficDistribution, live: true)
+        compare("maxObjectBytes", maxObjectBytes, new.maxObjectBytes, live: true)
         compare("nodeName", nodeName, new.nodeName, live: false)
         compare("cgroupPath", cgroupPath, new.cgroupPath, live: false)
         compare("bpfPinPath", bpfPinPath, new.bpfPinPath, live: false)
@@ -115,6 +116,7 @@ extension SwiftlaneConfiguration {
         result.source = new.source
         result.serviceProxyName = new.serviceProxyName
         result.minSyncPeriodMilliseconds = new.minSyncPeriodMilliseconds
+        result.maxObjectBytes = new.maxObjectBytes
         result.translation = new.translation
         return result
     }

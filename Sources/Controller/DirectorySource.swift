@@ -28,9 +28,14 @@ public final class DirectorySource: @unchecked Sendable {
     public private(set) var errors: [String: String] = [:]
     /// Number of times a file failed to parse (for metrics).
     public private(set) var parseFailures = 0
+    /// The largest manifest document accepted (`maxObjectBytes`); nil: no cap.
+    public let maximumObjectBytes: Int?
+    /// Files refused since `objects()` last handed them out.
+    private var newRejections: [Rejection] = []
 
-    public init(path: String, logger: Logger) {
+    public init(path: String, maximumObjectBytes: Int? = nil, logger: Logger) {
         self.path = path
+        self.maximumObjectBytes = maximumObjectBytes
         self.logger = logger
     }
 
@@ -64,7 +69,7 @@ public final class DirectorySource: @unchecked Sendable {
             if files[name]?.fingerprint == fingerprint { continue }
             do {
                 let data = try Data(contentsOf: URL(fileURLWithPath: full))
-                let objects = try ManifestDecoder.decode(data, source: name)
+                let objects = try ManifestDecoder.decode(data, source: name, maximumObjectBytes: maximumObjectBytes)
                 files[name] = FileState(fingerprint: fingerprint, objects: objects, error: nil)
                 errors[name] = nil
                 changed = true
@@ -73,6 +78,10 @@ public final class DirectorySource: @unchecked Sendable {
                 let message = "\(error)"
                 if errors[name] != message {
                     logger.error("manifest rejected; keeping its last good objects", metadata: ["file": "\(full)", "error": "\(message)"])
+                    // A sync carries the rejection to the metrics (it changes no object).
+                    newRejections.append((error as? ManifestError)?.rejection
+                        ?? Rejection(kind: "Manifest", object: name, field: "", reason: "parse", message: message))
+                    changed = true
                 }
                 errors[name] = message
                 // Remember the fingerprint so the same broken content is not re-parsed
@@ -118,6 +127,8 @@ public final class DirectorySource: @unchecked Sendable {
         result.services = services.keys.sorted().map { services[$0]! }
         result.endpointSlices = slices.keys.sorted().map { slices[$0]! }
         result.nodes = nodes.keys.sorted().map { nodes[$0]! }
+        result.rejected = newRejections
+        newRejections = []
         return result
     }
 }

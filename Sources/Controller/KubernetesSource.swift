@@ -62,19 +62,22 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
         let status = self.status
         let services = Informer<ServiceModel.Service>(
             client: client, query: .services(serviceProxyName: serviceProxyName), options: informerOptions
-        ) { _ in
+        ) { event in
+            if case .rejected(let rejection) = event { changes.reject(rejection) }
             status?.noteChange()
             changes.poke()
         }
         let slices = Informer<EndpointSlice>(
             client: client, query: .endpointSlices(serviceProxyName: serviceProxyName), options: informerOptions
-        ) { _ in
+        ) { event in
+            if case .rejected(let rejection) = event { changes.reject(rejection) }
             status?.noteChange()
             changes.poke()
         }
         let node = Informer<ServiceModel.Node>(
             client: client, query: .node(named: nodeName), options: informerOptions
         ) { event in
+            if case .rejected(let rejection) = event { changes.reject(rejection) }
             // Node status changes every few seconds (heartbeats, conditions); only the parts
             // the translation reads are worth a sync.
             if case .updated(let old, let new) = event, ProxyNode(node: old) == ProxyNode(node: new) { return }
@@ -116,7 +119,8 @@ public struct KubernetesSyncService: ServiceLifecycle.Service {
                 continue
             }
             let objects = ManifestObjects(
-                services: services.objects(), endpointSlices: slices.objects(), nodes: node.objects())
+                services: services.objects(), endpointSlices: slices.objects(), nodes: node.objects(),
+                rejected: changes.takeRejections())
             // The oldest change this sync programs: network programming latency runs
             // from when it was observed to when the maps hold it.
             apply(objects, node.hasSynced, changes.takeFirstPoke())
@@ -165,6 +169,20 @@ final class ChangeSignal: @unchecked Sendable {
     /// Runs the loop again without recording a change (a retry).
     func wake() {
         continuation.yield()
+    }
+
+    /// Objects the informers refused since the last sync, handed to the next one (logs, metrics).
+    private var rejections: [Rejection] = []
+
+    func reject(_ rejection: Rejection) {
+        lock.withLock { rejections.append(rejection) }
+    }
+
+    func takeRejections() -> [Rejection] {
+        lock.withLock {
+            defer { rejections = [] }
+            return rejections
+        }
     }
 
     /// When the first change since the previous call arrived (nil if none did).

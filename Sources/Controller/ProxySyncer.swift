@@ -109,6 +109,8 @@ public final class ProxySyncer: @unchecked Sendable {
     public private(set) var failuresByService: [String: Int] = [:]
     /// Told about every sync (metrics, health; see ProxySyncObserver).
     public var observer: (any ProxySyncObserver)?
+    /// Collected while a sync runs, for its report.
+    private var rejectedThisSync: [Rejection] = []
 
     /// What one sync did.
     public struct Report: Sendable {
@@ -118,6 +120,11 @@ public final class ProxySyncer: @unchecked Sendable {
         public var changes: Int
         public var ops: Int
         public var failures: [String]
+        /// Objects and fields refused: by the source (`ManifestObjects.rejected`), by the
+        /// translation of the Services translated this sync (invalid IPs, ports…), and
+        /// frontends already served for another Service. Each is logged once, here or by
+        /// the source, naming the object and the field.
+        public var rejected: [Rejection] = []
         /// How long the translation and the map writes took.
         public var duration: Duration
         /// From the change being observed to the maps being programmed (kube-proxy's
@@ -152,6 +159,7 @@ public final class ProxySyncer: @unchecked Sendable {
     public func sync(_ objects: ManifestObjects, prune: Bool = true, observedAt: ContinuousClock.Instant? = nil) -> Report {
         let clock = ContinuousClock()
         let start = clock.now
+        rejectedThisSync = objects.rejected
         let node = proxyNode(from: objects.nodes)
         let full = translatedFor.map { $0.node != node || $0.options != options || (prune && !$0.pruned) } ?? true
         if full {
@@ -249,6 +257,8 @@ public final class ProxySyncer: @unchecked Sendable {
         for (change, error) in report.failed where result.failedServices[change.service] == nil {
             result.failedServices[change.service] = "\(error)"
         }
+        result.rejected = rejectedThisSync
+        rejectedThisSync = []
         observer?.proxySyncer(self, didSync: result, objects: objects, prune: prune)
         return result
     }
@@ -261,6 +271,9 @@ public final class ProxySyncer: @unchecked Sendable {
                 logger.warning("duplicate frontend ignored", metadata: [
                     "service": "\(service)", "frontend": "\(frontend.key)", "servedFor": "\(owner)",
                 ])
+                rejectedThisSync.append(Rejection(
+                    kind: "Service", object: "\(service)", field: "spec", reason: "duplicate-frontend",
+                    message: "frontend \(frontend.key) is already served for \(owner)"))
                 shadowed[frontend.key, default: []].insert(service)
                 continue
             }
@@ -277,9 +290,14 @@ public final class ProxySyncer: @unchecked Sendable {
                                      node: node, options: options)
         for diagnostic in result.diagnostics {
             logger.warning("\(diagnostic.object): \(diagnostic.field): \(diagnostic.message)")
+            rejectedThisSync.append(Rejection(diagnostic))
         }
         let (frontends, conflicts) = DesiredFrontend.frontends(from: result.plan)
-        for conflict in conflicts { logger.warning("duplicate frontend ignored", metadata: ["conflict": "\(conflict)"]) }
+        for conflict in conflicts {
+            logger.warning("duplicate frontend ignored", metadata: ["conflict": "\(conflict)"])
+            rejectedThisSync.append(Rejection(
+                kind: "Service", object: "\(service)", field: "spec", reason: "duplicate-frontend", message: "\(conflict)"))
+        }
         let check = DesiredFrontend.healthChecks(from: result.plan).first.map { (port: $0.key, entry: $0.value) }
         return Translated(inputs: input, frontends: frontends, healthCheck: check)
     }

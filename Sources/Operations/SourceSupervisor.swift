@@ -68,6 +68,7 @@ public final class SourceSupervisor: Service, @unchecked Sendable {
         let sourceChanged =
             next.source != configuration.source || next.serviceProxyName != configuration.serviceProxyName
             || next.minSyncPeriodMilliseconds != configuration.minSyncPeriodMilliseconds
+            || next.maxObjectBytes != configuration.maxObjectBytes
         let translationChanged = next.translation != configuration.translation
         if sourceChanged {
             do {

@@ -146,6 +146,14 @@ public final class SwiftlaneMetrics: @unchecked Sendable {
             }
         }
 
+        for rejection in report.rejected {
+            registry.counter(
+                "swiftlane_rejected_objects_total", labels: [("kind", rejection.kind), ("reason", rejection.reason)],
+                help: "Objects and fields refused (reason: size, parse, duplicate-frontend, or the field path "
+                    + "without indices); each is logged naming the object and field"
+            ).increment()
+        }
+
         let (internalCount, externalCount) = Self.servicePortsWithoutLocalEndpoints(state)
         noLocalEndpointsInternal.set(to: Double(internalCount))
         noLocalEndpointsExternal.set(to: Double(externalCount))

@@ -10,14 +10,19 @@ public struct ManifestObjects: Equatable, Sendable {
     public var nodes: [Node]
     /// Objects of other kinds, described as `"ConfigMap default/foo"`, in file order.
     public var skipped: [String]
+    /// Objects the source refused since it last handed out objects (over the size cap,
+    /// unreadable), for the sync's log and metrics; they are not among the objects above.
+    public var rejected: [Rejection]
 
     public init(
-        services: [Service] = [], endpointSlices: [EndpointSlice] = [], nodes: [Node] = [], skipped: [String] = []
+        services: [Service] = [], endpointSlices: [EndpointSlice] = [], nodes: [Node] = [], skipped: [String] = [],
+        rejected: [Rejection] = []
     ) {
         self.services = services
         self.endpointSlices = endpointSlices
         self.nodes = nodes
         self.skipped = skipped
+        self.rejected = rejected
     }
 
     /// Appends everything from `other` (e.g. the next file).
@@ -26,6 +31,7 @@ public struct ManifestObjects: Equatable, Sendable {
         endpointSlices += other.endpointSlices
         nodes += other.nodes
         skipped += other.skipped
+        rejected += other.rejected
     }
 }
 
@@ -41,6 +47,8 @@ public struct ManifestError: Error, Equatable, Sendable, CustomStringConvertible
     /// Dotted field path with `[i]` indices, e.g. `spec.ports[0].port`, when known.
     public var field: String?
     public var message: String
+    /// The document is larger than the object size cap (see `ManifestDecoder.decode`).
+    public var overSizeCap = false
 
     public init(source: String, document: Int? = nil, object: String? = nil, field: String? = nil, message: String) {
         self.source = source
@@ -48,6 +56,13 @@ public struct ManifestError: Error, Equatable, Sendable, CustomStringConvertible
         self.object = object
         self.field = field
         self.message = message
+    }
+
+    /// The rejection this error stands for in logs and metrics (reason `size` or `parse`).
+    public var rejection: Rejection {
+        let parts = (object ?? "").split(separator: " ", maxSplits: 1).map(String.init)
+        return Rejection(kind: parts.count == 2 ? parts[0] : "Manifest", object: parts.count == 2 ? parts[1] : source,
+                         field: field ?? "", reason: overSizeCap ? "size" : "parse", message: description)
     }
 
     public var description: String {
@@ -71,10 +86,17 @@ public struct ManifestError: Error, Equatable, Sendable, CustomStringConvertible
 /// becomes `"default"`, as `kubectl apply` would do.
 public enum ManifestDecoder {
     /// Decodes every document of `data`; `source` names the file in errors and picks the format.
-    public static func decode(_ data: Data, source: String) throws -> ManifestObjects {
+    ///
+    /// `maximumObjectBytes` caps the size of a document holding one object (a List
+    /// document is not capped as a whole, nor its items one by one): a larger one fails
+    /// the decoding with an error naming the object, as a misbehaving writer must not make
+    /// the controller hold and translate arbitrarily large objects. A YAML document's size
+    /// is that of the lines it spans.
+    public static func decode(_ data: Data, source: String, maximumObjectBytes: Int? = nil) throws -> ManifestObjects {
         var objects = ManifestObjects()
         if source.lowercased().hasSuffix(".json") {
-            try decodeDocument(JSONDocument(data: data), index: 1, source: source, into: &objects)
+            try decodeDocument(JSONDocument(data: data), index: 1, bytes: data.count, cap: maximumObjectBytes,
+                               source: source, into: &objects)
             return objects
         }
 
@@ -84,11 +106,21 @@ public enum ManifestDecoder {
         var index = 0
         do {
             var documents = try Yams.compose_all(yaml: text)
+            var nodes: [Yams.Node] = []
+            // Composed first (the sizes need every document's position); `index` names the
+            // document a syntax error is in.
             while let node = documents.next() {
+                nodes.append(node)
                 index += 1
-                try decodeDocument(YAMLDocument(node: node), index: index, source: source, into: &objects)
             }
             if let error = documents.error { throw error }
+            index = 0
+            let sizes = maximumObjectBytes == nil ? [] : documentSizes(text, nodes)
+            for node in nodes {
+                index += 1
+                try decodeDocument(YAMLDocument(node: node), index: index, bytes: sizes.isEmpty ? nil : sizes[index - 1],
+                                   cap: maximumObjectBytes, source: source, into: &objects)
+            }
         } catch let error as ManifestError {
             throw error
         } catch {
@@ -101,8 +133,23 @@ public enum ManifestDecoder {
         "List": nil, "ServiceList": "Service", "EndpointSliceList": "EndpointSlice", "NodeList": "Node",
     ]
 
+    /// The bytes each document spans: from the line its root node starts on to the line the
+    /// next one starts on (nil for a document without a position).
+    static func documentSizes(_ text: String, _ nodes: [Yams.Node]) -> [Int?] {
+        var lineStarts = [0]
+        for (offset, byte) in text.utf8.enumerated() where byte == 0x0A { lineStarts.append(offset + 1) }
+        func offset(ofLine line: Int) -> Int { lineStarts[min(max(line - 1, 0), lineStarts.count - 1)] }
+        let starts = nodes.map { $0.mark.map { offset(ofLine: $0.line) } }
+        return starts.enumerated().map { index, start in
+            guard let start else { return nil }
+            let end = starts[(index + 1)...].lazy.compactMap { $0 }.first ?? text.utf8.count
+            return max(0, end - start)
+        }
+    }
+
     private static func decodeDocument(
-        _ document: some ManifestDocument, index: Int, source: String, into objects: inout ManifestObjects
+        _ document: some ManifestDocument, index: Int, bytes: Int?, cap: Int?, source: String,
+        into objects: inout ManifestObjects
     ) throws {
         if document.isEmpty { return }
         let peek: DocumentPeek
@@ -123,6 +170,13 @@ public enum ManifestDecoder {
         }
 
         let impliedKind: String?? = listKinds[kind]
+        if impliedKind == nil, let cap, let bytes, bytes > cap {
+            var error = ManifestError(
+                source: source, document: index, object: peek.object.describe(kind: nil), field: nil,
+                message: "\(bytes) bytes, over the object size cap of \(cap) bytes (maxObjectBytes)")
+            error.overSizeCap = true
+            throw error
+        }
         do {
             if let impliedKind {
                 let list = try document.decode(

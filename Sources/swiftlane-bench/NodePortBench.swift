@@ -28,7 +28,8 @@ struct NodePortBench: ParsableCommand {
             clients each opening TCP connections until established and resetting them \
             (SO_LINGER 0, so neither side keeps TIME_WAIT), --connections in all \
             (connections/s). Reported: min/median/max over rounds, and ratios of medians. \
-            DSR mode (tc) is measured too when this build accepts it, else skipped. \
+            DSR mode (tc) is measured too, with Swiftlane on node B for those rounds (client, \
+            node A and node B share one segment, so node B answers the client directly). \
             For native XDP the lab's veth peers run an XDP pass program and send complete \
             checksums (TX checksum offload off), for every datapath alike (see \
             docs/external-traffic.md). Everything shares 2 cores here: sender, receiver and \
@@ -129,13 +130,20 @@ struct NodePortBench: ParsableCommand {
         var logger = Logger(label: "swiftlane.bench")
         logger.logLevel = .error
         ClusterLab.removeOrphans()
-        let lab = try NodeLab(podsOnA: 1, podsOnB: 1)
+        // Client, node A and node B on one segment: DSR replies go from node B straight to
+        // the client (the other datapaths send theirs back through node A, as before).
+        let lab = try NodeLab(podsOnA: 1, podsOnB: 1, sharedFabric: true)
         let pinPath = "/sys/fs/bpf/swiftlane-bench-np-\(getpid())"
         let devices = [lab.externalDevice, lab.interNodeDevice]
         let base = NodePortOptions(pinPath: pinPath, devices: devices, networkNamespace: "/run/netns/" + lab.nodeA.netns)
+        // DSR needs Swiftlane on the backend's node too (it strips the option and gives the
+        // replies the frontend as source): installed there for the DSR rounds only.
+        let nodeB = NodePortOptions(pinPath: pinPath + "-b", devices: [lab.nodeBExternalDevice!, lab.nodeBDevice], mode: .dsr,
+                                    networkNamespace: "/run/netns/" + lab.nodeB.netns)
         defer {
             lab.teardown()
             SocketLoadBalancer.uninstall(pinPath: pinPath)
+            SocketLoadBalancer.uninstall(pinPath: nodeB.pinPath)
         }
         let pod = lab.podsOnB[0]
         try lab.startProbeServer(on: pod, tcpPort: 8080, udpPort: 8053)
@@ -160,7 +168,7 @@ struct NodePortBench: ParsableCommand {
                                     destinationMAC: try mac(lab.externalDevice, lab.nodeA.netns), source: lab.clientIPv4)
         defer { receiver.stop() }
 
-        print("NodePort under load, external client -> node A (SNAT) -> pod on node B; \(rounds) rounds")
+        print("NodePort under load, external client -> node A -> pod on node B (SNAT; DSR: node B answers the client directly); \(rounds) rounds")
         var samples: [Sample] = []
         for round in 1...rounds {
             for contender in contenders {
@@ -168,7 +176,13 @@ struct NodePortBench: ParsableCommand {
                 if let acceleration = contender.acceleration {
                     var options = base
                     options.acceleration = acceleration
-                    if contender == .dsr { options.mode = .dsr }
+                    if contender == .dsr {
+                        options.mode = .dsr
+                        let syncerB = try ProxySyncer(
+                            nodeName: "node-b", maps: try KernelLoadBalancerMaps(pinPath: nodeB.pinPath), logger: logger)
+                        _ = try NodePortDatapath.install(nodeB, logger: logger)
+                        _ = syncerB.sync(try ManifestDecoder.decode(Data(Self.manifest(pod: pod).utf8), source: "bench.yaml"))
+                    }
                     datapath = try NodePortDatapath.install(options, logger: logger)
                 } else {
                     NodePortDatapath.uninstall(devices: devices, networkNamespace: base.networkNamespace, pinPath: pinPath)
@@ -177,6 +191,9 @@ struct NodePortBench: ParsableCommand {
                 let before = datapath?.outcomeCounters() ?? [:]
                 let sample = Result { try measure(contender.rawValue, round: round, lab: lab, link: link, receiver: receiver) }
                 if contender == .iptables { try iptables(lab, pod: pod, add: false) }
+                if contender == .dsr {
+                    NodePortDatapath.uninstall(devices: nodeB.devices, networkNamespace: nodeB.networkNamespace, pinPath: nodeB.pinPath)
+                }
                 // DSR comes from another branch: a failure there is reported, not fatal.
                 if contender == .dsr, case .failure(let error) = sample {
                     print("dsr: measurement failed, left out: \(error)")

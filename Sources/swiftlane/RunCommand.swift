@@ -150,7 +150,8 @@ struct RunCommand: AsyncParsableCommand {
         case .directory(let directory):
             events.client = nil
             return DirectorySyncService(
-                source: DirectorySource(path: directory.path, logger: logger), syncer: syncer,
+                source: DirectorySource(path: directory.path, maximumObjectBytes: configuration.maxObjectBytes, logger: logger),
+                syncer: syncer,
                 pollInterval: .milliseconds(directory.pollIntervalMilliseconds),
                 minSyncPeriod: .milliseconds(configuration.minSyncPeriodMilliseconds), logger: logger)
         case .kubernetes(let kubernetes):
@@ -177,10 +178,15 @@ struct RunCommand: AsyncParsableCommand {
                     regarding: .node(configuration.nodeName), type: .normal, reason: "Starting", action: "StartSwiftlane",
                     note: "Starting Swiftlane \(SwiftlaneVersion.current)."))
             }
+            var informerOptions = InformerOptions()
+            informerOptions.maximumObjectBytes = configuration.maxObjectBytes
+            // A line the framer refuses fails the whole stream: keep it above the object cap,
+            // so that an oversized object is skipped instead.
+            informerOptions.maximumEventBytes = max(informerOptions.maximumEventBytes, 2 * configuration.maxObjectBytes)
             return KubernetesSyncService(
                 client: client, syncer: syncer, serviceProxyName: configuration.serviceProxyName,
-                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds), status: status,
-                logger: logger)
+                minimumSyncInterval: .milliseconds(configuration.minSyncPeriodMilliseconds),
+                informerOptions: informerOptions, status: status, logger: logger)
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import ServiceModel
 
 /// A change an informer delivers. Delivered in order, on the informer's task.
 public enum InformerEvent<Object: KubeObject>: Sendable {
@@ -10,6 +11,9 @@ public enum InformerEvent<Object: KubeObject>: Sendable {
     /// The initial state is complete (sent once, after the first list or streamed initial
     /// events; later relists only deliver their differences).
     case synced
+    /// An object the informer refused (over `maximumObjectBytes`); the cache keeps its
+    /// previous state of that object.
+    case rejected(Rejection)
 }
 
 /// Tunables of one informer.
@@ -18,6 +22,11 @@ public struct InformerOptions: Sendable {
     /// The longest watch event accepted (a longer line fails the stream, which is then
     /// resumed): etcd's 1.5 MiB object limit with room for JSON overhead.
     public var maximumEventBytes = 8 << 20
+    /// The largest added or modified object accepted from a watch (`maxObjectBytes`): a
+    /// larger event is skipped and reported as `.rejected`, and the cache keeps the
+    /// object's previous state (deletions are always applied). LIST pages are not
+    /// checked item by item.
+    public var maximumObjectBytes = 3 << 20
     /// The largest LIST page accepted.
     public var maximumPageBytes = 1 << 30
     /// A LIST response that delivers nothing for this long is abandoned.
@@ -244,6 +253,8 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
 
         var framer = LineFramer(maximumLineLength: options.maximumEventBytes)
         let decoder = JSONDecoder()
+        // Objects refused during this stream: a relist it completes keeps their old state.
+        var refusedKeys = Set<String>()
         do {
             while true {
                 let chunk = try await response.nextChunk()
@@ -252,6 +263,10 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
                 while let line = try framer.nextLine() { lines.append(line) }
                 if chunk == nil, let last = try framer.finish() { lines.append(last) }
                 for line in lines {
+                    if line.count > options.maximumObjectBytes, let key = refuseOversized(line, decoder: decoder) {
+                        refusedKeys.insert(key)
+                        continue
+                    }
                     let event = try decoder.decode(WatchEvent<Object>.self, from: line)
                     if case .error(let status) = event.kind {
                         logger.info("watch ended by the server", metadata: ["status": "\(status)"])
@@ -264,6 +279,9 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
                             if let object = event.object { staged[object.cacheKey] = object }
                         case .replaceCache(let version):
                             watchdogTask?.cancel()
+                            for key in refusedKeys where staged[key] == nil {
+                                if let kept = object(forKey: key) { staged[key] = kept }
+                            }
                             replace(with: staged, resourceVersion: version)
                             staged.removeAll()
                         default:
@@ -294,6 +312,24 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
             logger.warning("watch stream broken", metadata: ["request": "\(pathAndQuery)", "error": "\(error)"])
             return machine.handle(.streamEnded(failure: "\(error)"))
         }
+    }
+
+    /// An added or modified object over the size cap: logged and reported, not applied.
+    /// Returns its cache key, or nil when the event is to be decoded as usual.
+    private func refuseOversized(_ line: Data, decoder: JSONDecoder) -> String? {
+        guard let peek = try? decoder.decode(OversizedEventPeek.self, from: line), peek.type == "ADDED" || peek.type == "MODIFIED"
+        else { return nil }
+        let meta = peek.object?.metadata
+        let key = (meta?.namespace.isEmpty ?? true) ? meta?.name ?? "" : meta!.namespace + "/" + meta!.name
+        let kind = String(describing: Object.self)
+        let rejection = Rejection(
+            kind: kind, object: key, field: "", reason: "size",
+            message: "\(line.count) bytes, over the object size cap of \(options.maximumObjectBytes) bytes (maxObjectBytes)")
+        logger.error("object rejected; keeping its previous state", metadata: [
+            "object": "\(kind) \(key)", "bytes": "\(line.count)", "limit": "\(options.maximumObjectBytes)",
+        ])
+        handler(.rejected(rejection))
+        return key
     }
 
     // MARK: - Cache
@@ -360,6 +396,13 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
         if let x = a.metadata.resourceVersion, let y = b.metadata.resourceVersion, !x.isEmpty { return x == y }
         return a == b
     }
+}
+
+/// What an over-cap watch event is read for: its type and whose object it carries.
+private struct OversizedEventPeek: Decodable {
+    struct Object: Decodable { var metadata: ObjectMeta? }
+    var type: String
+    var object: Object?
 }
 
 /// Counts of an informer's restarts since it was created.

@@ -8,7 +8,9 @@ and field selectors, bearer tokens and client certificates) over HTTP/2 or HTTP/
 (ALPN decides), or HTTP/1.1 on plain TCP. Every fault the client must survive can be
 injected: error statuses with Retry-After, a connection reset in the middle of a JSON
 object, a stream that drips one byte at a time, garbage and over-long lines, expired
-continue tokens, compaction, watches ended early.
+continue tokens, compaction, watches ended early, watch streams that stall (open and
+silent), and a server restart (every connection reset, the port refusing connections for
+a while, the storage and its resource versions kept).
 
 Control: one JSON command per line on stdin, one JSON reply per line on stdout (the first
 line printed is {"listening": PORT}). Logs go to stderr. Only Debian's python3-h2 is
@@ -444,6 +446,10 @@ class FakeAPIServer:
         self.snapshot_ids = itertools.count(1)
         self.watchlist = args.watchlist
         self.expired_continues = 0
+        self.connections = set()
+        self.listener = None
+        self.listen = None
+        self.port = 0
 
     # Faults are consumed by the first requests they match.
     def take_fault(self, resource, verb, query):
@@ -616,6 +622,10 @@ class FakeAPIServer:
             lines.extend(self.store.replay(watcher, int(rv) if rv.isdigit() else 0))
         entry["status"] = 200
         await w.start(200, [("Content-Type", "application/json")])
+        if fault.get("stall_seconds"):
+            # A stalled stream: open, alive, and silent; events queue up meanwhile.
+            self.store.watchers.add(watcher)
+            await asyncio.sleep(fault["stall_seconds"])
         self.store.watchers.add(watcher)
         self.store.watcher_added.set()
         for line in lines:
@@ -704,6 +714,19 @@ class FakeAPIServer:
                     store.watchers.discard(watcher)
                     count += 1
             return {"watchers": count}
+        if op == "restart":
+            # The API server process dies (every connection reset, the port refuses
+            # connections) and comes back after `down` seconds on the same port; its
+            # storage (etcd) survives, resource versions included.
+            self.listener.close()
+            for watcher in list(store.watchers):
+                watcher.queue.put_nowait(("abort", None))
+                store.watchers.discard(watcher)
+            for writer in list(self.connections):
+                writer.transport.abort()
+            await asyncio.sleep(cmd.get("down", 1))
+            self.listener = await self.listen(self.port)
+            return {"port": self.port}
         if op == "end_watches":
             count = 0
             for watcher in list(store.watchers):
@@ -811,6 +834,14 @@ async def churn(store, cmd):
 # MARK: - Serving
 
 async def serve_connection(server, reader, writer):
+    server.connections.add(writer)
+    try:
+        await serve_one_connection(server, reader, writer)
+    finally:
+        server.connections.discard(writer)
+
+
+async def serve_one_connection(server, reader, writer):
     peer = {"address": str(writer.get_extra_info("peername"))}
     ssl_object = writer.get_extra_info("ssl_object")
     if ssl_object is not None:
@@ -890,12 +921,15 @@ async def main():
         if args.client_ca:
             context.load_verify_locations(args.client_ca)
             context.verify_mode = ssl.CERT_REQUIRED if args.require_client_cert else ssl.CERT_OPTIONAL
-    listener = await asyncio.start_server(
-        lambda r, w: serve_connection(server, r, w), args.host, 0, ssl=context, limit=1 << 20)
-    port = listener.sockets[0].getsockname()[1]
-    print(json.dumps({"listening": port}), flush=True)
-    async with listener:
+    server.listen = lambda port: asyncio.start_server(
+        lambda r, w: serve_connection(server, r, w), args.host, port, ssl=context, limit=1 << 20)
+    server.listener = await server.listen(0)
+    server.port = server.listener.sockets[0].getsockname()[1]
+    print(json.dumps({"listening": server.port}), flush=True)
+    try:
         await control_loop(server)
+    finally:
+        server.listener.close()
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ final class InformerTests: XCTestCase {
             case .updated(_, let s): return "updated \(s.metadata.name) \(s.spec.ports.first?.port ?? 0)"
             case .deleted(let s): return "deleted \(s.metadata.name)"
             case .synced: return "synced"
+            case .rejected(let rejection): return "rejected \(rejection.object)"
             }
         }
         XCTAssertEqual(kinds, ["added a", "synced", "added b", "updated a 8080", "deleted b"])
