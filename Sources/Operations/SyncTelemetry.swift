@@ -26,6 +26,27 @@ public final class SyncTelemetry: ProxySyncObserver, @unchecked Sendable {
         for (service, error) in report.failedServices.sorted(by: { $0.key < $1.key }) {
             events?.record(Self.programmingFailure(service: service, error: error, node: syncer.nodeName))
         }
+        for rejection in report.rejected {
+            if let event = Self.rejectionEvent(rejection, node: syncer.nodeName) { events?.record(event) }
+        }
+    }
+
+    /// A Warning on the Service or EndpointSlice whose field (or whole object) was refused,
+    /// so its owner sees it in `kubectl describe`; nil for what names no object of the API.
+    static func rejectionEvent(_ rejection: Rejection, node: String) -> ClusterEvent? {
+        let parts = rejection.object.split(separator: "/", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { return nil }
+        let reference: ObjectReference
+        switch rejection.kind {
+        case "Service": reference = .service(namespace: parts[0], name: parts[1])
+        case "EndpointSlice":
+            reference = ObjectReference(apiVersion: "discovery.k8s.io/v1", kind: "EndpointSlice", namespace: parts[0], name: parts[1])
+        default: return nil
+        }
+        let what = rejection.field.isEmpty ? "the object" : rejection.field
+        return ClusterEvent(
+            regarding: reference, type: .warning, reason: "RejectedByProxy", action: "Translate",
+            note: "node \(node) ignored \(what): \(rejection.message)")
     }
 
     /// A Warning on the Service: its frontends stay on their previous state (map full…).

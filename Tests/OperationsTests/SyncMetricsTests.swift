@@ -140,6 +140,53 @@ final class SyncMetricsTests: XCTestCase {
         XCTAssertTrue(health.readyz().body.contains("the last sync left 1 frontends on their previous state"))
     }
 
+    /// A refused field becomes a Warning on its object; rejections naming no API object
+    /// (an unreadable file) do not.
+    func testARejectedFieldIsAWarningOnItsObject() {
+        let field = Rejection(kind: "Service", object: "shop/web", field: "spec.externalIPs[0]", reason: "spec.externalIPs[]",
+                              message: "unparsable IP \"300.1.1.1\"")
+        let event = try? XCTUnwrap(SyncTelemetry.rejectionEvent(field, node: "node-a"))
+        XCTAssertEqual(event?.regarding, .service(namespace: "shop", name: "web"))
+        XCTAssertEqual(event?.type, .warning)
+        XCTAssertEqual(event?.reason, "RejectedByProxy")
+        XCTAssertEqual(event?.note, "node node-a ignored spec.externalIPs[0]: unparsable IP \"300.1.1.1\"")
+        let slice = Rejection(kind: "EndpointSlice", object: "shop/web-1", field: "", reason: "size", message: "too big")
+        XCTAssertEqual(SyncTelemetry.rejectionEvent(slice, node: "n")?.regarding.apiVersion, "discovery.k8s.io/v1")
+        XCTAssertEqual(SyncTelemetry.rejectionEvent(slice, node: "n")?.note, "node n ignored the object: too big")
+        XCTAssertNil(SyncTelemetry.rejectionEvent(
+            Rejection(kind: "Manifest", object: "broken.yaml", field: "", reason: "parse", message: "bad"), node: "n"))
+    }
+
+    /// Through a real syncer: an unparsable externalIP is skipped, the rest served, and the
+    /// Service gets the Warning.
+    func testAnUnparsableExternalIPReachesTheEventRecorder() async throws {
+        final class Seen: @unchecked Sendable {
+            let lock = NSLock()
+            var notes: [String] = []
+        }
+        let seen = Seen()
+        let events = EventRecorder(reportingInstance: "swiftlane-node-a", logger: Logger(label: "test"))
+        events.onOutcome = { reason, _ in seen.lock.withLock { seen.notes.append(reason) } }
+        let run = Task { await events.run() }
+        defer { run.cancel() }
+        let syncer = try ProxySyncer(nodeName: "node-a", maps: InMemoryLoadBalancerMaps(), logger: Logger(label: "test"))
+        syncer.observer = SyncTelemetry(metrics: nil, health: ProxyHealth(), events: events)
+        let yaml = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: shop}
+            spec: {clusterIP: 10.96.0.10, externalIPs: ["300.1.1.1"], ports: [{name: http, port: 80, protocol: TCP}]}
+            """
+        let report = syncer.sync(try ManifestDecoder.decode(Data(yaml.utf8), source: "test.yaml"))
+        XCTAssertEqual(report.failures, [])
+        XCTAssertTrue(report.rejected.contains { $0.object == "shop/web" && $0.field.hasPrefix("spec.externalIPs") }, "\(report.rejected)")
+        let deadline = Date().addingTimeInterval(10)
+        while !seen.lock.withLock({ seen.notes.contains("RejectedByProxy") }) && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        XCTAssertTrue(seen.lock.withLock { seen.notes.contains("RejectedByProxy") })
+    }
+
     /// A Service that could not be programmed gets a Warning Event (once per dedupe
     /// window, however many syncs retry it), and the event outcome is a metric.
     func testAServiceThatCannotBeProgrammedGetsOneWarningEvent() async throws {
