@@ -64,6 +64,10 @@ final class BadInputTests: XCTestCase {
             return Set(state.meta.values.map(\.service)).isSuperset(of: ["default/wide", "default/many", "default/bad-ports"])
                 && state.masters.count == 2 + 2_000 + 1 + 1
         }
+        // huge.yaml may be read a poll later than bad.yaml.
+        try controller.waitUntil("the over-cap object to be rejected and counted") {
+            try controller.scrape().value("swiftlane_rejected_objects_total", ["kind": "Service", "reason": "size"]) == 1
+        }
         let after = try maps.readState()
         let byService = Dictionary(grouping: after.meta, by: { $0.value.service })
         XCTAssertEqual(byService["default/wide"]?.count, 2_000, "kube-proxy accepts a Service with 2,000 ports")
