@@ -157,9 +157,9 @@ final class SyncMetricsTests: XCTestCase {
             Rejection(kind: "Manifest", object: "broken.yaml", field: "", reason: "parse", message: "bad"), node: "n"))
     }
 
-    /// Through a real syncer: an unparsable externalIP is skipped, the rest served, and the
-    /// Service gets the Warning.
-    func testAnUnparsableExternalIPReachesTheEventRecorder() async throws {
+    /// Through a real syncer: an unparsable source range is skipped, the rest served, and
+    /// the Service gets the Warning.
+    func testAnUnparsableSourceRangeReachesTheEventRecorder() async throws {
         final class Seen: @unchecked Sendable {
             let lock = NSLock()
             var notes: [String] = []
@@ -175,11 +175,13 @@ final class SyncMetricsTests: XCTestCase {
             apiVersion: v1
             kind: Service
             metadata: {name: web, namespace: shop}
-            spec: {clusterIP: 10.96.0.10, externalIPs: ["300.1.1.1"], ports: [{name: http, port: 80, protocol: TCP}]}
+            spec: {type: LoadBalancer, clusterIP: 10.96.0.10, loadBalancerSourceRanges: ["10.0.0.0/33"],
+                   ports: [{name: http, port: 80, protocol: TCP, nodePort: 30080}]}
             """
         let report = syncer.sync(try ManifestDecoder.decode(Data(yaml.utf8), source: "test.yaml"))
         XCTAssertEqual(report.failures, [])
-        XCTAssertTrue(report.rejected.contains { $0.object == "shop/web" && $0.field.hasPrefix("spec.externalIPs") }, "\(report.rejected)")
+        XCTAssertTrue(report.rejected.contains { $0.object == "shop/web" && $0.field == "spec.loadBalancerSourceRanges[0]" },
+                      "\(report.rejected)")
         let deadline = Date().addingTimeInterval(10)
         while !seen.lock.withLock({ seen.notes.contains("RejectedByProxy") }) && Date() < deadline {
             try await Task.sleep(for: .milliseconds(10))
