@@ -42,7 +42,8 @@ build watch WatchFuzz Fuzz/WatchStreamFuzz.swift Sources/KubeAPI/Framing/LineFra
     Sources/KubeAPI/Watch/WireTypes.swift "$DEBUG"/ServiceModel.build/*.swift.o "${YAMS_OBJECTS[@]}"
 
 # Seeds: every manifest and JSON fixture; for the watch target, fixtures as watch events.
-for file in /work/shared/spec/fixtures/* Tests/ServiceModelTests/Fixtures/* Tests/KubeAPITests/Fixtures/* examples/demo/*; do
+# The spec fixtures sit beside the checkout (../shared); the tests keep copies of them.
+for file in ../shared/spec/fixtures/* Tests/ServiceModelTests/Fixtures/* Tests/KubeAPITests/Fixtures/* examples/demo/*; do
     [ -f "$file" ] || continue
     cp "$file" "$OUT/manifest/corpus/$(basename "$file")"
     case "$file" in
