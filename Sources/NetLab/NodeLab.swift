@@ -63,8 +63,8 @@ public struct NodeLabNode: Hashable, Codable, Sendable {
 /// node B ::2), node A's pods :a::/64 and node B's :b::/64 (bridge ::1, pods ::2, ::3, …)
 /// and the service range :5::/64 (`serviceIPv6(_:)`), with the same routes as IPv4: the
 /// client reaches only its link, the service range and the nodes' link (via node A),
-/// pods fd00:5eed:S::/48 via their node, never a default route. Addresses are added
-/// without duplicate address detection so they work at once; nodes forward IPv6.
+/// pods fd00:5eed:S::/48 via their node, never a default route. Addresses (link-local
+/// ones too) skip duplicate address detection so they work at once; nodes forward IPv6.
 ///
 /// Names start with "sn" + a short random id; `teardown()` (also run from deinit) removes
 /// every namespace (and with them every link, bridge and tc attachment made on them) and
@@ -370,6 +370,10 @@ public final class NodeLab: @unchecked Sendable {
             lock.withLock { namespaces.removeAll { $0 == name } }
             throw error
         }
+        // No duplicate address detection on the lab's links, link-local addresses included:
+        // a tentative address delays the first IPv6 exchanges by a second or more.
+        try Shell.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                       "net.ipv6.conf.default.accept_dad=0"])
     }
 
     private func ethtool(_ netns: String, _ args: String...) throws {
