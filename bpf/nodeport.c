@@ -662,18 +662,36 @@ static __always_inline __u32 sl_backend_egress(void *ctx, int hook, const struct
 
 // MARK: - Reject
 
+/* The ICMP or ICMPv6 error header (type, code, checksum, 4 unused bytes). */
+struct sl_icmp_head {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 unused;
+};
+
+/* Sends the error built in place of the packet back to the previous hop, out of the
+ * device it came in on: the MACs (`macs`, as received) swapped. */
+static __always_inline int sl_reject_back(struct __sk_buff *skb, const __u8 macs[2 * ETH_ALEN], struct sl_np_forward *fwd)
+{
+	if (bpf_skb_store_bytes(skb, 0, macs + ETH_ALEN, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, macs, ETH_ALEN, 0)) {
+		sl_count(SL_REASON_NP_REJECT_FAILED);
+		return -EINVAL;
+	}
+	fwd->ifindex = skb->ifindex;
+	fwd->resolve_neigh = 0;
+	sl_count(SL_REASON_NP_REJECT);
+	return 1;
+}
+
 /* The ICMP error as written after the Ethernet header: new IPv4 header, ICMP header,
  * then the offending packet's IPv4 header (without options) and the start of its L4
  * header (RFC 792 needs 8 bytes; for TCP the whole 20-byte header is quoted so that a
  * CHECKSUM_PARTIAL skb's checksum offset still falls inside the packet). */
 struct sl_icmp_error {
 	struct iphdr ip;
-	struct {
-		__u8 type;
-		__u8 code;
-		__sum16 checksum;
-		__be32 unused;
-	} icmp;
+	struct sl_icmp_head icmp;
 	struct iphdr quoted_ip;
 	__u8 quoted_l4[20];
 };
@@ -730,14 +748,7 @@ static __always_inline int sl_reject(struct __sk_buff *skb, struct sl_packet *pk
 	if (quoted_l4 == 20 ? bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg), 0)
 			    : bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - 12, 0))
 		goto fail;
-	/* Swap the MACs: the error goes back to the previous hop. */
-	if (bpf_skb_store_bytes(skb, 0, macs + ETH_ALEN, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, macs, ETH_ALEN, 0))
-		goto fail;
-	fwd->ifindex = skb->ifindex;
-	fwd->resolve_neigh = 0;
-	sl_count(SL_REASON_NP_REJECT);
-	return 1;
+	return sl_reject_back(skb, macs, fwd);
 fail:
 	sl_count(SL_REASON_NP_REJECT_FAILED);
 	return -EINVAL;
@@ -746,12 +757,7 @@ fail:
 /* The ICMPv6 error as written after the Ethernet header, laid out as sl_icmp_error. */
 struct sl_icmp6_error {
 	struct ipv6hdr ip;
-	struct {
-		__u8 type;
-		__u8 code;
-		__sum16 checksum;
-		__be32 unused;
-	} icmp;
+	struct sl_icmp_head icmp;
 	struct ipv6hdr quoted_ip;
 	__u8 quoted_l4[20];
 };
@@ -804,13 +810,7 @@ static __always_inline int sl_reject6(struct __sk_buff *skb, struct sl_packet *p
 	if (quoted_l4 == 20 ? bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg), 0)
 			    : bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - 12, 0))
 		goto fail;
-	if (bpf_skb_store_bytes(skb, 0, macs + ETH_ALEN, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, macs, ETH_ALEN, 0))
-		goto fail;
-	fwd->ifindex = skb->ifindex;
-	fwd->resolve_neigh = 0;
-	sl_count(SL_REASON_NP_REJECT);
-	return 1;
+	return sl_reject_back(skb, macs, fwd);
 fail:
 	sl_count(SL_REASON_NP_REJECT_FAILED);
 	return -EINVAL;

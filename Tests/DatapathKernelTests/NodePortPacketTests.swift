@@ -123,20 +123,28 @@ final class NodePortPacketTests: XCTestCase {
         pinPath = uniquePinPath("nppkt")
         datapath = try NodePortDatapath.load(NodePortOptions(pinPath: pinPath), logger: testLogger)
         // A NodePort frontend without endpoints on TCP and UDP, served on TestFrame.node.
+        try addRejectingNodePort(wildcard: NodePortDatapath.v4MappedWords("0.0.0.0")!,
+                                 nodeAddress: NodePortDatapath.v4MappedWords("192.0.2.1")!, revNat: 1)
+    }
+
+    /// The NodePort wildcard entry `wildcard` (a family's) rejecting on TCP and UDP
+    /// `rejectingPort`, and `nodeAddress` as a node address serving NodePorts.
+    private func addRejectingNodePort(wildcard: (UInt32, UInt32, UInt32, UInt32), nodeAddress: (UInt32, UInt32, UInt32, UInt32),
+                                      revNat: UInt32) throws {
         let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
         for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] {
             var key = sl_service_key()
-            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
+            key.addr = wildcard
             key.port = Self.rejectingPort.bigEndian
             key.proto = proto
             var value = sl_service_value()
-            value.rev_nat_id = 1
+            value.rev_nat_id = revNat
             value.flags = UInt16(SL_SVC_F_REJECT.rawValue)
             value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
             try maps.services.update(key, value)
         }
         var nodeKey = sl_node_addr_key()
-        nodeKey.addr = NodePortDatapath.v4MappedWords("192.0.2.1")!
+        nodeKey.addr = nodeAddress
         var nodeValue = sl_node_addr()
         nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
         try datapath.nodeAddresses.update(nodeKey, nodeValue)
@@ -453,22 +461,7 @@ final class NodePortPacketTests: XCTestCase {
     /// The rejecting NodePort of `setUp` on IPv6: the wildcard `::` entry and
     /// TestFrame.node6 as a node address.
     private func addIPv6RejectingNodePort() throws {
-        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
-        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] {
-            var key = sl_service_key()
-            key.port = Self.rejectingPort.bigEndian
-            key.proto = proto
-            var value = sl_service_value()
-            value.rev_nat_id = 2
-            value.flags = UInt16(SL_SVC_F_REJECT.rawValue)
-            value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
-            try maps.services.update(key, value)
-        }
-        var nodeKey = sl_node_addr_key()
-        nodeKey.addr = NodePortDatapath.ipv6Words("2001:db8::1")!
-        var nodeValue = sl_node_addr()
-        nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
-        try datapath.nodeAddresses.update(nodeKey, nodeValue)
+        try addRejectingNodePort(wildcard: (0, 0, 0, 0), nodeAddress: NodePortDatapath.ipv6Words("2001:db8::1")!, revNat: 2)
     }
 
     /// tc drops truncated and malformed IPv6 frames with their reason, and passes frames with
