@@ -239,11 +239,11 @@ static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, s
 	return 0;
 }
 
-/* IPv6 after an Ethernet header at `ip6` (tc only: XDP passes IPv6 to tc). TCP and UDP
- * directly after the fixed header are ours; extension headers (a fragment header among
- * them) and every other next header, ICMPv6 included, pass to the stack, counted.
- * Returns as sl_parse (never SL_PARSED_ICMP). */
-static __always_inline int sl_parse6(struct ipv6hdr *ip6, void *data_end, __u32 len, struct sl_packet *pkt)
+/* IPv6 after an Ethernet header at `ip6`. TCP and UDP directly after the fixed header are
+ * ours; extension headers (a fragment header among them) and every other next header,
+ * ICMPv6 included, pass to the stack, counted. Returns as sl_parse (never
+ * SL_PARSED_ICMP). */
+static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_end, __u32 len, struct sl_packet *pkt)
 {
 	__u32 payload;
 
@@ -272,10 +272,10 @@ static __always_inline int sl_parse6(struct ipv6hdr *ip6, void *data_end, __u32 
 	case 135: /* mobility */
 	case 139: /* host identity protocol */
 	case 140: /* shim6 */
-		sl_count(SL_REASON_NP_IPV6_EXT_HEADER);
+		sl_count_pass(hook, SL_REASON_NP_IPV6_EXT_HEADER);
 		return 1;
 	default:
-		sl_count(SL_REASON_NP_NOT_IPV4);
+		sl_count_pass(hook, SL_REASON_NP_NOT_IPV4);
 		return 1;
 	}
 	pkt->ipv6 = 1;
@@ -324,12 +324,8 @@ static __always_inline int sl_parse(void *ctx, int hook, struct sl_packet *pkt)
 		sl_count(SL_REASON_NP_TRUNCATED);
 		return -EINVAL;
 	}
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		/* XDP leaves IPv6 to tc (counted there, and by XDP as np_xdp_pass_to_tc). */
-		if (hook == SL_HOOK_XDP)
-			return 1;
-		return sl_parse6((void *)(eth + 1), data_end, len, pkt);
-	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return sl_parse6(hook, (void *)(eth + 1), data_end, len, pkt);
 	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
 		sl_count_pass(hook, SL_REASON_NP_NOT_IPV4);
 		return 1;
@@ -1089,6 +1085,7 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
 
 	if (hook == SL_HOOK_XDP) {
 		__be32 saddr = pkt->saddr, daddr = pkt->daddr;
+		const __be32 *saddr6 = pkt->saddr6, *daddr6 = pkt->daddr6;
 		int snat = entry->flags & SL_NAT_F_SNAT;
 
 		/* Adding the DSR option resizes the packet: tc's job. A DSR flow's other TCP
@@ -1098,14 +1095,20 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
 
 		if (reply) {
 			saddr = entry->to_addr[3];
-			if (snat)
+			saddr6 = entry->to_addr;
+			if (snat) {
 				daddr = entry->nat_addr[3];
+				daddr6 = entry->nat_addr;
+			}
 		} else {
 			daddr = entry->to_addr[3];
-			if (snat)
+			daddr6 = entry->to_addr;
+			if (snat) {
 				saddr = entry->nat_addr[3];
+				saddr6 = entry->nat_addr;
+			}
 		}
-		rc = sl_fib(ctx, hook, pkt, saddr, daddr, &fib);
+		rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, saddr6, daddr6, &fib) : sl_fib(ctx, hook, pkt, saddr, daddr, &fib);
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS || !bpf_map_lookup_elem(&sl_devices_v2, &fib.ifindex))
 			return SL_NP_PASS;
 	}

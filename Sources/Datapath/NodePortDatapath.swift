@@ -74,7 +74,7 @@ public struct NodePortOptions: Sendable {
 /// the node's devices, serving NodePorts, externalIPs and LoadBalancer VIPs from the
 /// service maps the controller programs (shared through their pins with the socket load
 /// balancer), IPv4 and IPv6, SNAT or DSR mode (DSR for IPv4 only); optionally
-/// accelerated by XDP on the same devices (IPv4 only: XDP hands IPv6 to tc).
+/// accelerated by XDP on the same devices.
 ///
 /// Attachment is by netlink tc filters under a fixed handle and priority: they outlive
 /// the process, and installing again replaces the program in place (`BPF_TC_F_REPLACE`,

@@ -6,8 +6,8 @@ import XCTest
 
 /// The IPv6 half of the external-traffic matrix: single-stack IPv6 Services on the
 /// dual-stack `NodeLab`, from the client to node A's IPv6 addresses, through tc alone and
-/// with XDP (generic, native) in front, which hands every IPv6 packet to tc: the same
-/// results in every mode, and XDP redirecting none of them.
+/// with XDP (generic, native) in front: the same results in every mode, XDP forwarding
+/// the flows to remote pods itself and leaving the rest to tc, as for IPv4.
 extension NodePortTests {
     /// An IPv6 address as YAML needs it in a flow sequence.
     private func quoted(_ address: String) -> String { "\"\(address)\"" }
@@ -36,7 +36,7 @@ extension NodePortTests {
             XCTAssertEqual(report.peerNameMismatches, 0)
             XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv6], "source-NATed to node A's IPv6 address towards node B")
             XCTAssertGreaterThanOrEqual(h.datapath.natPressure().entries, 2)
-            assertXDPShare(h, redirected: false)
+            assertXDPShare(h, redirected: true)
         }
     }
 
@@ -48,7 +48,7 @@ extension NodePortTests {
             XCTAssertEqual(report.replySourceMismatches, 0, "recvfrom() must show [nodeIP]:30053")
             XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
             XCTAssertEqual(Set(report.seenClientAddresses), [h.lab.clientIPv6, h.lab.nodeAIPv6])
-            assertXDPShare(h, redirected: false)
+            assertXDPShare(h, redirected: true)
         }
     }
 
@@ -79,7 +79,7 @@ extension NodePortTests {
                 XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(address): \(report.backends)")
                 XCTAssertEqual(report.peerNameMismatches, 0, "replies must come from [\(address)]:80")
             }
-            assertXDPShare(h, redirected: false)
+            assertXDPShare(h, redirected: true)
         }
     }
 
@@ -117,7 +117,7 @@ extension NodePortTests {
             let report = try h.client.tcp(target: "[\(vip)]:80", count: 20)
             XCTAssertEqual(report.ok, 20, "failures: \(report.failures) \(report.firstError ?? "")")
             XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)")
-            assertXDPShare(h, redirected: false)
+            assertXDPShare(h, redirected: true)
         }
     }
 
