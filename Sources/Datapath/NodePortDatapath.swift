@@ -582,8 +582,8 @@ public final class NodePortDatapath: @unchecked Sendable {
     // MARK: - Helpers
 
     /// Devices to attach to by default: every non-loopback interface with an IPv4 or a
-    /// global IPv6 address, except bridges (pod networks, read from /sys/class/net, which shows the namespace
-    /// sysfs was mounted in: the host's, where the controller runs).
+    /// global IPv6 address, except bridges (pod networks, read from /sys/class/net, which
+    /// shows the namespace sysfs was mounted in: the host's, where the controller runs).
     static func detectDevices(addresses: [String: [String]]) -> [String] {
         addresses.keys.filter { name in
             name != "lo" && !FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/bridge")
