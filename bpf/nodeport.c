@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * External traffic: NodePort, externalIPs and LoadBalancer VIPs on tc (clsact), IPv4,
- * SNAT mode, or DSR mode for remote backends (swiftlane/dsr.h).
+ * External traffic: NodePort, externalIPs and LoadBalancer VIPs on tc (clsact), IPv4 and
+ * IPv6, SNAT mode, or DSR mode for remote backends (swiftlane/dsr.h, IPv4 only: an IPv6
+ * flow to a remote backend is source-NATed in DSR mode too).
  *
  * Attached to the node's external devices (those carrying its addresses):
  *  - ingress (sl_nodeport_ingress): a packet that is
@@ -19,8 +20,10 @@
  *    port unreachable; one whose policy drops (eTP=Local without local endpoint) drops.
  *  - egress (sl_nodeport_egress): replies of local backends, routed by the node's stack
  *    towards the client, get the frontend as their source.
- * Everything else passes untouched (TC_ACT_OK). Malformed packets are dropped; every
- * outcome is counted (enum sl_reason).
+ * Everything else passes untouched (TC_ACT_OK), among it ICMPv6 (Neighbour Discovery) and
+ * IPv6 packets with extension headers. Malformed packets are dropped; every outcome is
+ * counted (enum sl_reason). Each family is its own dataplane (kube-proxy A.7): an IPv6
+ * packet only ever meets IPv6 frontends, backends and node addresses.
  *
  * Each SEC() entry point is thin: one worker returns 0 (pass), a negative errno (drop;
  * the reason is counted where it is found), or 1 with a forwarding decision that the
@@ -30,6 +33,7 @@
 #include <linux/in.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <linux/pkt_cls.h>
@@ -58,11 +62,15 @@ const volatile __u64 sl_snat_reclaim_ns = 1000000000ULL;
 #define SL_NAT_CLAIMING (~0ULL)
 
 #define SL_AF_INET 2 /* include/linux/socket.h, not in the UAPI headers */
+#define SL_AF_INET6 10
 /* linux/icmp.h drags in libc headers (via linux/if.h) that a BPF build cannot use. */
 #define SL_ICMP_DEST_UNREACH 3
 #define SL_ICMP_PORT_UNREACH 3
 #define SL_IP_MF 0x2000
 #define SL_IP_OFFSET 0x1fff
+#define SL_IPPROTO_ICMPV6 58
+#define SL_ICMPV6_DEST_UNREACH 1
+#define SL_ICMPV6_PORT_UNREACH 4
 
 /* What the worker asks the entry point to do with a packet. */
 enum sl_np_action {
@@ -86,15 +94,22 @@ enum sl_np_action {
 struct sl_np_forward {
 	__u32 ifindex;
 	__u8 resolve_neigh; /* 1: bpf_redirect_neigh to nexthop; 0: MACs written, bpf_redirect */
+	__u8 ipv6;          /* the next hop is nexthop6 */
 	__be32 nexthop;
+	__be32 nexthop6[4];
 };
 
-/* The parsed packet: offsets from the start of the frame and the 5-tuple. */
+/* The parsed packet: offsets from the start of the frame and the 5-tuple. IPv4 packets
+ * have their addresses in saddr/daddr, IPv6 ones (ipv6 = 1) in saddr6/daddr6; ttl is the
+ * hop limit, tos the traffic class, ihl_bytes the 40-byte fixed header and tot_len the
+ * header plus payload length for IPv6. */
 struct sl_packet {
 	__u32 l3_off;
 	__u32 l4_off;
 	__be32 saddr;
 	__be32 daddr;
+	__be32 saddr6[4];
+	__be32 daddr6[4];
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
@@ -103,7 +118,7 @@ struct sl_packet {
 	__u8 ihl_bytes;
 	__u16 tot_len;
 	__u8 tcp_flags; /* FIN, SYN, RST, … (byte 13 of the TCP header); 0 for UDP */
-	__u8 pad;
+	__u8 ipv6;
 };
 
 #define SL_TCP_FIN 0x01
@@ -183,10 +198,98 @@ static __always_inline void sl_count_pass(int hook, __u32 reason)
 // MARK: - Parsing
 
 /* Bytes pulled into the linear area so headers can be read directly: Ethernet, the
- * longest IPv4 header (60) and a TCP header (20). */
+ * longest IPv4 header (60) and a TCP header (20); this also covers an IPv6 header (40)
+ * and a TCP header. */
 #define SL_PULL_LEN (ETH_HLEN + 60 + 20)
 
 #define SL_PARSED_ICMP 2
+
+/* The TCP or UDP header at `l4` (pkt->proto says which), of which the IP header says
+ * `l4_len` bytes follow it. Returns 0 or -errno (drop, counted). */
+static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, struct sl_packet *pkt)
+{
+	if (pkt->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end) {
+			sl_count(SL_REASON_NP_TRUNCATED);
+			return -EINVAL;
+		}
+		if (tcp->doff < 5 || (__u32)tcp->doff * 4 > l4_len) {
+			sl_count(SL_REASON_NP_MALFORMED);
+			return -EINVAL;
+		}
+		pkt->sport = tcp->source;
+		pkt->dport = tcp->dest;
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
+	} else {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > data_end) {
+			sl_count(SL_REASON_NP_TRUNCATED);
+			return -EINVAL;
+		}
+		if (bpf_ntohs(udp->len) < sizeof(*udp) || bpf_ntohs(udp->len) > l4_len) {
+			sl_count(SL_REASON_NP_MALFORMED);
+			return -EINVAL;
+		}
+		pkt->sport = udp->source;
+		pkt->dport = udp->dest;
+	}
+	return 0;
+}
+
+/* IPv6 after an Ethernet header at `ip6`. TCP and UDP directly after the fixed header are
+ * ours; extension headers (a fragment header among them) and every other next header,
+ * ICMPv6 included, pass to the stack, counted. Returns as sl_parse (never
+ * SL_PARSED_ICMP). */
+static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_end, __u32 len, struct sl_packet *pkt)
+{
+	__u32 payload;
+
+	if ((void *)(ip6 + 1) > data_end) {
+		sl_count(SL_REASON_NP_TRUNCATED);
+		return -EINVAL;
+	}
+	if (ip6->version != 6) {
+		sl_count(SL_REASON_NP_MALFORMED);
+		return -EINVAL;
+	}
+	payload = bpf_ntohs(ip6->payload_len);
+	if (ETH_HLEN + sizeof(*ip6) + payload > len) {
+		sl_count(SL_REASON_NP_MALFORMED);
+		return -EINVAL;
+	}
+	switch (ip6->nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		break;
+	case 0:   /* hop-by-hop options */
+	case 43:  /* routing */
+	case 44:  /* fragment */
+	case 51:  /* authentication header */
+	case 60:  /* destination options */
+	case 135: /* mobility */
+	case 139: /* host identity protocol */
+	case 140: /* shim6 */
+		sl_count_pass(hook, SL_REASON_NP_IPV6_EXT_HEADER);
+		return 1;
+	default:
+		sl_count_pass(hook, SL_REASON_NP_NOT_IPV4);
+		return 1;
+	}
+	pkt->ipv6 = 1;
+	pkt->l3_off = ETH_HLEN;
+	pkt->l4_off = ETH_HLEN + sizeof(*ip6);
+	__builtin_memcpy(pkt->saddr6, &ip6->saddr, sizeof(pkt->saddr6));
+	__builtin_memcpy(pkt->daddr6, &ip6->daddr, sizeof(pkt->daddr6));
+	pkt->proto = ip6->nexthdr;
+	pkt->ttl = ip6->hop_limit;
+	pkt->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+	pkt->ihl_bytes = sizeof(*ip6);
+	pkt->tot_len = (__u16)(sizeof(*ip6) + payload);
+	return sl_parse_l4(ip6 + 1, data_end, payload, pkt);
+}
 
 /* Parses Ethernet / IPv4 / TCP|UDP with a bounds check before every read.
  * Returns 0 (parsed), 1 (not ours: pass, counted), SL_PARSED_ICMP (an ICMP message whose
@@ -221,6 +324,8 @@ static __always_inline int sl_parse(void *ctx, int hook, struct sl_packet *pkt)
 		sl_count(SL_REASON_NP_TRUNCATED);
 		return -EINVAL;
 	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return sl_parse6(hook, (void *)(eth + 1), data_end, len, pkt);
 	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
 		sl_count_pass(hook, SL_REASON_NP_NOT_IPV4);
 		return 1;
@@ -263,37 +368,9 @@ static __always_inline int sl_parse(void *ctx, int hook, struct sl_packet *pkt)
 	/* ICMP: the caller looks at errors about tracked flows; not counted here. */
 	if (pkt->proto == IPPROTO_ICMP)
 		return SL_PARSED_ICMP;
-	if (pkt->proto == IPPROTO_TCP) {
-		struct tcphdr *tcp = (void *)ip + ihl_bytes;
-
-		/* The verifier tracks ihl_bytes as 20..60 (a 4-bit field times 4), so this one
-		 * comparison bounds every read of the TCP header. */
-		if ((void *)(tcp + 1) > data_end) {
-			sl_count(SL_REASON_NP_TRUNCATED);
-			return -EINVAL;
-		}
-		if (tcp->doff < 5 || ihl_bytes + (__u32)tcp->doff * 4 > pkt->tot_len) {
-			sl_count(SL_REASON_NP_MALFORMED);
-			return -EINVAL;
-		}
-		pkt->sport = tcp->source;
-		pkt->dport = tcp->dest;
-		pkt->tcp_flags = ((__u8 *)tcp)[13];
-	} else {
-		struct udphdr *udp = (void *)ip + ihl_bytes;
-
-		if ((void *)(udp + 1) > data_end) {
-			sl_count(SL_REASON_NP_TRUNCATED);
-			return -EINVAL;
-		}
-		if (bpf_ntohs(udp->len) < sizeof(*udp) || ihl_bytes + bpf_ntohs(udp->len) > pkt->tot_len) {
-			sl_count(SL_REASON_NP_MALFORMED);
-			return -EINVAL;
-		}
-		pkt->sport = udp->source;
-		pkt->dport = udp->dest;
-	}
-	return 0;
+	/* The verifier tracks ihl_bytes as 20..60 (a 4-bit field times 4), so one comparison
+	 * bounds every read of the L4 header. */
+	return sl_parse_l4((void *)ip + ihl_bytes, data_end, pkt->tot_len - ihl_bytes, pkt);
 }
 
 // MARK: - Addresses
@@ -306,10 +383,24 @@ static __always_inline void sl_v4_mapped(__be32 out[4], __be32 addr)
 	out[3] = addr;
 }
 
+/* The packet's source (which = 0) or destination (which = 1) as the maps store it. */
+static __always_inline void sl_addr_of(__be32 out[4], const struct sl_packet *pkt, int which)
+{
+	if (pkt->ipv6)
+		__builtin_memcpy(out, which ? pkt->daddr6 : pkt->saddr6, 16);
+	else
+		sl_v4_mapped(out, which ? pkt->daddr : pkt->saddr);
+}
+
+static __always_inline int sl_addr_equal(const __be32 a[4], const __be32 b[4])
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
 static __always_inline void sl_nat_key_of(struct sl_nat_key *key, const struct sl_packet *pkt, __u8 dir)
 {
-	sl_v4_mapped(key->saddr, pkt->saddr);
-	sl_v4_mapped(key->daddr, pkt->daddr);
+	sl_addr_of(key->saddr, pkt, 0);
+	sl_addr_of(key->daddr, pkt, 1);
 	key->sport = pkt->sport;
 	key->dport = pkt->dport;
 	key->proto = pkt->proto;
@@ -366,6 +457,86 @@ fail:
 	return -EFAULT;
 }
 
+/* Folds a checksum difference (bpf_csum_diff of a 16-byte IPv6 address, in the L4 pseudo
+ * header) into the L4 checksum at csum_off; l4_flags as for sl_csum_replace. */
+static __always_inline int sl_csum_add(void *ctx, int hook, __u32 csum_off, __u32 diff, __u64 l4_flags)
+{
+	__u16 check;
+
+	if (hook == SL_HOOK_TC)
+		return bpf_l4_csum_replace(ctx, csum_off, 0, diff, l4_flags | BPF_F_PSEUDO_HDR);
+	if (bpf_xdp_load_bytes(ctx, csum_off, &check, sizeof(check)))
+		return -EFAULT;
+	if ((l4_flags & BPF_F_MARK_MANGLED_0) && check == 0)
+		return 0;
+	check = sl_csum_fold((__u16)~check + (diff & 0xffff) + (diff >> 16));
+	if ((l4_flags & BPF_F_MARK_MANGLED_0) && check == 0)
+		check = 0xffff;
+	return bpf_xdp_store_bytes(ctx, csum_off, &check, sizeof(check));
+}
+
+/* sl_rewrite for IPv6: no header checksum, the 16-byte address changes the L4 checksum
+ * through the pseudo header. (A UDP checksum is mandatory over IPv6; one of 0 is left
+ * alone all the same, as the receiver drops it either way.) */
+static __always_inline int sl_rewrite6(void *ctx, int hook, struct sl_packet *pkt, int which, const __be32 addr[4],
+				       __be16 port)
+{
+	__u32 addr_off = pkt->l3_off + (which ? offsetof(struct ipv6hdr, daddr) : offsetof(struct ipv6hdr, saddr));
+	__u32 port_off = pkt->l4_off + (which ? offsetof(struct tcphdr, dest) : offsetof(struct tcphdr, source));
+	__be32 *old_addr = which ? pkt->daddr6 : pkt->saddr6;
+	__be16 old_port = which ? pkt->dport : pkt->sport;
+	__u32 csum_off = sl_l4_csum_off(pkt);
+	__u64 l4_flags = sl_l4_csum_flags(pkt);
+	__be32 new_addr[4];
+	__s64 diff;
+
+	__builtin_memcpy(new_addr, addr, sizeof(new_addr));
+	if (!sl_addr_equal(old_addr, new_addr)) {
+		diff = bpf_csum_diff(old_addr, sizeof(new_addr), new_addr, sizeof(new_addr), 0);
+		if (diff < 0 || sl_csum_add(ctx, hook, csum_off, (__u32)diff, l4_flags) ||
+		    sl_store(ctx, hook, addr_off, new_addr, sizeof(new_addr)))
+			goto fail;
+		__builtin_memcpy(old_addr, new_addr, sizeof(new_addr));
+	}
+	if (old_port != port) {
+		if (sl_csum_replace(ctx, hook, 1, csum_off, old_port, port, sizeof(port), l4_flags) ||
+		    sl_store(ctx, hook, port_off, &port, sizeof(port)))
+			goto fail;
+		if (which)
+			pkt->dport = port;
+		else
+			pkt->sport = port;
+	}
+	return 0;
+fail:
+	sl_count(SL_REASON_NP_REWRITE_FAILED);
+	return -EFAULT;
+}
+
+/* Replaces the source (which = 0) or destination (which = 1) with a map-stored address
+ * (v4-mapped for IPv4) and port, in the packet's family. */
+static __always_inline int sl_rewrite_to(void *ctx, int hook, struct sl_packet *pkt, int which, const __be32 addr[4],
+					 __be16 port)
+{
+	if (pkt->ipv6)
+		return sl_rewrite6(ctx, hook, pkt, which, addr, port);
+	return sl_rewrite(ctx, hook, pkt, which, addr[3], port);
+}
+
+/* IPv6: asks the FIB where a packet of `pkt`'s kind from saddr to daddr goes. */
+static __always_inline int sl_fib6(void *ctx, int hook, const struct sl_packet *pkt, const __be32 saddr[4],
+				   const __be32 daddr[4], struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = SL_AF_INET6;
+	fib->l4_protocol = pkt->proto;
+	fib->tot_len = pkt->tot_len;
+	__builtin_memcpy(fib->ipv6_src, saddr, sizeof(fib->ipv6_src));
+	__builtin_memcpy(fib->ipv6_dst, daddr, sizeof(fib->ipv6_dst));
+	fib->ifindex = sl_ingress_ifindex(ctx, hook);
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
 /* Asks the FIB where a packet of `pkt`'s kind from saddr to daddr goes (fills *fib). */
 static __always_inline int sl_fib(void *ctx, int hook, const struct sl_packet *pkt, __be32 saddr, __be32 daddr,
 				  struct bpf_fib_lookup *fib)
@@ -402,8 +573,16 @@ static __always_inline int sl_forward(void *ctx, int hook, struct sl_packet *pkt
 		sl_count(SL_REASON_NP_TTL_EXCEEDED);
 		return -ETIMEDOUT;
 	}
-	/* TTL and protocol form one 16-bit word of the header checksum. */
 	ttl = pkt->ttl - 1;
+	if (pkt->ipv6) {
+		/* The hop limit; IPv6 has no header checksum. */
+		if (sl_store(ctx, hook, pkt->l3_off + offsetof(struct ipv6hdr, hop_limit), &ttl, sizeof(ttl))) {
+			sl_count(SL_REASON_NP_REWRITE_FAILED);
+			return -EFAULT;
+		}
+		goto macs;
+	}
+	/* TTL and protocol form one 16-bit word of the header checksum. */
 	old_word = bpf_htons(((__u16)pkt->ttl << 8) | pkt->proto);
 	new_word = bpf_htons(((__u16)ttl << 8) | pkt->proto);
 	if (sl_csum_replace(ctx, hook, 0, pkt->l3_off + offsetof(struct iphdr, check), old_word, new_word,
@@ -412,13 +591,18 @@ static __always_inline int sl_forward(void *ctx, int hook, struct sl_packet *pkt
 		sl_count(SL_REASON_NP_REWRITE_FAILED);
 		return -EFAULT;
 	}
+macs:
 	pkt->ttl = ttl;
 	fwd->ifindex = fib->ifindex;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* The kernel resolves the neighbour (ARP) and fills the MACs on transmit (tc
-		 * only: XDP hands such packets to tc before translating them). */
+		/* The kernel resolves the neighbour (ARP, IPv6 ND) and fills the MACs on transmit
+		 * (tc only: XDP hands such packets to tc before translating them). */
 		fwd->resolve_neigh = 1;
-		fwd->nexthop = fib->ipv4_dst;
+		fwd->ipv6 = pkt->ipv6;
+		if (pkt->ipv6)
+			__builtin_memcpy(fwd->nexthop6, fib->ipv6_dst, sizeof(fwd->nexthop6));
+		else
+			fwd->nexthop = fib->ipv4_dst;
 		return 1;
 	}
 	if (sl_store(ctx, hook, offsetof(struct ethhdr, h_dest), fib->dmac, ETH_ALEN) ||
@@ -434,7 +618,8 @@ static __always_inline int sl_forward(void *ctx, int hook, struct sl_packet *pkt
 static __always_inline int sl_route(void *ctx, int hook, struct sl_packet *pkt, struct sl_np_forward *fwd)
 {
 	struct bpf_fib_lookup fib;
-	int rc = sl_fib(ctx, hook, pkt, pkt->saddr, pkt->daddr, &fib);
+	int rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, pkt->saddr6, pkt->daddr6, &fib)
+			   : sl_fib(ctx, hook, pkt, pkt->saddr, pkt->daddr, &fib);
 
 	return sl_forward(ctx, hook, pkt, &fib, rc, fwd);
 }
@@ -455,7 +640,46 @@ static __always_inline __u32 sl_egress_ifindex(void *ctx, int hook, const struct
 	}
 }
 
+/* The egress device of a backend (a map-stored address), in the packet's family. */
+static __always_inline __u32 sl_backend_egress(void *ctx, int hook, const struct sl_packet *pkt, const __be32 addr[4])
+{
+	struct bpf_fib_lookup fib;
+	int rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, pkt->saddr6, addr, &fib)
+			   : sl_fib(ctx, hook, pkt, pkt->saddr, addr[3], &fib);
+
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		return fib.ifindex;
+	default:
+		return 0;
+	}
+}
+
 // MARK: - Reject
+
+/* The ICMP or ICMPv6 error header (type, code, checksum, 4 unused bytes). */
+struct sl_icmp_head {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 unused;
+};
+
+/* Sends the error built in place of the packet back to the previous hop, out of the
+ * device it came in on: the MACs (`macs`, as received) swapped. */
+static __always_inline int sl_reject_back(struct __sk_buff *skb, const __u8 macs[2 * ETH_ALEN], struct sl_np_forward *fwd)
+{
+	if (bpf_skb_store_bytes(skb, 0, macs + ETH_ALEN, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, macs, ETH_ALEN, 0)) {
+		sl_count(SL_REASON_NP_REJECT_FAILED);
+		return -EINVAL;
+	}
+	fwd->ifindex = skb->ifindex;
+	fwd->resolve_neigh = 0;
+	sl_count(SL_REASON_NP_REJECT);
+	return 1;
+}
 
 /* The ICMP error as written after the Ethernet header: new IPv4 header, ICMP header,
  * then the offending packet's IPv4 header (without options) and the start of its L4
@@ -463,12 +687,7 @@ static __always_inline __u32 sl_egress_ifindex(void *ctx, int hook, const struct
  * CHECKSUM_PARTIAL skb's checksum offset still falls inside the packet). */
 struct sl_icmp_error {
 	struct iphdr ip;
-	struct {
-		__u8 type;
-		__u8 code;
-		__sum16 checksum;
-		__be32 unused;
-	} icmp;
+	struct sl_icmp_head icmp;
 	struct iphdr quoted_ip;
 	__u8 quoted_l4[20];
 };
@@ -525,14 +744,69 @@ static __always_inline int sl_reject(struct __sk_buff *skb, struct sl_packet *pk
 	if (quoted_l4 == 20 ? bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg), 0)
 			    : bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - 12, 0))
 		goto fail;
-	/* Swap the MACs: the error goes back to the previous hop. */
-	if (bpf_skb_store_bytes(skb, 0, macs + ETH_ALEN, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, macs, ETH_ALEN, 0))
+	return sl_reject_back(skb, macs, fwd);
+fail:
+	sl_count(SL_REASON_NP_REJECT_FAILED);
+	return -EINVAL;
+}
+
+/* The ICMPv6 error as written after the Ethernet header, laid out as sl_icmp_error. */
+struct sl_icmp6_error {
+	struct ipv6hdr ip;
+	struct sl_icmp_head icmp;
+	struct ipv6hdr quoted_ip;
+	__u8 quoted_l4[20];
+};
+
+/* sl_reject for IPv6: ICMPv6 destination unreachable, port unreachable (type 1 code 4),
+ * which Linux turns into ECONNREFUSED for the client's socket. */
+static __always_inline int sl_reject6(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+{
+	struct sl_icmp6_error msg = {};
+	__u8 macs[2 * ETH_ALEN];
+	__u32 quoted_l4 = pkt->proto == IPPROTO_TCP ? 20 : 8;
+	__u32 icmp_len = sizeof(msg.icmp) + sizeof(msg.quoted_ip) + quoted_l4;
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, pkt->l3_off, &msg.quoted_ip, sizeof(msg.quoted_ip)))
 		goto fail;
-	fwd->ifindex = skb->ifindex;
-	fwd->resolve_neigh = 0;
-	sl_count(SL_REASON_NP_REJECT);
-	return 1;
+	if (quoted_l4 == 20 ? bpf_skb_load_bytes(skb, pkt->l4_off, msg.quoted_l4, 20)
+			    : bpf_skb_load_bytes(skb, pkt->l4_off, msg.quoted_l4, 8))
+		goto fail;
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)))
+		goto fail;
+
+	msg.icmp.type = SL_ICMPV6_DEST_UNREACH;
+	msg.icmp.code = SL_ICMPV6_PORT_UNREACH;
+	msg.ip.version = 6;
+	msg.ip.payload_len = bpf_htons((__u16)icmp_len);
+	msg.ip.nexthdr = SL_IPPROTO_ICMPV6;
+	msg.ip.hop_limit = 64;
+	__builtin_memcpy(&msg.ip.saddr, pkt->daddr6, sizeof(msg.ip.saddr));
+	__builtin_memcpy(&msg.ip.daddr, pkt->saddr6, sizeof(msg.ip.daddr));
+	/* The checksum covers a pseudo header (RFC 8200 section 8.1): both addresses (as in
+	 * the header, contiguous), the length and the next header as 32-bit words, whose
+	 * upper halves are 0 (sums in memory order, as bpf_csum_diff's). */
+	sum = bpf_csum_diff(0, 0, (__be32 *)&msg.ip.saddr, 2 * sizeof(msg.ip.saddr), 0);
+	if (sum < 0)
+		goto fail;
+	sum += (__u16)bpf_htons((__u16)icmp_len) + (__u16)bpf_htons(SL_IPPROTO_ICMPV6);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	/* A constant size per call, as in sl_reject. */
+	if (quoted_l4 == 20)
+		sum = bpf_csum_diff(0, 0, (__be32 *)&msg.icmp, sizeof(msg.icmp) + sizeof(msg.quoted_ip) + 20, (__u32)sum);
+	else
+		sum = bpf_csum_diff(0, 0, (__be32 *)&msg.icmp, sizeof(msg.icmp) + sizeof(msg.quoted_ip) + 8, (__u32)sum);
+	if (sum < 0)
+		goto fail;
+	msg.icmp.checksum = sl_csum_fold(((__u64)sum & 0xffff) + ((__u64)sum >> 16));
+
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(msg.ip) + icmp_len, 0))
+		goto fail;
+	if (quoted_l4 == 20 ? bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg), 0)
+			    : bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - 12, 0))
+		goto fail;
+	return sl_reject_back(skb, macs, fwd);
 fail:
 	sl_count(SL_REASON_NP_REJECT_FAILED);
 	return -EINVAL;
@@ -551,24 +825,28 @@ static __always_inline const struct sl_service_value *sl_lookup_frontend(const s
 	struct sl_node_addr_key node_key;
 	struct sl_service_key key;
 
-	sl_v4_mapped(key.addr, pkt->daddr);
+	sl_addr_of(key.addr, pkt, 1);
 	key.port = pkt->dport;
 	key.proto = pkt->proto;
 	key.scope = SL_SCOPE_DEFAULT;
 	master = bpf_map_lookup_elem(&sl_services_v2, &key);
 	if (!master) {
-		sl_v4_mapped(node_key.addr, pkt->daddr);
+		sl_addr_of(node_key.addr, pkt, 1);
 		node_addr = bpf_map_lookup_elem(&sl_node_addrs_v1, &node_key);
 		if (!node_addr || !(node_addr->flags & SL_NODE_ADDR_F_NODE_PORT))
 			return NULL;
-		sl_v4_mapped(key.addr, 0);
+		/* The family's wildcard: ::ffff:0.0.0.0 for IPv4, :: for IPv6. */
+		if (pkt->ipv6)
+			__builtin_memset(key.addr, 0, sizeof(key.addr));
+		else
+			sl_v4_mapped(key.addr, 0);
 		master = bpf_map_lookup_elem(&sl_services_v2, &key);
 		if (!master || master->kind != SL_KIND_NODE_PORT)
 			return NULL;
 	} else if (master->kind == SL_KIND_CLUSTER_IP) {
 		return NULL;
 	}
-	sl_v4_mapped(frontend->addr, pkt->daddr);
+	sl_addr_of(frontend->addr, pkt, 1);
 	frontend->port = pkt->dport;
 	frontend->pad = 0;
 	return master;
@@ -581,7 +859,14 @@ static __always_inline const struct sl_backend_slot *sl_pick_affine(const struct
 {
 	struct sl_affinity_key key = {};
 
-	key.client = SL_AFFINITY_CLIENT_IPV4 | pkt->saddr;
+	if (pkt->ipv6) {
+		__u64 high = ((__u64)pkt->saddr6[0] << 32) | pkt->saddr6[1];
+		__u64 low = ((__u64)pkt->saddr6[2] << 32) | pkt->saddr6[3];
+
+		key.client = SL_AFFINITY_CLIENT_IPV6 | ((high ^ low) & (SL_AFFINITY_CLIENT_IPV6 - 1));
+	} else {
+		key.client = SL_AFFINITY_CLIENT_IPV4 | pkt->saddr;
+	}
 	key.rev_nat_id = master->rev_nat_id;
 	key.proto = pkt->proto;
 	return sl_lb_pick_affine(&key, master, SL_REASON_NP_AFFINITY_HIT, SL_REASON_NP_AFFINITY_NEW,
@@ -596,7 +881,7 @@ static __always_inline int sl_source_allowed(const struct sl_packet *pkt, const 
 
 	key.prefixlen = 32 + 128;
 	key.rev_nat_id = master->rev_nat_id;
-	sl_v4_mapped(key.addr, pkt->saddr);
+	sl_addr_of(key.addr, pkt, 0);
 	return bpf_map_lookup_elem(&sl_src_range_v1, &key) != NULL;
 }
 
@@ -680,6 +965,7 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 {
 	const struct sl_backend_slot *slot;
 	const struct sl_device *device = NULL;
+	const __be32 *snat_addr;
 	struct sl_nat_entry reply_entry = {};
 	struct sl_nat_key key;
 	__u64 now = bpf_ktime_get_ns();
@@ -691,9 +977,9 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 		return -ENOENT;
 	/* externalTrafficPolicy=Local (NODE_SCOPE flag): the client's address is kept. */
 	if (!(master->flags & SL_SVC_F_NODE_SCOPE)) {
-		egress = sl_egress_ifindex(ctx, hook, pkt, slot->addr[3]);
+		egress = sl_backend_egress(ctx, hook, pkt, slot->addr);
 		if (egress)
-			device = bpf_map_lookup_elem(&sl_devices_v1, &egress);
+			device = bpf_map_lookup_elem(&sl_devices_v2, &egress);
 	}
 
 	__builtin_memset(fwd_entry, 0, sizeof(*fwd_entry));
@@ -712,13 +998,20 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 	key.proto = pkt->proto;
 	key.dir = SL_NAT_DIR_REPLY;
 	key.pad = 0;
-	if (device && device->snat_addr[3] != 0 && sl_dsr_wanted(ctx, hook, pkt, slot->addr[3])) {
+	/* The device's address of the packet's family (none: the backend is not remote). */
+	snat_addr = !device ? NULL : pkt->ipv6 ? (device->snat_addr6[0] ? device->snat_addr6 : NULL)
+					   : (device->snat_addr[3] ? device->snat_addr : NULL);
+	if (snat_addr && pkt->ipv6 && sl_dsr_mode) {
+		/* DSR carries the frontend in an IPv4 option: IPv6 flows are source-NATed. */
+		sl_count(SL_REASON_NP_DSR_SNAT_FALLBACK);
+	}
+	if (snat_addr && !pkt->ipv6 && sl_dsr_wanted(ctx, hook, pkt, slot->addr[3])) {
 		/* DSR (dsr.h): the backend's node replies to the client itself; no REPLY entry. */
 		fwd_entry->flags = SL_NAT_F_DSR;
-	} else if (device && device->snat_addr[3] != 0) {
+	} else if (snat_addr) {
 		/* Remote backend: the reply must come back through this node. */
-		__builtin_memcpy(key.daddr, device->snat_addr, sizeof(key.daddr));
-		sl_v4_mapped(reply_entry.nat_addr, pkt->saddr);
+		__builtin_memcpy(key.daddr, snat_addr, sizeof(key.daddr));
+		sl_addr_of(reply_entry.nat_addr, pkt, 0);
 		reply_entry.nat_port = pkt->sport;
 		reply_entry.flags = SL_NAT_F_SNAT;
 		fwd_entry->nat_port = sl_claim_snat_port(&key, &reply_entry, now);
@@ -726,10 +1019,10 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 			sl_count(SL_REASON_NP_PORTS_EXHAUSTED);
 			return -EADDRNOTAVAIL;
 		}
-		__builtin_memcpy(fwd_entry->nat_addr, device->snat_addr, sizeof(fwd_entry->nat_addr));
+		__builtin_memcpy(fwd_entry->nat_addr, snat_addr, sizeof(fwd_entry->nat_addr));
 		fwd_entry->flags = SL_NAT_F_SNAT;
 	} else {
-		sl_v4_mapped(key.daddr, pkt->saddr);
+		sl_addr_of(key.daddr, pkt, 0);
 		key.dport = pkt->sport;
 		if (bpf_map_update_elem(&sl_nat_v1, &key, &reply_entry, BPF_ANY)) {
 			sl_count(SL_REASON_NP_REWRITE_FAILED);
@@ -750,19 +1043,17 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 /* Applies a FORWARD entry: destination to the backend, source to the SNAT address. */
 static __always_inline int sl_apply_forward(void *ctx, int hook, struct sl_packet *pkt, const struct sl_nat_entry *entry)
 {
-	__be32 to_addr = entry->to_addr[3];
 	__be16 to_port = entry->to_port;
-	__be32 nat_addr = entry->nat_addr[3];
 	__be16 nat_port = entry->nat_port;
 	__u16 flags = entry->flags;
 
 	/* DSR (dsr.h): the frontend option goes in while the destination still names it. XDP
 	 * never gets here with a packet that needs it (sl_translate passes those to tc). */
-	if (hook == SL_HOOK_TC && (flags & SL_NAT_F_DSR) && sl_dsr_push(ctx, pkt, to_addr))
+	if (hook == SL_HOOK_TC && (flags & SL_NAT_F_DSR) && sl_dsr_push(ctx, pkt, entry->to_addr[3]))
 		return -EFAULT;
-	if (sl_rewrite(ctx, hook, pkt, 1, to_addr, to_port))
+	if (sl_rewrite_to(ctx, hook, pkt, 1, entry->to_addr, to_port))
 		return -EFAULT;
-	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(ctx, hook, pkt, 0, nat_addr, nat_port))
+	if ((flags & SL_NAT_F_SNAT) && sl_rewrite_to(ctx, hook, pkt, 0, entry->nat_addr, nat_port))
 		return -EFAULT;
 	return 0;
 }
@@ -770,15 +1061,13 @@ static __always_inline int sl_apply_forward(void *ctx, int hook, struct sl_packe
 /* Applies a REPLY entry: source back to the frontend, destination back to the client. */
 static __always_inline int sl_apply_reply(void *ctx, int hook, struct sl_packet *pkt, const struct sl_nat_entry *entry)
 {
-	__be32 to_addr = entry->to_addr[3];
 	__be16 to_port = entry->to_port;
-	__be32 nat_addr = entry->nat_addr[3];
 	__be16 nat_port = entry->nat_port;
 	__u16 flags = entry->flags;
 
-	if (sl_rewrite(ctx, hook, pkt, 0, to_addr, to_port))
+	if (sl_rewrite_to(ctx, hook, pkt, 0, entry->to_addr, to_port))
 		return -EFAULT;
-	if ((flags & SL_NAT_F_SNAT) && sl_rewrite(ctx, hook, pkt, 1, nat_addr, nat_port))
+	if ((flags & SL_NAT_F_SNAT) && sl_rewrite_to(ctx, hook, pkt, 1, entry->nat_addr, nat_port))
 		return -EFAULT;
 	return 0;
 }
@@ -786,7 +1075,7 @@ static __always_inline int sl_apply_reply(void *ctx, int hook, struct sl_packet 
 /* Translates the packet with a tracked entry (a FORWARD entry, or the REPLY entry of a
  * source-NATed flow) and forwards it; `reason` is counted when it is forwarded. XDP first
  * asks the FIB where the translated packet will go: unless that is one of the configured
- * devices (sl_devices_v1, where the loader made XDP redirects work) with a resolved
+ * devices (sl_devices_v2, where the loader made XDP redirects work) with a resolved
  * neighbour, the packet passes untouched to tc, which finds the same entry. */
 static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *pkt, const struct sl_nat_entry *entry,
 					int reply, __u32 reason, struct sl_np_forward *fwd)
@@ -796,6 +1085,7 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
 
 	if (hook == SL_HOOK_XDP) {
 		__be32 saddr = pkt->saddr, daddr = pkt->daddr;
+		const __be32 *saddr6 = pkt->saddr6, *daddr6 = pkt->daddr6;
 		int snat = entry->flags & SL_NAT_F_SNAT;
 
 		/* Adding the DSR option resizes the packet: tc's job. A DSR flow's other TCP
@@ -805,15 +1095,21 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
 
 		if (reply) {
 			saddr = entry->to_addr[3];
-			if (snat)
+			saddr6 = entry->to_addr;
+			if (snat) {
 				daddr = entry->nat_addr[3];
+				daddr6 = entry->nat_addr;
+			}
 		} else {
 			daddr = entry->to_addr[3];
-			if (snat)
+			daddr6 = entry->to_addr;
+			if (snat) {
 				saddr = entry->nat_addr[3];
+				saddr6 = entry->nat_addr;
+			}
 		}
-		rc = sl_fib(ctx, hook, pkt, saddr, daddr, &fib);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS || !bpf_map_lookup_elem(&sl_devices_v1, &fib.ifindex))
+		rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, saddr6, daddr6, &fib) : sl_fib(ctx, hook, pkt, saddr, daddr, &fib);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS || !bpf_map_lookup_elem(&sl_devices_v2, &fib.ifindex))
 			return SL_NP_PASS;
 	}
 	rc = reply ? sl_apply_reply(ctx, hook, pkt, entry) : sl_apply_forward(ctx, hook, pkt, entry);
@@ -953,7 +1249,10 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 		return rc > 0 ? SL_NP_PASS : rc;
 	/* DSR (dsr.h): a packet carrying its frontend from the node that received it. Removing
 	 * the option resizes the packet: XDP leaves every packet with IP options to tc. */
-	rc = hook == SL_HOOK_TC ? sl_dsr_receive(ctx, &pkt) : pkt.ihl_bytes != sizeof(struct iphdr);
+	if (pkt.ipv6)
+		rc = 0;
+	else
+		rc = hook == SL_HOOK_TC ? sl_dsr_receive(ctx, &pkt) : pkt.ihl_bytes != sizeof(struct iphdr);
 	if (rc)
 		return rc > 0 ? SL_NP_PASS : rc;
 
@@ -999,8 +1298,11 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 		return -EPERM;
 	}
 	/* The ICMP error is built by tc (it resizes the packet). */
-	if ((master->flags & SL_SVC_F_REJECT) || master->count == 0)
-		return hook == SL_HOOK_XDP ? SL_NP_PASS : sl_reject(ctx, &pkt, fwd);
+	if ((master->flags & SL_SVC_F_REJECT) || master->count == 0) {
+		if (hook == SL_HOOK_XDP)
+			return SL_NP_PASS;
+		return pkt.ipv6 ? sl_reject6(ctx, &pkt, fwd) : sl_reject(ctx, &pkt, fwd);
+	}
 	rc = sl_new_flow(ctx, hook, &pkt, master, &frontend, &created);
 	if (rc)
 		return rc;
@@ -1032,7 +1334,7 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
 	/* DSR (dsr.h): a backend's reply to a client another node received the flow from. */
 	if (!tracked)
-		return sl_dsr_reply(skb, &pkt);
+		return pkt.ipv6 ? SL_NP_PASS : sl_dsr_reply(skb, &pkt);
 	if (tracked->flags & SL_NAT_F_SNAT)
 		return SL_NP_PASS;
 	sl_touch(tracked, &pkt);
@@ -1053,6 +1355,10 @@ static __always_inline int sl_tc_verdict(int rc, const struct sl_np_forward *fwd
 	if (fwd->resolve_neigh) {
 		struct bpf_redir_neigh nh = { .nh_family = SL_AF_INET, .ipv4_nh = fwd->nexthop };
 
+		if (fwd->ipv6) {
+			nh.nh_family = SL_AF_INET6;
+			__builtin_memcpy(nh.ipv6_nh, fwd->nexthop6, sizeof(nh.ipv6_nh));
+		}
 		return bpf_redirect_neigh(fwd->ifindex, &nh, sizeof(nh), 0);
 	}
 	return bpf_redirect(fwd->ifindex, 0);

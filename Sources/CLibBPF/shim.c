@@ -230,6 +230,7 @@ static const struct clb_abi_field abi_fields[] = {
 	CLB_FIELD(sl_node_addr, flags),
 	CLB_FIELD(sl_node_addr, ifindex),
 	CLB_FIELD(sl_device, snat_addr),
+	CLB_FIELD(sl_device, snat_addr6),
 	CLB_FIELD(sl_device, flags),
 	CLB_FIELD(sl_device, pad),
 	CLB_FIELD(sl_dsr_key, backend_addr),

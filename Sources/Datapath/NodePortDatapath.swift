@@ -43,8 +43,8 @@ public struct NodePortOptions: Sendable {
     public var devices: [String]
     public var mode: Mode
     public var acceleration: Acceleration
-    /// IPv4 CIDRs of node addresses that serve NodePorts (kube-proxy A.12); empty or no
-    /// IPv4 CIDR = every address of the devices.
+    /// CIDRs of node addresses that serve NodePorts (kube-proxy A.12), per family: empty
+    /// or no CIDR of a family = every address of that family on the devices.
     public var nodePortAddresses: [String]
     /// Source ports for SNAT. The default stays clear of Linux's ephemeral port range.
     public var snatPorts: ClosedRange<UInt16>
@@ -73,7 +73,8 @@ public struct NodePortOptions: Sendable {
 /// The external-traffic datapath: `bpf/nodeport.c` on tc ingress and egress (clsact) of
 /// the node's devices, serving NodePorts, externalIPs and LoadBalancer VIPs from the
 /// service maps the controller programs (shared through their pins with the socket load
-/// balancer), IPv4, SNAT or DSR mode; optionally accelerated by XDP on the same devices.
+/// balancer), IPv4 and IPv6, SNAT or DSR mode (DSR for IPv4 only); optionally
+/// accelerated by XDP on the same devices.
 ///
 /// Attachment is by netlink tc filters under a fixed handle and priority: they outlive
 /// the process, and installing again replaces the program in place (`BPF_TC_F_REPLACE`,
@@ -90,6 +91,9 @@ public final class NodePortDatapath: @unchecked Sendable {
         public var ifindex: Int32
         /// The device's IPv4 addresses (dotted quad); the first is its SNAT address.
         public var ipv4: [String]
+        /// The device's global and unique-local IPv6 addresses (link-local ones cannot be
+        /// NodePort or SNAT addresses); the first is its IPv6 SNAT address.
+        public var ipv6: [String] = []
     }
 
     /// How a hook came to be attached.
@@ -201,10 +205,12 @@ public final class NodePortDatapath: @unchecked Sendable {
     func attach() throws {
         let (found, outcomes) = try Self.inNamespace(options.networkNamespace) { () throws -> ([Device], [String: AttachOutcome]) in
             let addresses = Self.interfaceIPv4Addresses()
-            let names = options.devices.isEmpty ? Self.detectDevices(addresses: addresses) : options.devices
+            let addresses6 = Self.interfaceIPv6Addresses()
+            let names = options.devices.isEmpty
+                ? Self.detectDevices(addresses: addresses.merging(addresses6) { $0 + $1 }) : options.devices
             guard !names.isEmpty else {
                 throw BPFError("find devices", target: "nodePort.devices", errno: ENODEV,
-                               detail: "no device with an IPv4 address was found; set nodePort.devices")
+                               detail: "no device with an IPv4 or IPv6 address was found; set nodePort.devices")
             }
             var devices: [Device] = []
             var outcomes: [String: AttachOutcome] = [:]
@@ -226,7 +232,7 @@ public final class NodePortDatapath: @unchecked Sendable {
                 } else {
                     Self.removeXDPLinks(device: name, pinPath: options.pinPath)
                 }
-                devices.append(Device(name: name, ifindex: ifindex, ipv4: addresses[name] ?? []))
+                devices.append(Device(name: name, ifindex: ifindex, ipv4: addresses[name] ?? [], ipv6: addresses6[name] ?? []))
             }
             return (devices, outcomes)
         }
@@ -304,28 +310,36 @@ public final class NodePortDatapath: @unchecked Sendable {
         }
     }
 
-    /// The device map (ifindex → SNAT address) and node-address map (address → serves
-    /// NodePorts?) for the current devices; entries of devices gone are removed.
+    /// The device map (ifindex → SNAT addresses) and node-address map (address → serves
+    /// NodePorts?) for the current devices, both families; entries of devices gone are
+    /// removed.
     private func writeDeviceMaps() throws {
-        // A.12, as the plan resolves it: IPv4 CIDRs (with `primary` the node's first IPv4
-        // address); none, or a zero one, selects every address.
+        // A.12, as the plan resolves it, per family: that family's CIDRs (with `primary`
+        // the node's first address of the family); none, or a zero one, selects every
+        // address of the family.
         let selection = selectionLock.withLock { nodePortSelection }
-        let cidrs = LoadBalancerPlan.nodePortCIDRs(
-            family: .v4, node: selection.node, options: TranslationOptions(nodePortAddresses: selection.entries))
-        let all = cidrs.isEmpty || cidrs.contains(where: \.isMatchAll)
+        let options = TranslationOptions(nodePortAddresses: selection.entries)
+        var selects: [IPFamily: (IPAddress) -> Bool] = [:]
+        for family in [IPFamily.v4, .v6] {
+            let cidrs = LoadBalancerPlan.nodePortCIDRs(family: family, node: selection.node, options: options)
+            let all = cidrs.isEmpty || cidrs.contains(where: \.isMatchAll)
+            selects[family] = { ip in all || cidrs.contains { $0.contains(ip) } }
+        }
         var wantedDevices: [UInt32: sl_device] = [:]
         var wantedAddresses: [[UInt32]: (sl_node_addr_key, sl_node_addr)] = [:]
         for device in devices {
             var entry = sl_device()
             if let first = device.ipv4.first, let words = Self.v4MappedWords(first) { entry.snat_addr = words }
+            if let first = device.ipv6.first, let words = Self.ipv6Words(first) { entry.snat_addr6 = words }
             wantedDevices[UInt32(device.ifindex)] = entry
-            for address in device.ipv4 {
-                guard let words = Self.v4MappedWords(address) else { continue }
+            for address in device.ipv4 + device.ipv6 {
+                guard let ip = IPAddress(sloppy: address),
+                      let words = ip.family == .v4 ? Self.v4MappedWords(address) : Self.ipv6Words(address) else { continue }
                 var key = sl_node_addr_key()
                 key.addr = words
                 var value = sl_node_addr()
                 value.ifindex = UInt32(device.ifindex)
-                if all || IPAddress(sloppy: address).map({ ip in cidrs.contains { $0.contains(ip) } }) == true {
+                if selects[ip.family]?(ip) == true {
                     value.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
                 }
                 wantedAddresses[[words.0, words.1, words.2, words.3]] = (key, value)
@@ -344,9 +358,11 @@ public final class NodePortDatapath: @unchecked Sendable {
     /// Cheap when nothing changed: called after every sync.
     public func followNodePortAddresses(_ entries: [String], node: ProxyNode) throws {
         let primary = node.primaryAddress(.v4)
+        let primary6 = node.primaryAddress(.v6)
         let changed = selectionLock.withLock { () -> Bool in
             let current = nodePortSelection
-            guard current.entries != entries || current.node.primaryAddress(.v4) != primary else { return false }
+            guard current.entries != entries || current.node.primaryAddress(.v4) != primary
+                    || current.node.primaryAddress(.v6) != primary6 else { return false }
             nodePortSelection = (entries, node)
             return true
         }
@@ -565,9 +581,9 @@ public final class NodePortDatapath: @unchecked Sendable {
 
     // MARK: - Helpers
 
-    /// Devices to attach to by default: every non-loopback interface with an IPv4 address,
-    /// except bridges (pod networks, read from /sys/class/net, which shows the namespace
-    /// sysfs was mounted in: the host's, where the controller runs).
+    /// Devices to attach to by default: every non-loopback interface with an IPv4 or a
+    /// global IPv6 address, except bridges (pod networks, read from /sys/class/net, which
+    /// shows the namespace sysfs was mounted in: the host's, where the controller runs).
     static func detectDevices(addresses: [String: [String]]) -> [String] {
         addresses.keys.filter { name in
             name != "lo" && !FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/bridge")
@@ -575,7 +591,16 @@ public final class NodePortDatapath: @unchecked Sendable {
     }
 
     /// IPv4 addresses by interface name (getifaddrs, in the calling thread's namespace).
-    static func interfaceIPv4Addresses() -> [String: [String]] {
+    static func interfaceIPv4Addresses() -> [String: [String]] { interfaceAddresses(family: AF_INET) }
+
+    /// Global and unique-local IPv6 addresses by interface name: link-local addresses
+    /// (fe80::/10) are skipped, as kube-proxy never serves NodePorts on them and they
+    /// cannot be a SNAT address towards a backend.
+    static func interfaceIPv6Addresses() -> [String: [String]] { interfaceAddresses(family: AF_INET6) }
+
+    /// Addresses of `family` (AF_INET or AF_INET6) by interface name, loopback excluded
+    /// (getifaddrs, in the calling thread's namespace).
+    private static func interfaceAddresses(family: Int32) -> [String: [String]] {
         var result: [String: [String]] = [:]
         var list: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&list) == 0, let first = list else { return [:] }
@@ -583,16 +608,35 @@ public final class NodePortDatapath: @unchecked Sendable {
         var cursor: UnsafeMutablePointer<ifaddrs>? = first
         while let entry = cursor {
             defer { cursor = entry.pointee.ifa_next }
-            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
+            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(family),
                   entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK) == 0 else { continue }
-            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-            address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
-                var raw = sin.pointee.sin_addr
-                _ = inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
+            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            if family == AF_INET {
+                address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                    var raw = sin.pointee.sin_addr
+                    _ = inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
+                }
+            } else {
+                let linkLocal = address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 -> Bool in
+                    var raw = sin6.pointee.sin6_addr
+                    _ = inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
+                    return withUnsafeBytes(of: &raw) { $0[0] == 0xfe && $0[1] & 0xc0 == 0x80 }
+                }
+                if linkLocal { continue }
             }
             result[String(cString: entry.pointee.ifa_name), default: []].append(String(cString: text))
         }
         return result
+    }
+
+    /// An IPv6 address as the ABI's words (network order).
+    static func ipv6Words(_ address: String) -> (UInt32, UInt32, UInt32, UInt32)? {
+        var raw = in6_addr()
+        guard inet_pton(AF_INET6, address, &raw) == 1 else { return nil }
+        return withUnsafeBytes(of: &raw) { bytes in
+            let words = bytes.bindMemory(to: UInt32.self)
+            return (words[0], words[1], words[2], words[3])
+        }
     }
 
     /// An IPv4 address as the ABI's v4-mapped words (network order).

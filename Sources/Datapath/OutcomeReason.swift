@@ -48,6 +48,7 @@ public enum OutcomeReason {
         "np_source_range_denied",
         "np_xdp_pass_to_tc",
         "np_xdp_redirect",
+        "np_ipv6_ext_header",
     ]
 
     /// Number of reasons the BPF side counts.

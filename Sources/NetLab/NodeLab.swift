@@ -7,6 +7,8 @@ public struct NodeLabPod: Hashable, Codable, Sendable {
     public let name: String
     public let netns: String
     public let ipv4: String
+    /// The pod's ULA IPv6 address (the lab is dual-stack, see `NodeLab`).
+    public let ipv6: String
     /// The veth end inside `netns`.
     public let interface: String
     /// The veth end enslaved to the node's bridge.
@@ -22,6 +24,9 @@ public struct NodeLabNode: Hashable, Codable, Sendable {
     public let bridgeIPv4: String
     /// Pod network of this node (CIDR).
     public let podCIDR: String
+    /// The bridge's IPv6 address (the pods' IPv6 gateway) and the node's IPv6 pod network.
+    public let bridgeIPv6: String
+    public let podCIDR6: String
 }
 
 /// A throwaway two-node topology for the external-traffic datapath:
@@ -52,6 +57,15 @@ public struct NodeLabNode: Hashable, Codable, Sendable {
 /// packets reach it from node A, its route back leaves through <p>bx). Still no default
 /// route anywhere.
 ///
+/// The lab is dual-stack: every link above also carries a ULA IPv6 address of
+/// fd00:5eed:S::/48 (S written in decimal, `ipv6Prefix`): the client's link :1::/64 (client
+/// ::1, node A ::2, node B's <p>bx ::3), the link between the nodes :2::/64 (node A ::1,
+/// node B ::2), node A's pods :a::/64 and node B's :b::/64 (bridge ::1, pods ::2, ::3, …)
+/// and the service range :5::/64 (`serviceIPv6(_:)`), with the same routes as IPv4: the
+/// client reaches only its link, the service range and the nodes' link (via node A),
+/// pods fd00:5eed:S::/48 via their node, never a default route. Addresses (link-local
+/// ones too) skip duplicate address detection so they work at once; nodes forward IPv6.
+///
 /// Names start with "sn" + a short random id; `teardown()` (also run from deinit) removes
 /// every namespace (and with them every link, bridge and tc attachment made on them) and
 /// stops the lab's processes. The lab writes the same record as `ClusterLab` under
@@ -63,6 +77,7 @@ public final class NodeLab: @unchecked Sendable {
     public let subnet: Int
     public let clientNetns: String
     public let clientIPv4: String
+    public let clientIPv6: String
     public let nodeA: NodeLabNode
     public let nodeB: NodeLabNode
     /// The client's device (towards node A's external device).
@@ -70,12 +85,15 @@ public final class NodeLab: @unchecked Sendable {
     /// Node A's device towards the client, and its address.
     public let externalDevice: String
     public let externalIPv4: String
+    public let externalIPv6: String
     /// Node A's device towards node B, and its address (node A's InternalIP).
     public let interNodeDevice: String
     public let nodeAIPv4: String
+    public let nodeAIPv6: String
     /// Node B's device towards node A, and its address.
     public let nodeBDevice: String
     public let nodeBIPv4: String
+    public let nodeBIPv6: String
     /// With `sharedFabric`: node B's device on the client's segment, and its address.
     public let nodeBExternalDevice: String?
     public let nodeBExternalIPv4: String?
@@ -104,17 +122,24 @@ public final class NodeLab: @unchecked Sendable {
         self.prefix = "sn" + chosenID
         self.subnet = s
         self.clientNetns = prefix + "-x"
+        let v6 = Self.ipv6Prefix(subnet: s)
         self.clientIPv4 = "198.18.\(s).1"
+        self.clientIPv6 = "\(v6):1::1"
         self.nodeA = NodeLabNode(name: "node-a", netns: prefix + "-a", bridge: prefix + "abr",
-                                 bridgeIPv4: "198.18.\(s).129", podCIDR: "198.18.\(s).128/26")
+                                 bridgeIPv4: "198.18.\(s).129", podCIDR: "198.18.\(s).128/26",
+                                 bridgeIPv6: "\(v6):a::1", podCIDR6: "\(v6):a::/64")
         self.nodeB = NodeLabNode(name: "node-b", netns: prefix + "-b", bridge: prefix + "bbr",
-                                 bridgeIPv4: "198.18.\(s).193", podCIDR: "198.18.\(s).192/26")
+                                 bridgeIPv4: "198.18.\(s).193", podCIDR: "198.18.\(s).192/26",
+                                 bridgeIPv6: "\(v6):b::1", podCIDR6: "\(v6):b::/64")
         self.externalDevice = prefix + "ax"
         self.externalIPv4 = "198.18.\(s).2"
+        self.externalIPv6 = "\(v6):1::2"
         self.interNodeDevice = prefix + "ab"
         self.nodeAIPv4 = "198.18.\(s).65"
+        self.nodeAIPv6 = "\(v6):2::1"
         self.nodeBDevice = prefix + "ba"
         self.nodeBIPv4 = "198.18.\(s).66"
+        self.nodeBIPv6 = "\(v6):2::2"
         self.nodeBExternalDevice = sharedFabric ? prefix + "bx" : nil
         self.nodeBExternalIPv4 = sharedFabric ? "198.18.\(s).3" : nil
         do {
@@ -131,6 +156,17 @@ public final class NodeLab: @unchecked Sendable {
 
     /// An address of the service range (198.19.S.host), routed by the client via node A.
     public func serviceIPv4(_ host: Int) -> String { "198.19.\(subnet).\(host)" }
+
+    /// An address of the IPv6 service range (fd00:5eed:S:5::host, host written in hex),
+    /// routed by the client via node A.
+    public func serviceIPv6(_ host: Int) -> String { "\(Self.ipv6Prefix(subnet: subnet)):5::\(String(host, radix: 16))" }
+
+    /// The lab's /48 without its trailing "::": "fd00:5eed:S" (S in decimal digits, valid
+    /// hex, so every lab's range differs like its IPv4 subnet).
+    public static func ipv6Prefix(subnet: Int) -> String { "fd00:5eed:\(subnet)" }
+
+    /// The lab's ULA range (fd00:5eed:S::/48).
+    public var ipv6Range: String { "\(Self.ipv6Prefix(subnet: subnet))::/48" }
 
     public var podsOnA: [NodeLabPod] { lock.withLock { pods.filter { $0.name.hasPrefix("a") } } }
     public var podsOnB: [NodeLabPod] { lock.withLock { pods.filter { $0.name.hasPrefix("b") } } }
@@ -155,24 +191,36 @@ public final class NodeLab: @unchecked Sendable {
         try ip(nodeA.netns, "link", "set", externalDevice, "up")
         try ip(clientNetns, "route", "add", "198.19.\(s).0/24", "via", externalIPv4)
         try ip(clientNetns, "route", "add", "198.18.\(s).64/26", "via", externalIPv4)
+        let v6 = Self.ipv6Prefix(subnet: s)
+        try ip(clientNetns, "addr", "add", "\(clientIPv6)/64", "dev", clientDevice, "nodad")
+        try ip(nodeA.netns, "addr", "add", "\(externalIPv6)/64", "dev", externalDevice, "nodad")
+        try ip(clientNetns, "-6", "route", "add", "\(v6):5::/64", "via", externalIPv6)
+        try ip(clientNetns, "-6", "route", "add", "\(v6):2::/64", "via", externalIPv6)
         // node A <-> node B
         try ip(nodeA.netns, "link", "add", interNodeDevice, "type", "veth", "peer", "name", nodeBDevice, "netns", nodeB.netns)
         try ip(nodeA.netns, "addr", "add", "\(nodeAIPv4)/26", "dev", interNodeDevice)
         try ip(nodeA.netns, "link", "set", interNodeDevice, "up")
         try ip(nodeB.netns, "addr", "add", "\(nodeBIPv4)/26", "dev", nodeBDevice)
         try ip(nodeB.netns, "link", "set", nodeBDevice, "up")
+        try ip(nodeA.netns, "addr", "add", "\(nodeAIPv6)/64", "dev", interNodeDevice, "nodad")
+        try ip(nodeB.netns, "addr", "add", "\(nodeBIPv6)/64", "dev", nodeBDevice, "nodad")
         // pod bridges and the routes between the nodes' pod networks
         for node in [nodeA, nodeB] {
             try ip(node.netns, "link", "add", "name", node.bridge, "type", "bridge",
                    "forward_delay", "0", "stp_state", "0", "mcast_snooping", "0")
             try ip(node.netns, "addr", "add", "\(node.bridgeIPv4)/26", "dev", node.bridge)
+            try ip(node.netns, "addr", "add", "\(node.bridgeIPv6)/64", "dev", node.bridge, "nodad")
             try ip(node.netns, "link", "set", node.bridge, "up")
             try Shell.run(["ip", "netns", "exec", node.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            try Shell.run(["ip", "netns", "exec", node.netns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
         }
         try ip(nodeA.netns, "route", "add", nodeB.podCIDR, "via", nodeBIPv4)
         try ip(nodeB.netns, "route", "add", nodeA.podCIDR, "via", nodeAIPv4)
+        try ip(nodeA.netns, "-6", "route", "add", nodeB.podCIDR6, "via", nodeBIPv6)
+        try ip(nodeB.netns, "-6", "route", "add", nodeA.podCIDR6, "via", nodeAIPv6)
         if nodeBExternalDevice == nil {
             try ip(nodeB.netns, "route", "add", "198.18.\(s).0/26", "via", nodeAIPv4)
+            try ip(nodeB.netns, "-6", "route", "add", "\(v6):1::/64", "via", nodeAIPv6)
         } else {
             try Shell.run(["ip", "netns", "exec", nodeB.netns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"])
         }
@@ -192,6 +240,7 @@ public final class NodeLab: @unchecked Sendable {
             try ip(fabric, "link", "set", prefix + port, "master", bridge, "up")
         }
         try ip(nodeB.netns, "addr", "add", "\(nodeBAddress)/26", "dev", nodeBDevice)
+        try ip(nodeB.netns, "addr", "add", "\(Self.ipv6Prefix(subnet: subnet)):1::3/64", "dev", nodeBDevice, "nodad")
         try ip(nodeB.netns, "link", "set", nodeBDevice, "up")
     }
 
@@ -207,7 +256,9 @@ public final class NodeLab: @unchecked Sendable {
         guard index <= 50 else { throw NetLabError.invalidArgument("at most 50 pods per node") }
         let base = letter == "a" ? 129 : 193
         let pod = NodeLabPod(name: "\(letter)\(index)", netns: "\(prefix)-\(letter)\(index)",
-                             ipv4: "198.18.\(subnet).\(base + index)", interface: "\(prefix)p",
+                             ipv4: "198.18.\(subnet).\(base + index)",
+                             ipv6: "\(Self.ipv6Prefix(subnet: subnet)):\(letter)::\(String(index + 1, radix: 16))",
+                             interface: "\(prefix)p",
                              bridgePort: "\(prefix)\(letter)v\(index)")
         try addNamespace(pod.netns)
         try ip(node.netns, "link", "add", pod.bridgePort, "type", "veth", "peer", "name", pod.interface, "netns", pod.netns)
@@ -216,6 +267,8 @@ public final class NodeLab: @unchecked Sendable {
         try ip(pod.netns, "addr", "add", "\(pod.ipv4)/26", "dev", pod.interface)
         try ip(pod.netns, "link", "set", pod.interface, "up")
         try ip(pod.netns, "route", "add", "198.18.0.0/15", "via", node.bridgeIPv4)
+        try ip(pod.netns, "addr", "add", "\(pod.ipv6)/64", "dev", pod.interface, "nodad")
+        try ip(pod.netns, "-6", "route", "add", ipv6Range, "via", node.bridgeIPv6)
         lock.withLock { pods.append(pod) }
         if lock.withLock({ completeChecksums }) { try ethtool(pod.netns, "-K", pod.interface, "tx", "off") }
         return pod
@@ -317,6 +370,10 @@ public final class NodeLab: @unchecked Sendable {
             lock.withLock { namespaces.removeAll { $0 == name } }
             throw error
         }
+        // No duplicate address detection on the lab's links, link-local addresses included:
+        // a tentative address delays the first IPv6 exchanges by a second or more.
+        try Shell.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                       "net.ipv6.conf.default.accept_dad=0"])
     }
 
     private func ethtool(_ netns: String, _ args: String...) throws {

@@ -81,6 +81,7 @@ final class ABILayoutTests: XCTestCase {
         "sl_node_addr.flags": (MemoryLayout<sl_node_addr>.offset(of: \.flags), 4),
         "sl_node_addr.ifindex": (MemoryLayout<sl_node_addr>.offset(of: \.ifindex), 4),
         "sl_device.snat_addr": (MemoryLayout<sl_device>.offset(of: \.snat_addr), 16),
+        "sl_device.snat_addr6": (MemoryLayout<sl_device>.offset(of: \.snat_addr6), 16),
         "sl_device.flags": (MemoryLayout<sl_device>.offset(of: \.flags), 4),
         "sl_device.pad": (MemoryLayout<sl_device>.offset(of: \.pad), 4),
         "sl_dsr_key.backend_addr": (MemoryLayout<sl_dsr_key>.offset(of: \.backend_addr), 16),
@@ -154,7 +155,7 @@ final class ABILayoutTests: XCTestCase {
         XCTAssertEqual(MemoryLayout<sl_nat_entry>.size, 56)
         XCTAssertEqual(MemoryLayout<sl_node_addr_key>.size, 16)
         XCTAssertEqual(MemoryLayout<sl_node_addr>.size, 8)
-        XCTAssertEqual(MemoryLayout<sl_device>.size, 24)
+        XCTAssertEqual(MemoryLayout<sl_device>.size, 40)
         XCTAssertEqual(MemoryLayout<sl_dsr_key>.size, 40)
         XCTAssertEqual(MemoryLayout<sl_dsr_entry>.size, 32)
     }

@@ -69,20 +69,35 @@ final class NodePortAddressesTests: XCTestCase {
         }
 
         // The Node's InternalIP is node A's inter-node address: the external one serves none.
+        // The Node has no IPv6 InternalIP, so `primary` selects no IPv6 CIDR and every IPv6
+        // address of the devices serves (A.12, per family).
+        let ipv6 = [lab.externalIPv6, lab.nodeAIPv6]
         try sync(nodeIP: lab.nodeAIPv4)
-        XCTAssertEqual(datapath.nodePortServingAddresses(), [lab.nodeAIPv4])
+        XCTAssertEqual(datapath.nodePortServingAddresses(), ([lab.nodeAIPv4] + ipv6).sorted())
         let refused = try client.tcp(target: target, count: 3)
         XCTAssertEqual(refused.ok, 0, "not a NodePort address: \(refused.backends)")
 
         // The Node's address moves to the external one: NodePorts follow.
         try sync(nodeIP: lab.externalIPv4)
-        XCTAssertEqual(datapath.nodePortServingAddresses(), [lab.externalIPv4])
+        XCTAssertEqual(datapath.nodePortServingAddresses(), ([lab.externalIPv4] + ipv6).sorted())
         let served = try client.tcp(target: target, count: 5)
         XCTAssertEqual(served.backends, [lab.podsOnA[0].name: 5], "\(served.failures)")
 
         // A reloaded configuration selecting every address.
         syncer.options.nodePortAddresses = []
         try sync(nodeIP: lab.externalIPv4)
-        XCTAssertEqual(datapath.nodePortServingAddresses(), [lab.externalIPv4, lab.nodeAIPv4].sorted())
+        XCTAssertEqual(datapath.nodePortServingAddresses(), ([lab.externalIPv4, lab.nodeAIPv4] + ipv6).sorted())
+    }
+
+    /// An IPv6 CIDR selects among the IPv6 addresses only; IPv4, with no CIDR of its own,
+    /// keeps every address (A.12, per family).
+    func testAnIPv6CIDRSelectsTheIPv6NodePortAddressesOnly() throws {
+        let clientLink = "\(NodeLab.ipv6Prefix(subnet: lab.subnet)):1::/64"
+        let datapath = try NodePortDatapath.install(
+            NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice],
+                            nodePortAddresses: [clientLink], networkNamespace: "/run/netns/" + lab.nodeA.netns),
+            logger: testLogger)
+        XCTAssertEqual(datapath.nodePortServingAddresses(), [lab.externalIPv4, lab.nodeAIPv4, lab.externalIPv6].sorted())
+        XCTAssertEqual(Set(datapath.devices.flatMap(\.ipv6)), [lab.externalIPv6, lab.nodeAIPv6], "link-local addresses skipped")
     }
 }

@@ -194,6 +194,38 @@ final class NodePortDSRTests: XCTestCase {
         }
     }
 
+    /// DSR carries the frontend in an IPv4 option: an IPv6 flow to a remote backend is
+    /// source-NATed to node A's IPv6 address instead, counted as a fallback.
+    func testAnIPv6FlowInDSRModeIsSourceNATedInstead() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        let b1 = h.lab.podsOnB[0]
+        try h.apply("""
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web6, namespace: default}
+            spec:
+              type: NodePort
+              clusterIP: fd00:96::10
+              clusterIPs: [fd00:96::10]
+              ipFamilies: [IPv6]
+              ports: [{name: http, port: 80, protocol: TCP, nodePort: \(DSRHarness.tcpNodePort)}]
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: web6-1, namespace: default, labels: {kubernetes.io/service-name: web6}}
+            addressType: IPv6
+            endpoints: [{addresses: ["\(b1.ipv6)"], conditions: {ready: true}, nodeName: node-b}]
+            ports: [{name: http, port: 8080, protocol: TCP}]
+            """)
+        let report = try h.client.tcp(target: "[\(h.lab.externalIPv6)]:\(DSRHarness.tcpNodePort)", count: 10)
+        XCTAssertEqual(report.ok, 10, "failures: \(report.failures) \(report.firstError ?? "")")
+        XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv6], "source-NATed, not DSR")
+        let counters = h.a.datapath.outcomeCounters()
+        XCTAssertEqual(counters["np_dsr_snat_fallback"], 10)
+        XCTAssertEqual(counters["np_dsr_carried"], 0)
+        XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, 10, "replies come back through node A")
+    }
+
     func testSNATModeOnTheSameFabricStillSendsRepliesBackThroughNodeA() throws {
         try requireKernelBPF()
         harness = try DSRHarness(podsOnA: 0, podsOnB: 1, label: "dsrsnat", mode: .snat)

@@ -60,6 +60,33 @@ enum TestFrame {
         return out
     }
 
+    static let client6: [UInt8] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]
+    static let node6: [UInt8] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+
+    /// An IPv6 header (`payloadLength` defaults to the payload's) and the payload.
+    static func ipv6(nextHeader: UInt8, src: [UInt8] = client6, dst: [UInt8] = node6, version: UInt8 = 6,
+                     payloadLength: Int? = nil, hopLimit: UInt8 = 64, _ payload: [UInt8]) -> [UInt8] {
+        let length = payloadLength ?? payload.count
+        var header: [UInt8] = [version << 4, 0, 0, 0, UInt8(length >> 8), UInt8(length & 0xff), nextHeader, hopLimit]
+        header += src
+        header += dst
+        return header + payload
+    }
+
+    /// A TCP, UDP or ICMPv6 message with its checksum (over the IPv6 pseudo header) filled in.
+    static func withL4Checksum6(_ segment: [UInt8], proto: UInt8, src: [UInt8] = client6, dst: [UInt8] = node6) -> [UInt8] {
+        let offset = proto == 6 ? 16 : proto == 17 ? 6 : 2
+        var out = segment
+        out[offset] = 0
+        out[offset + 1] = 0
+        let length = segment.count
+        let pseudo = src + dst + [0, 0, UInt8(length >> 8), UInt8(length & 0xff), 0, 0, 0, proto]
+        let sum = checksum(pseudo + out)
+        out[offset] = UInt8(sum >> 8)
+        out[offset + 1] = UInt8(sum & 0xff)
+        return out
+    }
+
     /// The Internet checksum of `bytes` (0 when the bytes already hold a valid checksum).
     static func checksum(_ bytes: [UInt8]) -> UInt16 {
         var sum: UInt32 = 0
@@ -96,20 +123,28 @@ final class NodePortPacketTests: XCTestCase {
         pinPath = uniquePinPath("nppkt")
         datapath = try NodePortDatapath.load(NodePortOptions(pinPath: pinPath), logger: testLogger)
         // A NodePort frontend without endpoints on TCP and UDP, served on TestFrame.node.
+        try addRejectingNodePort(wildcard: NodePortDatapath.v4MappedWords("0.0.0.0")!,
+                                 nodeAddress: NodePortDatapath.v4MappedWords("192.0.2.1")!, revNat: 1)
+    }
+
+    /// The NodePort wildcard entry `wildcard` (a family's) rejecting on TCP and UDP
+    /// `rejectingPort`, and `nodeAddress` as a node address serving NodePorts.
+    private func addRejectingNodePort(wildcard: (UInt32, UInt32, UInt32, UInt32), nodeAddress: (UInt32, UInt32, UInt32, UInt32),
+                                      revNat: UInt32) throws {
         let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
         for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] {
             var key = sl_service_key()
-            key.addr = NodePortDatapath.v4MappedWords("0.0.0.0")!
+            key.addr = wildcard
             key.port = Self.rejectingPort.bigEndian
             key.proto = proto
             var value = sl_service_value()
-            value.rev_nat_id = 1
+            value.rev_nat_id = revNat
             value.flags = UInt16(SL_SVC_F_REJECT.rawValue)
             value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
             try maps.services.update(key, value)
         }
         var nodeKey = sl_node_addr_key()
-        nodeKey.addr = NodePortDatapath.v4MappedWords("192.0.2.1")!
+        nodeKey.addr = nodeAddress
         var nodeValue = sl_node_addr()
         nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
         try datapath.nodeAddresses.update(nodeKey, nodeValue)
@@ -200,7 +235,9 @@ final class NodePortPacketTests: XCTestCase {
         let nops: [UInt8] = [1, 1, 1, 1, 1, 1, 1, 0]
         let rows = [
             Row(name: "ARP", frame: F.ethernet(type: 0x0806, Array(repeating: 0, count: 28)), verdict: Self.tcActOK, reason: "np_not_ipv4"),
-            Row(name: "IPv6", frame: F.ethernet(type: 0x86dd, Array(repeating: 0, count: 60)), verdict: Self.tcActOK, reason: "np_not_ipv4"),
+            Row(name: "IPv6 neighbour solicitation", frame: F.ethernet(type: 0x86dd, F.ipv6(
+                nextHeader: 58, hopLimit: 255, F.withL4Checksum6([135, 0, 0, 0, 0, 0, 0, 0] + F.node6, proto: 58))),
+                verdict: Self.tcActOK, reason: "np_not_ipv4"),
             Row(name: "ICMP echo", frame: F.ethernet(F.ipv4(proto: 1, [8, 0, 0, 0, 0, 1, 0, 1])), verdict: Self.tcActOK, reason: "np_not_ipv4"),
             Row(name: "first fragment", frame: F.ethernet(F.ipv4(proto: tcp, fragment: 0x2000, F.tcp(dport: Self.rejectingPort))),
                 verdict: Self.tcActOK, reason: "np_fragment"),
@@ -415,6 +452,153 @@ final class NodePortPacketTests: XCTestCase {
                 try track(proto: tcp, to: backend)
                 try datapath.deviceMap.delete(UInt32(if_nametoindex("snd0")))
                 try check([Row(name: "not a datapath device", frame: frame(tcp), verdict: Self.tcActOK, reason: "")], program: .xdp)
+            }
+        }
+    }
+
+    // MARK: - IPv6
+
+    /// The rejecting NodePort of `setUp` on IPv6: the wildcard `::` entry and
+    /// TestFrame.node6 as a node address.
+    private func addIPv6RejectingNodePort() throws {
+        try addRejectingNodePort(wildcard: (0, 0, 0, 0), nodeAddress: NodePortDatapath.ipv6Words("2001:db8::1")!, revNat: 2)
+    }
+
+    /// tc drops truncated and malformed IPv6 frames with their reason, and passes frames with
+    /// extension headers (a fragment header too) byte-identical with a reason of their own.
+    /// XDP drops the same frames and hands the others to tc untouched.
+    func testIPv6FramesAreParsedDroppedOrPassedWithTheirReason() throws {
+        typealias F = TestFrame
+        try addIPv6RejectingNodePort()
+        let tcp = UInt8(IPPROTO_TCP), udp = UInt8(IPPROTO_UDP)
+        let syn = F.tcp(dport: Self.rejectingPort)
+        func v6(_ next: UInt8, payloadLength: Int? = nil, version: UInt8 = 6, _ payload: [UInt8]) -> [UInt8] {
+            F.ethernet(type: 0x86dd, F.ipv6(nextHeader: next, version: version, payloadLength: payloadLength, payload))
+        }
+        // A fragment header (next header TCP, offset 0, more fragments) before the SYN, and
+        // destination options (8 bytes of padding) before it.
+        let fragmentHeader: [UInt8] = [tcp, 0, 0, 1, 0, 0, 0, 9]
+        let destinationOptions: [UInt8] = [tcp, 0, 1, 4, 0, 0, 0, 0]
+        // As for IPv4, BPF_PROG_TEST_RUN refuses a frame shorter than an IPv6 header: that
+        // bounds check is covered by the verifier alone.
+        let dropped = [
+            Row(name: "version 4 in an IPv6 frame", frame: v6(tcp, version: 4, syn), verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "payload length beyond the frame", frame: v6(tcp, payloadLength: 200, syn),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "IPv6 TCP header cut at 10 bytes", frame: v6(tcp, Array(syn.prefix(10))), verdict: Self.tcActShot,
+                reason: "np_truncated"),
+            Row(name: "IPv6 TCP data offset beyond the payload", frame: v6(tcp, F.tcp(dport: Self.rejectingPort, dataOffset: 15)),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "IPv6 UDP header cut at 6 bytes", frame: v6(udp, Array(F.udp(dport: 53).prefix(6))), verdict: Self.tcActShot,
+                reason: "np_truncated"),
+            Row(name: "IPv6 UDP length beyond the payload", frame: v6(udp, F.udp(dport: 53, length: 400)), verdict: Self.tcActShot,
+                reason: "np_malformed"),
+        ]
+        let passed = [
+            Row(name: "fragment header", frame: v6(44, fragmentHeader + syn), verdict: Self.tcActOK, reason: "np_ipv6_ext_header"),
+            Row(name: "destination options", frame: v6(60, destinationOptions + syn), verdict: Self.tcActOK,
+                reason: "np_ipv6_ext_header"),
+            Row(name: "hop-by-hop options", frame: v6(0, destinationOptions + syn), verdict: Self.tcActOK, reason: "np_ipv6_ext_header"),
+            Row(name: "ICMPv6 echo request", frame: v6(58, F.withL4Checksum6([128, 0, 0, 0, 0, 1, 0, 1], proto: 58)),
+                verdict: Self.tcActOK, reason: "np_not_ipv4"),
+            Row(name: "IPv6 TCP to no frontend", frame: v6(tcp, F.tcp(dport: 81)), verdict: Self.tcActOK, reason: "np_not_service"),
+        ]
+        try check(dropped + passed)
+        for row in passed {
+            XCTAssertEqual(try datapath.testRun(.ingress, packet: row.frame).packet, row.frame, "\(row.name) is not modified")
+        }
+        // XDP drops what tc drops, with the same reason, and passes the rest to tc unchanged.
+        try check(dropped + passed, program: .xdp)
+    }
+
+    /// A frontend without endpoints answers an IPv6 client with ICMPv6 destination
+    /// unreachable / port unreachable (type 1 code 4) from the address it asked for,
+    /// quoting the offending headers, its checksum valid over the pseudo header.
+    func testAnIPv6FrontendWithoutEndpointsAnswersWithICMPv6PortUnreachable() throws {
+        typealias F = TestFrame
+        try addIPv6RejectingNodePort()
+        for (proto, l4, quoted) in [(UInt8(IPPROTO_TCP), F.tcp(dport: Self.rejectingPort), 20),
+                                    (UInt8(IPPROTO_UDP), F.udp(dport: Self.rejectingPort), 8)] {
+            let ip = F.ipv6(nextHeader: proto, l4)
+            let frame = F.ethernet(type: 0x86dd, ip)
+            try check([Row(name: "IPv6 proto \(proto) to a rejecting NodePort", frame: frame, verdict: Self.tcActRedirect,
+                           reason: "np_reject")])
+            let reply = try datapath.testRun(.ingress, packet: frame).packet
+            XCTAssertEqual(reply.count, 14 + 40 + 8 + 40 + quoted, "proto \(proto)")
+            guard reply.count == 14 + 40 + 8 + 40 + quoted else { continue }
+            XCTAssertEqual(Array(reply[0..<6]), F.clientMAC, "back to the previous hop")
+            XCTAssertEqual(Array(reply[12..<14]), [0x86, 0xdd])
+            let header = Array(reply[14..<54])
+            XCTAssertEqual(header[0] >> 4, 6)
+            XCTAssertEqual(Int(header[4]) << 8 | Int(header[5]), 8 + 40 + quoted, "payload length")
+            XCTAssertEqual(header[6], 58, "ICMPv6")
+            XCTAssertEqual(Array(header[8..<24]), F.node6, "from the address the client asked for")
+            XCTAssertEqual(Array(header[24..<40]), F.client6)
+            let icmp = Array(reply[54...])
+            XCTAssertEqual(icmp[0], 1, "destination unreachable")
+            XCTAssertEqual(icmp[1], 4, "port unreachable")
+            XCTAssertEqual(F.withL4Checksum6(icmp, proto: 58, src: F.node6, dst: F.client6), icmp, "ICMPv6 checksum")
+            XCTAssertEqual(Array(icmp[8...]), Array(ip.prefix(40 + quoted)), "quotes the offending headers")
+        }
+    }
+
+    /// A packet of a tracked, source-NATed IPv6 flow through tc and through XDP: the same
+    /// bytes out, addresses and ports translated, hop limit decremented, the TCP/UDP
+    /// checksum valid over the new pseudo header when recomputed from scratch.
+    func testXDPTranslatesATrackedIPv6FlowExactlyAsTcDoes() throws {
+        typealias F = TestFrame
+        let frontend6 = "2001:db8:5::10", backend6 = "2001:db8:1::9", snat6 = "2001:db8:1::1"
+        func bytes(_ address: String) -> [UInt8] {
+            let words = NodePortDatapath.ipv6Words(address)!
+            return withUnsafeBytes(of: words) { Array($0) }
+        }
+        let (clientPort, frontendPort, backendPort, natPort): (UInt16, UInt16, UInt16, UInt16) = (40000, 30080, 8080, 61234)
+        let tcp = UInt8(IPPROTO_TCP), udp = UInt8(IPPROTO_UDP)
+        try withRoutingNamespace { netns in
+            try NodePortDatapath.inNamespace(netns) {
+                try Shell.run(["ip", "addr", "add", "2001:db8:1::1/64", "dev", "snd0", "nodad"])
+                try Shell.run(["ip", "neigh", "add", backend6, "lladdr", "02:00:00:00:00:09", "dev", "snd0", "nud", "permanent"])
+                try Shell.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+                var device = sl_device()
+                device.snat_addr6 = NodePortDatapath.ipv6Words(snat6)!
+                try datapath.deviceMap.update(UInt32(if_nametoindex("snd0")), device)
+                for proto in [tcp, udp] {
+                    var key = sl_nat_key()
+                    key.saddr = NodePortDatapath.ipv6Words("2001:db8::7")!
+                    key.daddr = NodePortDatapath.ipv6Words(frontend6)!
+                    key.sport = clientPort.bigEndian
+                    key.dport = frontendPort.bigEndian
+                    key.proto = proto
+                    key.dir = UInt8(SL_NAT_DIR_FORWARD.rawValue)
+                    var entry = sl_nat_entry()
+                    entry.to_addr = NodePortDatapath.ipv6Words(backend6)!
+                    entry.to_port = backendPort.bigEndian
+                    entry.nat_addr = NodePortDatapath.ipv6Words(snat6)!
+                    entry.nat_port = natPort.bigEndian
+                    entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
+                    try datapath.nat.update(key, entry)
+
+                    let segment = proto == tcp ? F.tcp(sport: clientPort, dport: frontendPort, flags: 0x10) + [0xde, 0xad, 0xbe, 0xef]
+                                               : F.udp(sport: clientPort, dport: frontendPort)
+                    let l4In = F.withL4Checksum6(segment, proto: proto, dst: bytes(frontend6))
+                    let input = F.ethernet(type: 0x86dd, F.ipv6(nextHeader: proto, dst: bytes(frontend6), l4In))
+                    let viaTC = try datapath.testRun(.ingress, packet: input)
+                    let viaXDP = try datapath.testRun(.xdp, packet: input)
+                    XCTAssertEqual(viaTC.verdict, Self.tcActRedirect, "proto \(proto)")
+                    XCTAssertEqual(viaXDP.verdict, Self.xdpRedirect, "proto \(proto)")
+                    XCTAssertEqual(viaXDP.packet, viaTC.packet, "proto \(proto): XDP and tc write the same packet")
+                    let out = viaXDP.packet
+                    guard out.count == input.count else { XCTFail("proto \(proto)"); continue }
+                    XCTAssertEqual(Array(out[0..<6]), [0x02, 0, 0, 0, 0, 0x09], "to the backend's MAC")
+                    let ip = Array(out[14..<54]), l4 = Array(out[54...])
+                    XCTAssertEqual(ip[7], 63, "hop limit decremented")
+                    XCTAssertEqual(Array(ip[8..<24]), bytes(snat6))
+                    XCTAssertEqual(Array(ip[24..<40]), bytes(backend6))
+                    XCTAssertEqual(Array(l4[0..<4]), [UInt8(natPort >> 8), UInt8(natPort & 0xff), UInt8(backendPort >> 8),
+                                                      UInt8(backendPort & 0xff)])
+                    XCTAssertEqual(F.withL4Checksum6(l4, proto: proto, src: bytes(snat6), dst: bytes(backend6)), l4,
+                                   "proto \(proto): L4 checksum")
+                }
             }
         }
     }

@@ -70,21 +70,23 @@ final class NodePortHarness {
     }
 
     /// A NodePort Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
-    /// 30053) with `pods` as ready endpoints.
+    /// 30053) with `pods` as ready endpoints; with `ipv6` a single-stack IPv6 Service with
+    /// the pods' IPv6 addresses.
     func webService(pods: [NodeLabPod], externalIPs: [String] = [], extra: String = "", udpTargetPort: UInt16 = udpPort,
-                    loadBalancerIPs: [String] = []) -> String {
+                    loadBalancerIPs: [String] = [], ipv6: Bool = false) -> String {
         let endpoints = pods.map { pod in
-            "  - addresses: [\"\(pod.ipv4)\"]\n    conditions: {ready: true}\n    nodeName: \(pod.name.hasPrefix("a") ? "node-a" : "node-b")"
+            "  - addresses: [\"\(ipv6 ? pod.ipv6 : pod.ipv4)\"]\n    conditions: {ready: true}\n    nodeName: \(pod.name.hasPrefix("a") ? "node-a" : "node-b")"
         }.joined(separator: "\n")
+        let (clusterIP, family) = ipv6 ? ("fd00:96::10", "IPv6") : ("10.96.0.10", "IPv4")
         return """
             apiVersion: v1
             kind: Service
             metadata: {name: web, namespace: default}
             spec:
               type: \(loadBalancerIPs.isEmpty ? "NodePort" : "LoadBalancer")
-              clusterIP: 10.96.0.10
-              clusterIPs: [10.96.0.10]
-              ipFamilies: [IPv4]
+              clusterIP: \(clusterIP)
+              clusterIPs: [\(clusterIP)]
+              ipFamilies: [\(family)]
               externalIPs: [\(externalIPs.joined(separator: ", "))]
             \(extra)
               ports:
@@ -97,10 +99,10 @@ final class NodePortHarness {
             apiVersion: discovery.k8s.io/v1
             kind: EndpointSlice
             metadata:
-              name: web-ipv4
+              name: web-\(family.lowercased())
               namespace: default
               labels: {kubernetes.io/service-name: web}
-            addressType: IPv4
+            addressType: \(family)
             endpoints:
             \(pods.isEmpty ? "  []" : endpoints)
             ports:
@@ -112,6 +114,8 @@ final class NodePortHarness {
 
     var tcpTarget: String { "\(lab.externalIPv4):\(Self.tcpNodePort)" }
     var udpTarget: String { "\(lab.externalIPv4):\(Self.udpNodePort)" }
+    var tcpTarget6: String { "[\(lab.externalIPv6)]:\(Self.tcpNodePort)" }
+    var udpTarget6: String { "[\(lab.externalIPv6)]:\(Self.udpNodePort)" }
 }
 
 /// Real connections from an external client namespace to node A's NodePorts and
@@ -135,7 +139,7 @@ final class NodePortTests: XCTestCase {
                             atLine: lineNumber, expected: expected)
     }
 
-    private func makeHarness(podsOnA: Int, podsOnB: Int, snatPorts: ClosedRange<UInt16> = 61000...65535,
+    func makeHarness(podsOnA: Int, podsOnB: Int, snatPorts: ClosedRange<UInt16> = 61000...65535,
                              snatReclaimAfterSeconds: Double = 1,
                              acceleration: NodePortOptions.Acceleration = .none) throws -> NodePortHarness {
         try requireKernelBPF()
@@ -148,7 +152,7 @@ final class NodePortTests: XCTestCase {
 
     /// Runs `body` on a fresh harness for tc alone and for XDP generic and native in front
     /// of it: the same flows must give the same results.
-    private func inEveryMode(podsOnA: Int, podsOnB: Int, _ body: (NodePortHarness) throws -> Void) throws {
+    func inEveryMode(podsOnA: Int, podsOnB: Int, _ body: (NodePortHarness) throws -> Void) throws {
         for acceleration in NodePortOptions.Acceleration.allCases {
             let h = try makeHarness(podsOnA: podsOnA, podsOnB: podsOnB, acceleration: acceleration)
             defer {
@@ -160,7 +164,7 @@ final class NodePortTests: XCTestCase {
     }
 
     /// With XDP, that it took the fast path (`redirected`) or left everything to tc.
-    private func assertXDPShare(_ h: NodePortHarness, redirected: Bool, file: StaticString = #filePath, line: UInt = #line) {
+    func assertXDPShare(_ h: NodePortHarness, redirected: Bool, file: StaticString = #filePath, line: UInt = #line) {
         guard h.datapath.options.acceleration != .none else { return }
         let counters = h.datapath.outcomeCounters()
         if redirected {

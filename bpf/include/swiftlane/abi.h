@@ -33,7 +33,7 @@
 #define SL_MAP_NAME_HEALTH_CHECKS "sl_health_v1"
 #define SL_MAP_NAME_NAT "sl_nat_v1"
 #define SL_MAP_NAME_NODE_ADDRS "sl_node_addrs_v1"
-#define SL_MAP_NAME_DEVICES "sl_devices_v1"
+#define SL_MAP_NAME_DEVICES "sl_devices_v2"
 #define SL_MAP_NAME_DSR "sl_dsr_v1"
 
 /* Default capacities (entries); the loader may override them from the config. Slot
@@ -177,9 +177,14 @@ _Static_assert(sizeof(struct sl_sock_frontend) == 40, "sl_sock_frontend layout")
  * the client's IPv4 address marked with SL_AFFINITY_CLIENT_IPV4 (netns cookies count up
  * from 1 and never reach bit 63). Scoped per frontend and protocol. */
 #define SL_AFFINITY_CLIENT_IPV4 (1ULL << 63)
+/* An IPv6 client outside the node: its 128-bit address folded to 62 bits (the XOR of
+ * its two halves, top bits cleared) marked with this bit. Two clients that fold alike
+ * share an affinity entry: they get the same backend, nothing else. */
+#define SL_AFFINITY_CLIENT_IPV6 (1ULL << 62)
 
 struct sl_affinity_key {
-	__u64 client;      /* netns cookie, or SL_AFFINITY_CLIENT_IPV4 | IPv4 address (network order) */
+	__u64 client;      /* netns cookie, SL_AFFINITY_CLIENT_IPV4 | IPv4 address (network order),
+			    * or SL_AFFINITY_CLIENT_IPV6 | folded IPv6 address */
 	__u32 rev_nat_id;  /* the frontend */
 	__u8 proto;        /* IPPROTO_* */
 	__u8 pad[3];
@@ -288,14 +293,16 @@ struct sl_node_addr {
 _Static_assert(sizeof(struct sl_node_addr) == 8, "sl_node_addr layout");
 
 /* The devices the external-traffic programs are attached to (key: __u32 ifindex). A
- * backend reached through one of them is remote: the flow is source-NATed to snat_addr,
- * so replies come back through this node. */
+ * backend reached through one of them is remote: the flow is source-NATed to the
+ * device's address of the flow's family, so replies come back through this node. (v2:
+ * snat_addr6 added.) */
 struct sl_device {
-	__be32 snat_addr[4]; /* network order, IPv4 v4-mapped; all zero = no IPv4 address */
-	__u32 flags;         /* reserved, 0 */
+	__be32 snat_addr[4];  /* network order, IPv4 v4-mapped; all zero = no IPv4 address */
+	__be32 snat_addr6[4]; /* network order, a global or ULA IPv6 address; all zero = none */
+	__u32 flags;          /* reserved, 0 */
 	__u32 pad;
 };
-_Static_assert(sizeof(struct sl_device) == 24, "sl_device layout");
+_Static_assert(sizeof(struct sl_device) == 40, "sl_device layout");
 
 /* Direct server return, on the backend's node (bpf/include/swiftlane/dsr.h): the
  * frontend a flow from a client was addressed to, learnt from the IPv4 option the
@@ -352,7 +359,8 @@ enum sl_reason {
 	SL_REASON_NP_SLOT_MISSING = 24,     /* dropped: the active set names an empty slot */
 	SL_REASON_NP_REWRITE_FAILED = 25,   /* dropped: a packet write or checksum helper failed */
 	SL_REASON_NP_REJECT_FAILED = 26,    /* dropped: the ICMP error could not be built */
-	SL_REASON_NP_NOT_IPV4 = 27,         /* not IPv4 (or not TCP/UDP): passed to the stack */
+	SL_REASON_NP_NOT_IPV4 = 27,         /* neither TCP nor UDP over IPv4 or IPv6 (e.g. ARP, ICMPv6
+					     * Neighbour Discovery): passed to the stack */
 	SL_REASON_NP_AFFINITY_HIT = 28,     /* ClientIP affinity reused the client's backend */
 	SL_REASON_NP_AFFINITY_NEW = 29,     /* ClientIP affinity chose (afresh) and remembered */
 	SL_REASON_NP_ICMP_ERROR_REPLY = 30, /* ICMP error about a source-NATed flow translated back */
@@ -371,7 +379,8 @@ enum sl_reason {
 	SL_REASON_NP_SOURCE_RANGE_DENIED = 41, /* dropped: client outside the LB VIP's loadBalancerSourceRanges */
 	SL_REASON_NP_XDP_PASS_TO_TC = 42,   /* XDP left the packet to the tc program (see bpf/nodeport.c) */
 	SL_REASON_NP_XDP_REDIRECT = 43,     /* XDP translated the packet and redirected it to its device */
-	SL_REASON_MAX = 44,
+	SL_REASON_NP_IPV6_EXT_HEADER = 44,  /* IPv6 with extension headers (a fragment header too): passed */
+	SL_REASON_MAX = 45,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 

@@ -133,7 +133,7 @@ struct {
 	__type(value, struct sl_device);
 	__uint(max_entries, SL_DEFAULT_DEVICES_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sl_devices_v1 SEC(".maps");
+} sl_devices_v2 SEC(".maps");
 
 /* Direct server return: (backend, client) -> frontend on the backend's node. LRU: an
  * evicted entry costs replies leaving with the backend's address (the client drops them). */
