@@ -213,3 +213,21 @@ final class ManualClock: @unchecked Sendable {
 
     var read: @Sendable () -> UInt64 { { [self] in nanoseconds } }
 }
+
+final class DesiredFrontendTests: XCTestCase {
+    /// Backends and source ranges come out sorted and free of duplicates, whatever the input.
+    func testBackendsAndRangesAreSortedAndUnique() {
+        func backend(_ last: UInt32, _ port: UInt16) -> BackendAddress {
+            BackendAddress(address: IPAddress(v4: 0x0A00_0000 | last), port: port, proto: .tcp)
+        }
+        let key = FrontendKey(address: IPAddress(v4: 0x0A60_0001), port: 80, proto: .tcp)
+        let backends = [backend(3, 80), backend(1, 80), backend(3, 80), backend(2, 81), backend(1, 80), backend(2, 80)]
+        let ranges = [CIDR(sloppy: "10.0.0.0/8")!, CIDR(sloppy: "192.0.2.0/24")!, CIDR(sloppy: "10.0.0.0/8")!]
+        let frontend = DesiredFrontend(key: key, service: "ns/a", kind: .clusterIP, backends: backends, sourceRanges: ranges)
+        XCTAssertEqual(frontend.backends, [backend(1, 80), backend(2, 80), backend(2, 81), backend(3, 80)])
+        XCTAssertEqual(frontend.sourceRanges, [CIDR(sloppy: "10.0.0.0/8")!, CIDR(sloppy: "192.0.2.0/24")!])
+        XCTAssertEqual(DesiredFrontend(key: key, service: "ns/a", kind: .clusterIP, backends: []).backends, [])
+        XCTAssertEqual(DesiredFrontend(key: key, service: "ns/a", kind: .clusterIP, backends: [backend(1, 80)]).backends,
+                       [backend(1, 80)])
+    }
+}
