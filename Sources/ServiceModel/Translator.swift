@@ -480,6 +480,8 @@ public enum Translator {
         let usesLocal = info.internalPolicyLocal || (info.externalPolicyLocal && externallyAccessible)
         let categories = categorize(
             endpoints, usesCluster: usesCluster, usesLocal: usesLocal, node: node, options: options)
+        // Both already in A.3(9) order: categorize only filters the sorted endpoints, so
+        // they are not sorted again below.
         let cluster = categories.cluster ?? []
         let local = categories.local ?? []
         let hasAny = categories.hasAnyEndpoints
@@ -498,7 +500,7 @@ public enum Translator {
         let hasInternal = hasAny && !(info.internalPolicyLocal && local.isEmpty)
         if hasInternal {
             clusterIP.action = .forward
-            clusterIP.backends = internalSet.sorted()
+            clusterIP.backends = internalSet
         } else {
             // A.6: no usable endpoint anywhere ⇒ REJECT; iTP=Local with usable endpoints only
             // elsewhere ⇒ DROP.
@@ -534,11 +536,11 @@ public enum Translator {
             if hasAny {
                 if info.externalPolicyLocal {
                     frontend.action = local.isEmpty ? .drop : .forward
-                    frontend.backends = local.sorted()
-                    frontend.nodeBackends = cluster.sorted()
+                    frontend.backends = local
+                    frontend.nodeBackends = cluster
                 } else {
                     frontend.action = .forward
-                    frontend.backends = cluster.sorted()
+                    frontend.backends = cluster
                 }
             }
             result.append(frontend)

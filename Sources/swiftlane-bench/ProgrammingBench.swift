@@ -149,7 +149,7 @@ struct ProgrammingBench: ParsableCommand {
             print(String(format: "  from empty, %d rounds: min %.3f s  median %.3f s  max %.3f s", rounds, fromEmptyRounds.min()!,
                          fromEmptyRounds.sorted()[rounds / 2], fromEmptyRounds.max()!))
         }
-        print(String(format: "  no-op resync:      %8.3f s   %7d map writes", figures.noopResyncSeconds, figures.noopResyncMapWrites))
+        print(String(format: "  no-op resync:      %8.3f ms  %7d map writes", figures.noopResyncSeconds * 1000, figures.noopResyncMapWrites))
         print(String(format: "  one endpoint change (n=%d): p50 %.2f ms  p99 %.2f ms  median %d map writes in %d bpf() calls",
                      changes, figures.changeP50Milliseconds, figures.changeP99Milliseconds, figures.changeMapWritesMedian,
                      figures.changeSyscallsMedian))
