@@ -72,7 +72,7 @@ public final class ProxySyncer: @unchecked Sendable {
         var namespace: String
         var name: String
         var resourceVersion: String?
-        /// The Service a slice belongs to (its label); "" for a Service.
+        /// The Service it belongs to: a slice's label, a Service's own name.
         var serviceName: String?
     }
 
@@ -360,45 +360,40 @@ public final class ProxySyncer: @unchecked Sendable {
               seen.slices.count == objects.endpointSlices.count else { return nil }
         self.seen = nil  // left nil if this returns nil part way: the caller regroups
         var affected = Set<ServiceKey>()
-        let servicesSame = objects.services.withUnsafeBufferPointer { services in
-            for index in services.indices {
-                guard services[index].metadata.name == seen.services[index].name,
-                      services[index].metadata.namespace == seen.services[index].namespace,
-                      let version = services[index].metadata.resourceVersion,
-                      let oldVersion = seen.services[index].resourceVersion else { return false }
-                if version != oldVersion {
-                    affected.insert(ServiceKey(namespace: services[index].metadata.namespace, name: services[index].metadata.name))
-                    seen.services[index].resourceVersion = version
-                }
-            }
-            return true
-        }
-        guard servicesSame else { return nil }
-        let slicesSame = objects.endpointSlices.withUnsafeBufferPointer { slices in
-            for index in slices.indices {
-                guard slices[index].metadata.name == seen.slices[index].name,
-                      slices[index].metadata.namespace == seen.slices[index].namespace,
-                      let version = slices[index].metadata.resourceVersion,
-                      let oldVersion = seen.slices[index].resourceVersion else { return false }
-                if version != oldVersion {
-                    let serviceName = slices[index].serviceName
-                    guard serviceName == seen.slices[index].serviceName else { return false }
-                    affected.insert(ServiceKey(namespace: slices[index].metadata.namespace, name: serviceName ?? ""))
-                    seen.slices[index].resourceVersion = version
-                }
-            }
-            return true
-        }
-        guard slicesSame else { return nil }
+        guard Self.findChanges(in: objects.services, seen: &seen.services, into: &affected, owner: { $0.metadata.name }),
+              Self.findChanges(in: objects.endpointSlices, seen: &seen.slices, into: &affected, owner: { $0.serviceName })
+        else { return nil }
         self.seen = seen
         return affected
+    }
+
+    /// One kind's part of `changedByPosition`: false when an object moved, lost its
+    /// version or changed Service (`owner`: the name of the Service it belongs to).
+    private static func findChanges<Object: ObjectWithMetadata>(
+        in objects: [Object], seen: inout [SeenObject], into affected: inout Set<ServiceKey>, owner: (Object) -> String?
+    ) -> Bool {
+        objects.withUnsafeBufferPointer { objects in
+            for index in objects.indices {
+                guard objects[index].metadata.name == seen[index].name,
+                      objects[index].metadata.namespace == seen[index].namespace,
+                      let version = objects[index].metadata.resourceVersion,
+                      let oldVersion = seen[index].resourceVersion else { return false }
+                if version != oldVersion {
+                    let service = owner(objects[index])
+                    guard service == seen[index].serviceName else { return false }
+                    affected.insert(ServiceKey(namespace: objects[index].metadata.namespace, name: service ?? ""))
+                    seen[index].resourceVersion = version
+                }
+            }
+            return true
+        }
     }
 
     /// Every object's identity and version, for the next sync's `changedByPosition`.
     private static func identities(of objects: ManifestObjects) -> (services: [SeenObject], slices: [SeenObject]) {
         let services = objects.services.map {
             SeenObject(namespace: $0.metadata.namespace, name: $0.metadata.name, resourceVersion: $0.metadata.resourceVersion,
-                       serviceName: "")
+                       serviceName: $0.metadata.name)
         }
         let slices = objects.endpointSlices.map {
             SeenObject(namespace: $0.metadata.namespace, name: $0.metadata.name, resourceVersion: $0.metadata.resourceVersion,
@@ -429,3 +424,11 @@ extension ProxySyncer {
         }
     }
 }
+
+/// A Kubernetes object the syncer finds changes of by its metadata.
+private protocol ObjectWithMetadata {
+    var metadata: ObjectMeta { get }
+}
+
+extension ServiceModel.Service: ObjectWithMetadata {}
+extension EndpointSlice: ObjectWithMetadata {}
