@@ -17,7 +17,8 @@ struct ProgrammingBench: ParsableCommand {
         discussion: """
             Installs the datapath on a throwaway child cgroup with its own pins, then times \
             ProxySyncer.sync (translation + diff + BPF map writes) and counts the map writes \
-            (one bpf() syscall each). From empty is repeated --rounds times (the maps emptied \
+            and the bpf() calls that carry them (a run of slot or of backend writes goes in \
+            one batched call). From empty is repeated --rounds times (the maps emptied \
             by a sync of nothing in between). With --churn-seconds, endpoint changes arrive \
             at --churn-rate per second for that long and the sync loop absorbs them as the \
             controller's does: each sync takes every change that arrived since the last. \
