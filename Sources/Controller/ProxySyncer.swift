@@ -67,6 +67,15 @@ public final class ProxySyncer: @unchecked Sendable {
         static func < (lhs: Self, rhs: Self) -> Bool { (lhs.namespace, lhs.name) < (rhs.namespace, rhs.name) }
     }
 
+    /// One object as a sync saw it: who it is and which version.
+    private struct SeenObject {
+        var namespace: String
+        var name: String
+        var resourceVersion: String?
+        /// The Service it belongs to: a slice's label, a Service's own name.
+        var serviceName: String?
+    }
+
     private final class Translated {
         let inputs: ServiceInputs
         let frontends: [DesiredFrontend]
@@ -91,11 +100,13 @@ public final class ProxySyncer: @unchecked Sendable {
     /// if their inputs did not change.
     private var retryServices = Set<ServiceKey>()
     private var translatedFor: (node: ProxyNode, options: TranslationOptions, pruned: Bool)?
-    /// The previous sync's objects and where each Service's objects sit in them: sources
-    /// list objects sorted by name, so between two syncs an unchanged object stays at its
-    /// index and a change is found by comparing versions position by position, without
-    /// regrouping everything (see `changedByPosition`).
-    private var previous: (services: [ServiceModel.Service], slices: [EndpointSlice])?
+    /// What the previous sync saw at each position, and where each Service's objects sit:
+    /// sources list objects sorted by name, so between two syncs an unchanged object stays
+    /// at its index and a change is found by comparing versions position by position,
+    /// without regrouping everything (see `changedByPosition`). Only identities and
+    /// versions are kept, not the objects: holding the previous arrays made every sync
+    /// after a change free (or copy) all of them.
+    private var seen: (services: [SeenObject], slices: [SeenObject])?
     private var serviceIndex: [ServiceKey: Int] = [:]
     private var sliceIndexes: [ServiceKey: [Int]] = [:]
     /// Called with the UDP backends a sync removed from every frontend, after the maps no
@@ -168,7 +179,9 @@ public final class ProxySyncer: @unchecked Sendable {
         }
 
         var changed = Set<ServiceKey>()
-        if !full, let affected = changedByPosition(objects) {
+        let affectedInPlace = full ? nil : changedByPosition(objects)
+        let changedInPlace = affectedInPlace != nil
+        if let affected = affectedInPlace {
             for service in affected {
                 let input = ServiceInputs(service: serviceIndex[service].map { objects.services[$0] })
                 for index in sliceIndexes[service] ?? [] { input.addSlice(objects.endpointSlices[index]) }
@@ -192,7 +205,7 @@ public final class ProxySyncer: @unchecked Sendable {
                 changed.insert(service)
             }
         }
-        previous = (objects.services, objects.endpointSlices)
+        if !changedInPlace { seen = Self.identities(of: objects) }
         translatedFor = (node, options, prune)
         let healthChecks = Dictionary(self.healthChecks.values.map { ($0.port, $0.entry) }, uniquingKeysWith: { first, _ in first })
 
@@ -210,9 +223,11 @@ public final class ProxySyncer: @unchecked Sendable {
             var upserting: [DesiredFrontend] = []
             var removing: [FrontendKey] = []
             var pending = changed.union(retryServices).sorted()
+            var next = 0  // a cursor, not removeFirst(): that moved the whole queue each time
             var done = Set<ServiceKey>()
-            while let service = pending.first {
-                pending.removeFirst()
+            while next < pending.count {
+                let service = pending[next]
+                next += 1
                 guard done.insert(service).inserted else { continue }
                 let previous = keysByService[service] ?? []
                 for key in previous where owners[key] == service { owners[key] = nil }
@@ -334,27 +349,57 @@ public final class ProxySyncer: @unchecked Sendable {
     }
 
     /// The Services whose objects changed since the previous sync, found position by
-    /// position; nil when that cannot be known that way (objects added, removed or moved,
-    /// a slice that changed Service, objects without resourceVersion): then everything is
-    /// regrouped.
+    /// position (and recorded as seen); nil when that cannot be known that way (objects
+    /// added, removed or moved, a slice that changed Service, objects without
+    /// resourceVersion): then everything is regrouped. An unchanged version means an
+    /// unchanged object (its labels too), so a slice's Service is only looked at when its
+    /// version moved. The objects are read in place: copying each struct out of the array
+    /// (a retain per field) was most of a no-op sync at 10,000 Services.
     private func changedByPosition(_ objects: ManifestObjects) -> Set<ServiceKey>? {
-        guard let previous, previous.services.count == objects.services.count,
-              previous.slices.count == objects.endpointSlices.count else { return nil }
+        guard var seen, seen.services.count == objects.services.count,
+              seen.slices.count == objects.endpointSlices.count else { return nil }
+        self.seen = nil  // left nil if this returns nil part way: the caller regroups
         var affected = Set<ServiceKey>()
-        for index in objects.services.indices {
-            let new = objects.services[index].metadata, old = previous.services[index].metadata
-            guard new.name == old.name, new.namespace == old.namespace,
-                  let newVersion = new.resourceVersion, let oldVersion = old.resourceVersion else { return nil }
-            if newVersion != oldVersion { affected.insert(ServiceKey(namespace: new.namespace, name: new.name)) }
-        }
-        for index in objects.endpointSlices.indices {
-            let new = objects.endpointSlices[index], old = previous.slices[index]
-            guard new.metadata.name == old.metadata.name, new.metadata.namespace == old.metadata.namespace,
-                  new.serviceName == old.serviceName,
-                  let newVersion = new.metadata.resourceVersion, let oldVersion = old.metadata.resourceVersion else { return nil }
-            if newVersion != oldVersion { affected.insert(ServiceKey(namespace: new.metadata.namespace, name: new.serviceName ?? "")) }
-        }
+        guard Self.findChanges(in: objects.services, seen: &seen.services, into: &affected, owner: { $0.metadata.name }),
+              Self.findChanges(in: objects.endpointSlices, seen: &seen.slices, into: &affected, owner: { $0.serviceName })
+        else { return nil }
+        self.seen = seen
         return affected
+    }
+
+    /// One kind's part of `changedByPosition`: false when an object moved, lost its
+    /// version or changed Service (`owner`: the name of the Service it belongs to).
+    private static func findChanges<Object: ObjectWithMetadata>(
+        in objects: [Object], seen: inout [SeenObject], into affected: inout Set<ServiceKey>, owner: (Object) -> String?
+    ) -> Bool {
+        objects.withUnsafeBufferPointer { objects in
+            for index in objects.indices {
+                guard objects[index].metadata.name == seen[index].name,
+                      objects[index].metadata.namespace == seen[index].namespace,
+                      let version = objects[index].metadata.resourceVersion,
+                      let oldVersion = seen[index].resourceVersion else { return false }
+                if version != oldVersion {
+                    let service = owner(objects[index])
+                    guard service == seen[index].serviceName else { return false }
+                    affected.insert(ServiceKey(namespace: objects[index].metadata.namespace, name: service ?? ""))
+                    seen[index].resourceVersion = version
+                }
+            }
+            return true
+        }
+    }
+
+    /// Every object's identity and version, for the next sync's `changedByPosition`.
+    private static func identities(of objects: ManifestObjects) -> (services: [SeenObject], slices: [SeenObject]) {
+        let services = objects.services.map {
+            SeenObject(namespace: $0.metadata.namespace, name: $0.metadata.name, resourceVersion: $0.metadata.resourceVersion,
+                       serviceName: $0.metadata.name)
+        }
+        let slices = objects.endpointSlices.map {
+            SeenObject(namespace: $0.metadata.namespace, name: $0.metadata.name, resourceVersion: $0.metadata.resourceVersion,
+                       serviceName: $0.serviceName)
+        }
+        return (services, slices)
     }
 }
 
@@ -379,3 +424,11 @@ extension ProxySyncer {
         }
     }
 }
+
+/// A Kubernetes object the syncer finds changes of by its metadata.
+private protocol ObjectWithMetadata {
+    var metadata: ObjectMeta { get }
+}
+
+extension ServiceModel.Service: ObjectWithMetadata {}
+extension EndpointSlice: ObjectWithMetadata {}

@@ -41,26 +41,16 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
     public func apply(_ ops: [MapOp]) throws {
         var index = 0
         while index < ops.count {
-            // A run of slot writes (a new backend set) goes in one bpf() call.
-            var end = index
-            while end < ops.count, case .writeSlot = ops[end] { end += 1 }
-            if end - index > 1, batchUpdates {
-                var keys: [UInt32] = [], values: [sl_backend_slot] = []
-                for case .writeSlot(let slot, let entry) in ops[index..<end] {
-                    keys.append(slot)
-                    values.append(sl_backend_slot(entry))
-                }
-                syscalls += 1
-                do {
-                    try slots.updateBatch(keys, values)
+            // A run of slot writes (a new backend set), or of new backends, goes in one
+            // bpf() call: from empty that halves the calls.
+            if batchUpdates {
+                if let end = try applyBatch(ops, from: index, of: slots, { op in
+                    if case .writeSlot(let slot, let entry) = op { (slot, sl_backend_slot(entry)) } else { nil }
+                }) ?? applyBatch(ops, from: index, of: backends, { op in
+                    if case .upsertBackend(let id, let backend) = op { (id, sl_backend(backend)) } else { nil }
+                }) {
                     index = end
                     continue
-                } catch let failure as BPFMap<UInt32, sl_backend_slot>.BatchError {
-                    if failure.written == 0, failure.error.errno == EINVAL || failure.error.errno == ENOTSUP {
-                        batchUpdates = false  // an older kernel: write one by one below
-                    } else {
-                        throw MapApplyError(appliedCount: index + failure.written, op: ops[index + failure.written], underlying: failure.error)
-                    }
                 }
             }
             do {
@@ -70,6 +60,32 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
                 throw MapApplyError(appliedCount: index, op: ops[index], underlying: error)
             }
             index += 1
+        }
+    }
+
+    /// Writes the run of ops from `start` that `entry` turns into entries of `map`, in one
+    /// batch; returns where the run ends, or nil when there is no run of two or more (or
+    /// the kernel has no batched updates: then `batchUpdates` is cleared, nothing written).
+    private func applyBatch<Key, Value>(_ ops: [MapOp], from start: Int, of map: BPFMap<Key, Value>,
+                                        _ entry: (MapOp) -> (Key, Value)?) throws -> Int? {
+        var keys: [Key] = [], values: [Value] = []
+        var end = start
+        while end < ops.count, let (key, value) = entry(ops[end]) {
+            keys.append(key)
+            values.append(value)
+            end += 1
+        }
+        guard keys.count > 1 else { return nil }
+        syscalls += 1
+        do {
+            try map.updateBatch(keys, values)
+            return end
+        } catch let failure as BPFMap<Key, Value>.BatchError {
+            if failure.written == 0, failure.error.errno == EINVAL || failure.error.errno == ENOTSUP {
+                batchUpdates = false  // an older kernel: write one by one
+                return nil
+            }
+            throw MapApplyError(appliedCount: start + failure.written, op: ops[start + failure.written], underlying: failure.error)
         }
     }
 

@@ -22,8 +22,20 @@ public struct DesiredFrontend: Hashable, Sendable {
         self.kind = kind
         self.flags = flags
         self.affinitySeconds = affinitySeconds
-        self.backends = Array(Set(backends)).sorted()
-        self.sourceRanges = Array(Set(sourceRanges)).sorted()
+        self.backends = Self.sortedUnique(backends)
+        self.sourceRanges = Self.sortedUnique(sourceRanges)
+    }
+
+    /// Sorted, duplicates dropped; without building a Set per frontend.
+    static func sortedUnique<T: Comparable>(_ values: [T]) -> [T] {
+        var result = values.sorted()
+        var last = 0
+        for index in result.indices.dropFirst() where result[index] != result[last] {
+            last += 1
+            result[last] = result[index]
+        }
+        result.removeLast(result.isEmpty ? 0 : result.count - last - 1)
+        return result
     }
 
     var meta: FrontendMeta { FrontendMeta(service: service, portName: portName) }

@@ -104,6 +104,7 @@ public struct Reconciler: Sendable {
         var wanted = Set<FrontendKey>()
         var unique: [DesiredFrontend] = []
         for frontend in desired where wanted.insert(frontend.key).inserted { unique.append(frontend) }
+        reserveCapacity(for: unique)
         // Removals go first: they free service-map entries for what is added next.
         if prune {
             for key in state.masters.keys.sorted() where !wanted.contains(key) && !keeping.contains(key) {
@@ -321,6 +322,23 @@ public struct Reconciler: Sendable {
     }
 
     // MARK: - Bookkeeping
+
+    /// Room for `desired` in the picture and the indexes up front: from empty, growing
+    /// each of them one rehash at a time was a good part of planning.
+    private mutating func reserveCapacity(for desired: [DesiredFrontend]) {
+        let slotCount = desired.reduce(0) { $0 + $1.backends.count }
+        guard desired.count > state.masters.count || slotCount > state.slots.count else { return }
+        state.masters.reserveCapacity(desired.count)
+        state.meta.reserveCapacity(desired.count)
+        state.revNats.reserveCapacity(desired.count)
+        state.slots.reserveCapacity(slotCount)
+        revNatIDs.reserveCapacity(desired.count)
+        revNatRefs.reserveCapacity(desired.count)
+        // Backends are shared between frontends: the slots are an upper bound.
+        state.backends.reserveCapacity(slotCount)
+        backendIDs.reserveCapacity(slotCount)
+        backendRefs.reserveCapacity(slotCount)
+    }
 
     private mutating func record(_ op: MapOp) {
         switch op {

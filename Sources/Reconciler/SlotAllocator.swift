@@ -49,17 +49,24 @@ public struct SlotAllocator: Equatable, Sendable {
     /// Marks `range` taken (a no-op for slots already taken).
     public mutating func claim(_ range: Range<UInt32>) {
         guard !range.isEmpty else { return }
-        var result: [Range<UInt32>] = []
-        for gap in free {
-            guard gap.overlaps(range) else {
-                result.append(gap)
-                continue
-            }
-            if gap.lowerBound < range.lowerBound { result.append(gap.lowerBound..<range.lowerBound) }
-            if range.upperBound < gap.upperBound { result.append(range.upperBound..<gap.upperBound) }
+        // `free` is sorted and disjoint: only the gaps overlapping `range` change, found by
+        // binary search and replaced in place (rebuilding the list cost an allocation and
+        // a walk over every gap per frontend written).
+        var low = 0, high = free.count
+        while low < high {
+            let middle = (low + high) / 2
+            if free[middle].upperBound <= range.lowerBound { low = middle + 1 } else { high = middle }
         }
-        free = result
-        quarantined.removeAll { $0.range.overlaps(range) }
+        var end = low
+        var pieces: [Range<UInt32>] = []
+        while end < free.count, free[end].lowerBound < range.upperBound {
+            let gap = free[end]
+            if gap.lowerBound < range.lowerBound { pieces.append(gap.lowerBound..<range.lowerBound) }
+            if range.upperBound < gap.upperBound { pieces.append(range.upperBound..<gap.upperBound) }
+            end += 1
+        }
+        if end > low { free.replaceSubrange(low..<end, with: pieces) }
+        if !quarantined.isEmpty { quarantined.removeAll { $0.range.overlaps(range) } }
     }
 
     /// Gives `range` back; it becomes allocatable once the quarantine has passed.

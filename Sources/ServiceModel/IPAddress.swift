@@ -69,10 +69,12 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     /// IPv6, otherwise one containing `.` is IPv4. IPv4 octets may have leading zeros. No
     /// surrounding whitespace, no zone (`%eth0`), no prefix length.
     public init?(sloppy text: String) {
-        if text.contains(":") {
+        // Byte scans: `String.contains(String)` is Foundation's, a locale-aware search
+        // that cost more than the rest of the parse (one per endpoint per sync).
+        if text.utf8.contains(UInt8(ascii: ":")) {
             guard let bytes = IPAddress.parseIPv6(text) else { return nil }
             self.init(v6: bytes)
-        } else if text.contains(".") {
+        } else if text.utf8.contains(UInt8(ascii: ".")) {
             guard let value = IPAddress.parseIPv4Sloppy(Substring(text)) else { return nil }
             self.init(v4: value)
         } else {
@@ -161,18 +163,25 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     static func parseIPv4Sloppy(_ text: Substring) -> UInt32? {
         var value: UInt32 = 0
         var fields = 0
-        for field in text.split(separator: ".", omittingEmptySubsequences: false) {
-            guard !field.isEmpty else { return nil }
-            var octet: UInt32 = 0
-            for unit in field.utf8 {
-                guard unit >= 0x30 && unit <= 0x39 else { return nil }
-                octet = octet * 10 + UInt32(unit - 0x30)
-                guard octet <= 255 else { return nil }
+        var octet: UInt32 = 0
+        var digits = 0
+        // One pass over the bytes, no substrings: every endpoint address goes through here.
+        for unit in text.utf8 {
+            if unit == UInt8(ascii: ".") {
+                guard digits > 0, fields < 3 else { return nil }
+                value = value << 8 | octet
+                fields += 1
+                octet = 0
+                digits = 0
+                continue
             }
-            value = value << 8 | octet
-            fields += 1
+            guard unit >= 0x30 && unit <= 0x39 else { return nil }
+            octet = octet * 10 + UInt32(unit - 0x30)
+            guard octet <= 255 else { return nil }
+            digits += 1
         }
-        return fields == 4 ? value : nil
+        guard digits > 0, fields == 3 else { return nil }
+        return value << 8 | octet
     }
 
     /// Go 1.16 `parseIPv6`: hex groups of value at most 0xffff, one optional `::` that stands for
@@ -181,7 +190,7 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     static func parseIPv6(_ text: String) -> [UInt8]? {
         var hexPart = Substring(text)
         var tail: [UInt16] = []
-        if text.contains(".") {
+        if text.utf8.contains(UInt8(ascii: ".")) {
             // The dotted quad must be the last field.
             guard let lastColon = text.lastIndex(of: ":"),
                 let v4 = parseIPv4Sloppy(text[text.index(after: lastColon)...])
@@ -236,7 +245,34 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     // MARK: Formatting helpers
 
     static func formatIPv4(_ value: UInt32) -> String {
-        "\(value >> 24).\(value >> 16 & 0xff).\(value >> 8 & 0xff).\(value & 0xff)"
+        // At most 15 bytes: written straight into a small string, no interpolation.
+        String(unsafeUninitializedCapacity: 15) { buffer in
+            var count = 0
+            for shift in stride(from: 24, through: 0, by: -8) {
+                if shift != 24 {
+                    buffer[count] = UInt8(ascii: ".")
+                    count += 1
+                }
+                count += writeDecimal(UInt32(value >> UInt32(shift) & 0xff), into: buffer, at: count)
+            }
+            return count
+        }
+    }
+
+    /// Writes `value` in decimal at `offset`; returns the number of bytes written.
+    static func writeDecimal(_ value: UInt32, into buffer: UnsafeMutableBufferPointer<UInt8>, at offset: Int) -> Int {
+        var digits = 1
+        var rest = value / 10
+        while rest > 0 {
+            digits += 1
+            rest /= 10
+        }
+        var remaining = value
+        for position in stride(from: offset + digits - 1, through: offset, by: -1) {
+            buffer[position] = UInt8(ascii: "0") + UInt8(remaining % 10)
+            remaining /= 10
+        }
+        return digits
     }
 
     /// RFC 5952 §4: lower-case hex without leading zeros; the longest run (≥ 2) of zero groups,

@@ -50,6 +50,10 @@ public enum Translator {
     /// Drops Services owned by another proxy (A.1(1)); when the same namespace/name appears
     /// twice, the later one replaces the earlier (like a watch update). Sorted by key.
     static func latestServices(_ services: [Service], diagnostics: inout Diagnostics) -> [Service] {
+        // One Service (the controller translates them one at a time): nothing to replace.
+        if services.count == 1 {
+            return services[0].metadata.labels[WellKnown.serviceProxyNameLabel] != nil ? [] : services
+        }
         var byKey: [String: Service] = [:]
         for service in services {
             let key = objectKey(service.metadata)
@@ -69,11 +73,15 @@ public enum Translator {
     /// namespace/name (the later replaces the earlier, A.3(3)), sorted by namespace/name so
     /// that "last processed wins" (A.3(8)) is deterministic.
     static func latestSlices(_ slices: [EndpointSlice]) -> [EndpointSlice] {
+        func visible(_ slice: EndpointSlice) -> Bool {
+            let labels = slice.metadata.labels
+            return labels[WellKnown.headlessLabel] == nil && labels[WellKnown.serviceProxyNameLabel] == nil
+        }
+        // One slice (the usual Service): nothing to replace or order.
+        if slices.count == 1 { return visible(slices[0]) ? slices : [] }
         var byKey: [String: EndpointSlice] = [:]
         var unnamed: [EndpointSlice] = []
-        for slice in slices {
-            let labels = slice.metadata.labels
-            if labels[WellKnown.headlessLabel] != nil || labels[WellKnown.serviceProxyNameLabel] != nil { continue }
+        for slice in slices where visible(slice) {
             if slice.metadata.name.isEmpty { unnamed.append(slice) } else { byKey[objectKey(slice.metadata)] = slice }
         }
         return byKey.keys.sorted().map { byKey[$0]! } + unnamed
@@ -109,8 +117,8 @@ public enum Translator {
         /// `nil` when the Service is skipped for this family (A.1(2)–(4)).
         init?(_ service: Service, family: IPFamily, diagnostics: inout Diagnostics) {
             let spec = service.spec
-            key = Translator.objectKey(service.metadata)
-            let object = "Service \(key)"
+            // Built only for a diagnostic: most Services never need it.
+            var object: String { "Service \(Translator.objectKey(service.metadata))" }
 
             // A.1(2): headless. A.1(3): ExternalName, even with a clusterIP.
             guard let primaryIP = spec.clusterIP, !primaryIP.isEmpty, primaryIP != "None" else { return nil }
@@ -139,6 +147,7 @@ public enum Translator {
                 field = "spec.clusterIP"
                 text = primaryIP
             }
+            key = Translator.objectKey(service.metadata)
             guard let ip = IPAddress(sloppy: text) else {
                 diagnostics.add(object, field, "unparsable clusterIP \"\(text)\"; Service not proxied for \(family)")
                 return nil
@@ -278,12 +287,21 @@ public enum Translator {
         _ slices: [EndpointSlice], family: IPFamily, node: ProxyNode, options: TranslationOptions,
         diagnostics: inout Diagnostics
     ) -> [PortKey: [EndpointInfo]] {
-        var sets: [PortKey: [String: EndpointInfo]] = [:]
+        // Keyed by address and port: the same identity as the IP:port text, without
+        // formatting it for every endpoint.
+        struct EndpointID: Hashable {
+            var address: IPAddress
+            var port: UInt16
+        }
+        var sets: [PortKey: [EndpointID: EndpointInfo]] = [:]
         for slice in slices {
-            let object = "EndpointSlice \(objectKey(slice.metadata))"
+            // Built only for a diagnostic: most slices never need it.
+            var object: String { "EndpointSlice \(objectKey(slice.metadata))" }
             // A.3(1): only slices of this family; FQDN (and anything else) is ignored.
             guard slice.addressType == family.rawValue else {
-                if !["IPv4", "IPv6", "FQDN"].contains(slice.addressType) {
+                switch slice.addressType {
+                case "IPv4", "IPv6", "FQDN": break
+                default:
                     diagnostics.add(
                         object, "addressType", "unknown addressType \"\(slice.addressType)\"; slice ignored")
                 }
@@ -352,14 +370,14 @@ public enum Translator {
                             ? Set((endpoint.hints?.forNodes ?? []).map(\.name)) : [])
                     // A.3(8): de-duplicate by IP:port; a non-terminating occurrence replaces
                     // whatever was there, a terminating one only fills a gap.
-                    let id = info.backend.description
+                    let id = EndpointID(address: ip, port: info.backend.port)
                     if set[id] == nil || !info.terminating { set[id] = info }
                 }
                 sets[key] = set
             }
         }
-        // A.3(9): sorted by the IP:port string.
-        return sets.mapValues { set in set.keys.sorted().map { set[$0]! } }
+        // A.3(9): sorted by the IP:port string (`Backend`'s order; the IP:ports are unique).
+        return sets.mapValues { set in set.values.sorted { $0.backend < $1.backend } }
     }
 
     /// A.10: per Service, the distinct IPs of local, ready endpoints over every endpoint port
@@ -462,6 +480,8 @@ public enum Translator {
         let usesLocal = info.internalPolicyLocal || (info.externalPolicyLocal && externallyAccessible)
         let categories = categorize(
             endpoints, usesCluster: usesCluster, usesLocal: usesLocal, node: node, options: options)
+        // Both already in A.3(9) order: categorize only filters the sorted endpoints, so
+        // they are not sorted again below.
         let cluster = categories.cluster ?? []
         let local = categories.local ?? []
         let hasAny = categories.hasAnyEndpoints
@@ -480,7 +500,7 @@ public enum Translator {
         let hasInternal = hasAny && !(info.internalPolicyLocal && local.isEmpty)
         if hasInternal {
             clusterIP.action = .forward
-            clusterIP.backends = internalSet.sorted()
+            clusterIP.backends = internalSet
         } else {
             // A.6: no usable endpoint anywhere ⇒ REJECT; iTP=Local with usable endpoints only
             // elsewhere ⇒ DROP.
@@ -516,11 +536,11 @@ public enum Translator {
             if hasAny {
                 if info.externalPolicyLocal {
                     frontend.action = local.isEmpty ? .drop : .forward
-                    frontend.backends = local.sorted()
-                    frontend.nodeBackends = cluster.sorted()
+                    frontend.backends = local
+                    frontend.nodeBackends = cluster
                 } else {
                     frontend.action = .forward
-                    frontend.backends = cluster.sorted()
+                    frontend.backends = cluster
                 }
             }
             result.append(frontend)
@@ -549,8 +569,12 @@ public enum Translator {
 
     /// Two Services claiming the same destination would fight over one datapath entry.
     static func reportConflicts(_ frontends: [Frontend], diagnostics: inout Diagnostics) {
+        // One Service's frontends never conflict among themselves (the controller
+        // translates Services one at a time).
+        guard let first = frontends.first?.service, frontends.contains(where: { $0.service != first }) else { return }
         struct Destination: Hashable {
-            var address: String
+            /// nil for the NodePort `*` (the same identity as `addressString`).
+            var address: IPAddress?
             var family: IPFamily
             var port: UInt16
             var `protocol`: TransportProtocol
@@ -558,7 +582,7 @@ public enum Translator {
         var owners: [Destination: String] = [:]
         for frontend in frontends.sorted() {
             let destination = Destination(
-                address: frontend.addressString, family: frontend.family, port: frontend.port,
+                address: frontend.address, family: frontend.family, port: frontend.port,
                 protocol: frontend.protocol)
             if let owner = owners[destination], owner != frontend.service {
                 diagnostics.add(

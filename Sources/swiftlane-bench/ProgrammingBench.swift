@@ -17,7 +17,8 @@ struct ProgrammingBench: ParsableCommand {
         discussion: """
             Installs the datapath on a throwaway child cgroup with its own pins, then times \
             ProxySyncer.sync (translation + diff + BPF map writes) and counts the map writes \
-            (one bpf() syscall each). From empty is repeated --rounds times (the maps emptied \
+            and the bpf() calls that carry them (a run of slot or of backend writes goes in \
+            one batched call). From empty is repeated --rounds times (the maps emptied \
             by a sync of nothing in between). With --churn-seconds, endpoint changes arrive \
             at --churn-rate per second for that long and the sync loop absorbs them as the \
             controller's does: each sync takes every change that arrived since the last. \
@@ -149,7 +150,7 @@ struct ProgrammingBench: ParsableCommand {
             print(String(format: "  from empty, %d rounds: min %.3f s  median %.3f s  max %.3f s", rounds, fromEmptyRounds.min()!,
                          fromEmptyRounds.sorted()[rounds / 2], fromEmptyRounds.max()!))
         }
-        print(String(format: "  no-op resync:      %8.3f s   %7d map writes", figures.noopResyncSeconds, figures.noopResyncMapWrites))
+        print(String(format: "  no-op resync:      %8.3f ms  %7d map writes", figures.noopResyncSeconds * 1000, figures.noopResyncMapWrites))
         print(String(format: "  one endpoint change (n=%d): p50 %.2f ms  p99 %.2f ms  median %d map writes in %d bpf() calls",
                      changes, figures.changeP50Milliseconds, figures.changeP99Milliseconds, figures.changeMapWritesMedian,
                      figures.changeSyscallsMedian))

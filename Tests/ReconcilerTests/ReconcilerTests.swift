@@ -213,3 +213,54 @@ final class ManualClock: @unchecked Sendable {
 
     var read: @Sendable () -> UInt64 { { [self] in nanoseconds } }
 }
+
+final class DesiredFrontendTests: XCTestCase {
+    /// Backends and source ranges come out sorted and free of duplicates, whatever the input.
+    func testBackendsAndRangesAreSortedAndUnique() {
+        func backend(_ last: UInt32, _ port: UInt16) -> BackendAddress {
+            BackendAddress(address: IPAddress(v4: 0x0A00_0000 | last), port: port, proto: .tcp)
+        }
+        let key = FrontendKey(address: IPAddress(v4: 0x0A60_0001), port: 80, proto: .tcp)
+        let backends = [backend(3, 80), backend(1, 80), backend(3, 80), backend(2, 81), backend(1, 80), backend(2, 80)]
+        let ranges = [CIDR(sloppy: "10.0.0.0/8")!, CIDR(sloppy: "192.0.2.0/24")!, CIDR(sloppy: "10.0.0.0/8")!]
+        let frontend = DesiredFrontend(key: key, service: "ns/a", kind: .clusterIP, backends: backends, sourceRanges: ranges)
+        XCTAssertEqual(frontend.backends, [backend(1, 80), backend(2, 80), backend(2, 81), backend(3, 80)])
+        XCTAssertEqual(frontend.sourceRanges, [CIDR(sloppy: "10.0.0.0/8")!, CIDR(sloppy: "192.0.2.0/24")!])
+        XCTAssertEqual(DesiredFrontend(key: key, service: "ns/a", kind: .clusterIP, backends: []).backends, [])
+        XCTAssertEqual(DesiredFrontend(key: key, service: "ns/a", kind: .clusterIP, backends: [backend(1, 80)]).backends,
+                       [backend(1, 80)])
+    }
+}
+
+final class SlotAllocatorTests: XCTestCase {
+    /// Claims anywhere (inside gaps, across several, on taken slots) and first-fit
+    /// allocations against a plain set of free slots.
+    func testClaimsAndAllocationsMatchASetOfFreeSlots() {
+        var allocator = SlotAllocator(capacity: 300, inUse: [10..<20, 40..<41, 100..<180])
+        var free = Set<UInt32>(1..<300).subtracting(Array(10..<20) + [40] + Array(100..<180))
+        var state: UInt64 = 42
+        func next(_ bound: UInt32) -> UInt32 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return UInt32(truncatingIfNeeded: state >> 33) % bound
+        }
+        for round in 0..<400 {
+            if round % 2 == 0 {
+                let start = 1 + next(295), length = 1 + next(min(12, 300 - start))
+                allocator.claim(start..<(start + length))
+                free.subtract(start..<(start + length))
+            } else {
+                let count = Int(1 + next(6))
+                // First fit over coalesced gaps is the lowest start with `count` free slots
+                // in a row.
+                let firstFit = (UInt32(1)..<300).first { (start: UInt32) -> Bool in
+                    let end = start + UInt32(count)
+                    return end <= 300 && (start..<end).allSatisfy { free.contains($0) }
+                }
+                let range = allocator.allocate(count, now: 0)
+                XCTAssertEqual(range?.lowerBound, firstFit, "round \(round)")
+                if let range { free.subtract(range) }
+            }
+            XCTAssertEqual(allocator.freeCount, free.count, "round \(round)")
+        }
+    }
+}

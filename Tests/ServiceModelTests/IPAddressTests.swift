@@ -20,6 +20,36 @@ final class IPAddressTests: XCTestCase {
         }
     }
 
+    /// The byte-level formatter and parser against the obvious text, over addresses with
+    /// one-, two- and three-digit octets.
+    func testIPv4FormattingAndParsingMatchTheDottedQuad() {
+        var generator = SeededRandom(seed: 7)
+        for _ in 0..<5_000 {
+            let value = UInt32(truncatingIfNeeded: generator.next()) >> UInt32(generator.next() % 24)
+            let text = "\(value >> 24).\(value >> 16 & 0xff).\(value >> 8 & 0xff).\(value & 0xff)"
+            XCTAssertEqual(IPAddress(v4: value).description, text)
+            XCTAssertEqual(IPAddress(sloppy: text), IPAddress(v4: value), text)
+        }
+    }
+
+    /// Backends sort by their IP:port text (A.3(9)), local after non-local on a tie; the
+    /// IPv4 fast path must give exactly that order, also mixed with IPv6.
+    func testBackendOrderIsTheOrderOfTheirText() {
+        var generator = SeededRandom(seed: 11)
+        var backends: [Backend] = []
+        for _ in 0..<3_000 {
+            let random = generator.next()
+            let address = random % 5 == 0
+                ? IPAddress(v6: (0..<16).map { _ in UInt8(truncatingIfNeeded: generator.next() % 3) })!
+                : IPAddress(v4: UInt32(truncatingIfNeeded: generator.next()) >> UInt32(random % 20))
+            let port = UInt16(truncatingIfNeeded: generator.next() >> UInt64(random % 16))
+            backends.append(Backend(address: address, port: port, isLocal: random % 3 == 0))
+        }
+        backends += backends.prefix(200).map { Backend(address: $0.address, port: $0.port, isLocal: !$0.isLocal) }
+        let byText = backends.sorted { ($0.description, $0.isLocal ? 1 : 0) < ($1.description, $1.isLocal ? 1 : 0) }
+        XCTAssertEqual(backends.sorted(), byText)
+    }
+
     func testSloppyParsingRejectsMalformedIPv4() {
         for input in [
             "", "1.2.3", "1.2.3.4.5", "1.2.3.256", "1..2.3", "1.2.3.4.", " 1.2.3.4", "1.2.3.4 ", "a.b.c.d",
@@ -168,3 +198,4 @@ final class CIDRTests: XCTestCase {
         XCTAssertEqual(sorted.map(\.description), ["9.0.0.0/8", "10.0.0.0/8", "10.0.0.0/16", "fd00::/8"])
     }
 }
+
