@@ -598,35 +598,14 @@ public final class NodePortDatapath: @unchecked Sendable {
     /// cannot be a SNAT address towards a backend.
     static func interfaceIPv6Addresses() -> [String: [String]] { interfaceAddresses(family: AF_INET6) }
 
-    /// Addresses of `family` (AF_INET or AF_INET6) by interface name, loopback excluded
-    /// (getifaddrs, in the calling thread's namespace).
+    /// Addresses of `family` (AF_INET or AF_INET6) by interface name, loopback and IPv6
+    /// link-local excluded (in the calling thread's namespace; see `InterfaceAddresses`).
     private static func interfaceAddresses(family: Int32) -> [String: [String]] {
-        var result: [String: [String]] = [:]
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return [:] }
-        defer { freeifaddrs(list) }
-        var cursor: UnsafeMutablePointer<ifaddrs>? = first
-        while let entry = cursor {
-            defer { cursor = entry.pointee.ifa_next }
-            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(family),
-                  entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK) == 0 else { continue }
-            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-            if family == AF_INET {
-                address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
-                    var raw = sin.pointee.sin_addr
-                    _ = inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
-                }
-            } else {
-                let linkLocal = address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 -> Bool in
-                    var raw = sin6.pointee.sin6_addr
-                    _ = inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
-                    return withUnsafeBytes(of: &raw) { $0[0] == 0xfe && $0[1] & 0xc0 == 0x80 }
-                }
-                if linkLocal { continue }
-            }
-            result[String(cString: entry.pointee.ifa_name), default: []].append(String(cString: text))
+        let wanted: IPFamily = family == AF_INET ? .v4 : .v6
+        return InterfaceAddresses.current().compactMapValues { addresses in
+            let texts = addresses.filter { $0.family == wanted }.map(\.description)
+            return texts.isEmpty ? nil : texts
         }
-        return result
     }
 
     /// An IPv6 address as the ABI's words (network order).

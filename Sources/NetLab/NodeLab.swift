@@ -226,6 +226,12 @@ public final class NodeLab: @unchecked Sendable {
         }
     }
 
+    /// With `sharedFabric`: the bridge port that node A's external device is plugged into
+    /// (namespace, device). A native-XDP redirect out of the external device lands on it.
+    public var fabricPortOfExternalDevice: (netns: String, device: String)? {
+        nodeBExternalDevice == nil ? nil : (prefix + "-f", prefix + "fa")
+    }
+
     /// The shared external segment: a bridge in its own namespace with the client's, node
     /// A's external and node B's `nodeBDevice` links (each veth made in the fabric
     /// namespace with its peer placed directly into the other one).

@@ -152,6 +152,10 @@ struct NodePortBench: ParsableCommand {
         try lab.sendCompleteChecksums()
         let first = try NodePortDatapath.install(base, logger: logger)
         try first.attachXDPPass(device: lab.clientDevice, networkNamespace: "/run/netns/" + lab.clientNetns)
+        // On the shared segment the external device's peer is the fabric bridge's port.
+        if let port = lab.fabricPortOfExternalDevice {
+            try first.attachXDPPass(device: port.device, networkNamespace: "/run/netns/" + port.netns)
+        }
         try first.attachXDPPass(device: lab.nodeBDevice, networkNamespace: "/run/netns/" + lab.nodeB.netns)
         let syncer = try ProxySyncer(nodeName: "node-a", maps: try KernelLoadBalancerMaps(pinPath: pinPath), logger: logger)
         let report = syncer.sync(try ManifestDecoder.decode(Data(Self.manifest(pod: pod).utf8), source: "bench.yaml"))
