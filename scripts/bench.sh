@@ -28,7 +28,7 @@ done
 if [ "$mode" = quick ]; then
   scales=(10 1000 10000)
   rounds=2 iterations=200 load_budget=30 changes=50 churn_seconds=5
-  nodeport_args=(--connections 300 --exchanges 300 --rounds 1)
+  nodeport_args=(--connections 300 --seconds 1 --rounds 1)
 else
   scales=(10 1000 10000 30000)
   rounds=5 iterations=1000 load_budget=300 changes=200 churn_seconds=20
@@ -83,7 +83,8 @@ for n in "${scales[@]}"; do
     --changes "$changes" --churn-rate 1000 --churn-seconds "$churn" --json "$out/programming-$n.json"
 done
 if "$bench" nodeport --help 2>/dev/null | grep -q -- '--json'; then
-  figure nodeport "$bench" nodeport "${nodeport_args[@]}" --json "$out/nodeport.json"
+  # Bounded: a datapath that stopped forwarding would otherwise hold the whole run.
+  figure nodeport timeout 1500 "$bench" nodeport "${nodeport_args[@]}" --json "$out/nodeport.json"
 else
   echo "swiftlane-bench nodeport has no --json: NodePort figures not available" | tee "$out/nodeport.failed"
 fi

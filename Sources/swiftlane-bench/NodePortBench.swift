@@ -182,9 +182,9 @@ struct NodePortBench: ParsableCommand {
                     options.acceleration = acceleration
                     if contender == .dsr {
                         options.mode = .dsr
+                        _ = try NodePortDatapath.install(nodeB, logger: logger)
                         let syncerB = try ProxySyncer(
                             nodeName: "node-b", maps: try KernelLoadBalancerMaps(pinPath: nodeB.pinPath), logger: logger)
-                        _ = try NodePortDatapath.install(nodeB, logger: logger)
                         _ = syncerB.sync(try ManifestDecoder.decode(Data(Self.manifest(pod: pod).utf8), source: "bench.yaml"))
                     }
                     datapath = try NodePortDatapath.install(options, logger: logger)
