@@ -6,6 +6,9 @@ import NIOHTTP1
 import Reconciler
 import ServiceLifecycle
 import struct ServiceModel.CIDR
+import struct ServiceModel.LoadBalancerPlan
+import struct ServiceModel.ProxyNode
+import struct ServiceModel.TranslationOptions
 import struct ServiceModel.IPAddress
 import enum ServiceModel.IPFamily
 
@@ -131,10 +134,8 @@ public final class HealthCheckNodePorts: Service, @unchecked Sendable {
 
     /// kube-proxy's Warning on the Service when its health-check port cannot be served.
     public static func bindFailureEvent(service: String, port: UInt16, host: String, error: String, node: String) -> ClusterEvent {
-        let parts = service.split(separator: "/", maxSplits: 1).map(String.init)
-        return ClusterEvent(
-            regarding: .service(namespace: parts.count == 2 ? parts[0] : "default", name: parts.last ?? service),
-            type: .warning, reason: "FailedToStartServiceHealthcheck", action: "Listen",
+        ClusterEvent(
+            regarding: .service(qualifiedName: service), type: .warning, reason: "FailedToStartServiceHealthcheck", action: "Listen",
             note: "node \(node) failed to start healthcheck \"\(service)\" on port \(port) (address \(host)): \(error)")
     }
 
@@ -145,23 +146,18 @@ public final class HealthCheckNodePorts: Service, @unchecked Sendable {
     /// also take the IPv4 port.
     public static func listenAddresses(nodePortAddresses: [String], localAddresses: [IPAddress],
                                        primary: [IPAddress]) -> [String] {
-        var cidrs: [CIDR] = []
-        for entry in nodePortAddresses {
-            if entry.trimmingCharacters(in: .whitespaces) == "primary" {
-                cidrs += primary.map(CIDR.init(host:))
-            } else if let cidr = CIDR(sloppy: entry) {
-                cidrs.append(cidr)
-            }
-        }
+        // The plan's own reading of the list (per family, `primary` resolved).
+        let node = ProxyNode(name: "", addresses: primary)
+        let options = TranslationOptions(nodePortAddresses: nodePortAddresses)
         var result: [String] = []
         for family in [IPFamily.v4, .v6] {
-            let ofFamily = cidrs.filter { $0.family == family }
-            if ofFamily.isEmpty || ofFamily.contains(where: \.isMatchAll) {
+            let cidrs = LoadBalancerPlan.nodePortCIDRs(family: family, node: node, options: options)
+            if cidrs.isEmpty || cidrs.contains(where: \.isMatchAll) {
                 if family == .v4 { result.append("0.0.0.0") }
                 continue
             }
             let selected = localAddresses.filter { address in
-                address.family == family && !address.isLoopback && ofFamily.contains { $0.contains(address) }
+                address.family == family && !address.isLoopback && cidrs.contains { $0.contains(address) }
             }
             result += Set(selected.map(\.description)).sorted()
         }

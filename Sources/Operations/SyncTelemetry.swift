@@ -51,11 +51,8 @@ public final class SyncTelemetry: ProxySyncObserver, @unchecked Sendable {
 
     /// A Warning on the Service: its frontends stay on their previous state (map full…).
     static func programmingFailure(service: String, error: String, node: String) -> ClusterEvent {
-        let parts = service.split(separator: "/", maxSplits: 1).map(String.init)
-        let reference: ObjectReference =
-            parts.count == 2 ? .service(namespace: parts[0], name: parts[1]) : .service(namespace: "default", name: service)
-        return ClusterEvent(
-            regarding: reference, type: .warning, reason: "FailedToProgramService", action: "Program",
+        ClusterEvent(
+            regarding: .service(qualifiedName: service), type: .warning, reason: "FailedToProgramService", action: "Program",
             note: "node \(node) could not program service \(service) (frontends left on their previous state, retried with backoff): \(error)")
     }
 

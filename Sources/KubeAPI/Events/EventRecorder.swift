@@ -23,6 +23,13 @@ public struct ObjectReference: Sendable, Hashable, Codable {
         ObjectReference(kind: "Service", namespace: namespace, name: name, uid: namespace + "/" + name)
     }
 
+    /// A Service named `namespace/name` as Swiftlane's tables name them (without a slash:
+    /// in `default`).
+    public static func service(qualifiedName: String) -> ObjectReference {
+        let parts = qualifiedName.split(separator: "/", maxSplits: 1).map(String.init)
+        return parts.count == 2 ? service(namespace: parts[0], name: parts[1]) : service(namespace: "default", name: qualifiedName)
+    }
+
     /// This node, as kube-proxy names it in its "Starting" event (UID = node name).
     public static func node(_ name: String) -> ObjectReference {
         ObjectReference(kind: "Node", name: name, uid: name)
