@@ -128,10 +128,60 @@ struct sl_packet {
 
 // MARK: - Context primitives
 
+/* `len` bytes at `off` of the packet (XDP frame, or the linear part of the skb) for direct
+ * access, or NULL when they are not all there or lie beyond the first 256 bytes. Every
+ * header the datapath rewrites is there (Ethernet, an IPv4 header with options or an IPv6
+ * one, the ports and checksum: tc pulls them into the linear part first, see sl_parse).
+ * A helper call per field (bpf_xdp_store_bytes, bpf_skb_store_bytes and their copies) cost
+ * more than the rest of the program: a translated packet rewrites about twenty fields.
+ * Pointers are derived anew on every call, as helpers that may move the data (checksum
+ * and resizing helpers) invalidate the old ones. The mask is in asm so the compiler keeps
+ * it and the verifier sees the offset bounded. */
+static __always_inline void *sl_pkt_ptr(void *ctx, int hook, __u32 off, __u32 len)
+{
+	void *data, *data_end;
+
+	if (hook == SL_HOOK_XDP) {
+		data = (void *)(long)((struct xdp_md *)ctx)->data;
+		data_end = (void *)(long)((struct xdp_md *)ctx)->data_end;
+	} else {
+		data = (void *)(long)((struct __sk_buff *)ctx)->data;
+		data_end = (void *)(long)((struct __sk_buff *)ctx)->data_end;
+	}
+	if (off > 255)
+		return NULL;
+	asm volatile("%0 &= 0xff" : "+r"(off));
+	if (data + off + len > data_end)
+		return NULL;
+	return data + off;
+}
+
+/* Writes packet bytes. A direct write is what bpf_skb_store_bytes with no flags does (tc
+ * programs that write directly get an skb unshared first, as the helper would), so both
+ * ways leave the same packet; the helpers remain for bytes beyond sl_pkt_ptr's reach. */
 static __always_inline int sl_store(void *ctx, int hook, __u32 off, const void *from, __u32 len)
 {
+	void *to = sl_pkt_ptr(ctx, hook, off, len);
+
+	if (to) {
+		__builtin_memcpy(to, from, len);
+		return 0;
+	}
 	return hook == SL_HOOK_XDP ? bpf_xdp_store_bytes(ctx, off, (void *)from, len)
 				   : bpf_skb_store_bytes(ctx, off, from, len, 0);
+}
+
+/* The 16-bit checksum at `off`. */
+static __always_inline int sl_load_check(void *ctx, int hook, __u32 off, __u16 *check)
+{
+	__u16 *at = sl_pkt_ptr(ctx, hook, off, sizeof(*check));
+
+	if (at) {
+		*check = *at;
+		return 0;
+	}
+	return hook == SL_HOOK_XDP ? bpf_xdp_load_bytes(ctx, off, check, sizeof(*check))
+				   : bpf_skb_load_bytes(ctx, off, check, sizeof(*check));
 }
 
 /* The device the packet arrived on. */
@@ -174,17 +224,19 @@ static __always_inline int sl_csum_replace(void *ctx, int hook, int l4, __u32 cs
 {
 	__u16 check;
 
-	if (hook == SL_HOOK_TC)
-		return l4 ? bpf_l4_csum_replace(ctx, csum_off, from, to, l4_flags | size)
-			  : bpf_l3_csum_replace(ctx, csum_off, from, to, size);
-	if (bpf_xdp_load_bytes(ctx, csum_off, &check, sizeof(check)))
+	/* tc's L4 checksum depends on how the skb carries it (CHECKSUM_PARTIAL holds only the
+	 * pseudo header's sum, CHECKSUM_COMPLETE has skb->csum to keep): the helper knows. The
+	 * IPv4 header checksum is always complete: plain arithmetic, as for XDP. */
+	if (hook == SL_HOOK_TC && l4)
+		return bpf_l4_csum_replace(ctx, csum_off, from, to, l4_flags | size);
+	if (sl_load_check(ctx, hook, csum_off, &check))
 		return -EFAULT;
 	if ((l4_flags & BPF_F_MARK_MANGLED_0) && check == 0)
 		return 0;
 	check = sl_csum_update(check, from, to, size);
 	if ((l4_flags & BPF_F_MARK_MANGLED_0) && check == 0)
 		check = 0xffff;
-	return bpf_xdp_store_bytes(ctx, csum_off, &check, sizeof(check));
+	return sl_store(ctx, hook, csum_off, &check, sizeof(check));
 }
 
 /* Counts an outcome that hands the packet to the stack. From XDP the packet goes to the tc
@@ -312,8 +364,13 @@ static __always_inline int sl_parse(void *ctx, int hook, struct sl_packet *pkt)
 	} else {
 		struct __sk_buff *skb = ctx;
 
-		/* tc may see a non-linear skb: pull what the parser reads (at most the frame). */
-		bpf_skb_pull_data(skb, skb->len < SL_PULL_LEN ? skb->len : SL_PULL_LEN);
+		/* tc may see a non-linear skb: pull what the parser reads (at most the frame).
+		 * Only when needed: the helper call costs on every packet, and most skbs
+		 * already hold their headers in the linear part. */
+		__u32 want = skb->len < SL_PULL_LEN ? skb->len : SL_PULL_LEN;
+
+		if ((long)skb->data_end - (long)skb->data < (long)want)
+			bpf_skb_pull_data(skb, want);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 		len = skb->len;
@@ -457,22 +514,34 @@ fail:
 	return -EFAULT;
 }
 
-/* Folds a checksum difference (bpf_csum_diff of a 16-byte IPv6 address, in the L4 pseudo
- * header) into the L4 checksum at csum_off; l4_flags as for sl_csum_replace. */
-static __always_inline int sl_csum_add(void *ctx, int hook, __u32 csum_off, __u32 diff, __u64 l4_flags)
+/* Folds a checksum difference (a one's-complement sum of ~old + new words, such as
+ * bpf_csum_diff returns) into the L4 checksum at csum_off; l4_flags as for
+ * sl_csum_replace, BPF_F_PSEUDO_HDR included when the fields are in the pseudo header. */
+static __always_inline int sl_csum_add_flags(void *ctx, int hook, __u32 csum_off, __u32 diff, __u64 l4_flags)
 {
 	__u16 check;
 
 	if (hook == SL_HOOK_TC)
-		return bpf_l4_csum_replace(ctx, csum_off, 0, diff, l4_flags | BPF_F_PSEUDO_HDR);
-	if (bpf_xdp_load_bytes(ctx, csum_off, &check, sizeof(check)))
+		return bpf_l4_csum_replace(ctx, csum_off, 0, diff, l4_flags);
+	if (sl_load_check(ctx, hook, csum_off, &check))
 		return -EFAULT;
 	if ((l4_flags & BPF_F_MARK_MANGLED_0) && check == 0)
 		return 0;
 	check = sl_csum_fold((__u16)~check + (diff & 0xffff) + (diff >> 16));
 	if ((l4_flags & BPF_F_MARK_MANGLED_0) && check == 0)
 		check = 0xffff;
-	return bpf_xdp_store_bytes(ctx, csum_off, &check, sizeof(check));
+	return sl_store(ctx, hook, csum_off, &check, sizeof(check));
+}
+
+static __always_inline int sl_csum_add(void *ctx, int hook, __u32 csum_off, __u32 diff, __u64 l4_flags)
+{
+	return sl_csum_add_flags(ctx, hook, csum_off, diff, l4_flags | BPF_F_PSEUDO_HDR);
+}
+
+/* The same for a difference in L4 header fields (ports), outside the pseudo header. */
+static __always_inline int sl_csum_add_plain(void *ctx, int hook, __u32 csum_off, __u32 diff, __u64 l4_flags)
+{
+	return sl_csum_add_flags(ctx, hook, csum_off, diff, l4_flags);
 }
 
 /* sl_rewrite for IPv6: no header checksum, the 16-byte address changes the L4 checksum
@@ -507,6 +576,60 @@ static __always_inline int sl_rewrite6(void *ctx, int hook, struct sl_packet *pk
 		else
 			pkt->sport = port;
 	}
+	return 0;
+fail:
+	sl_count(SL_REASON_NP_REWRITE_FAILED);
+	return -EFAULT;
+}
+
+/* The one's-complement difference (~old + new, per 16-bit word) of a 4-byte field. */
+static __always_inline __u64 sl_word_diff4(__be32 from, __be32 to)
+{
+	return (__u16)~(__u16)from + (__u64)(__u16)to + (__u16)~(__u16)(from >> 16) + (__u16)(to >> 16);
+}
+
+static __always_inline __u32 sl_fold32(__u64 sum)
+{
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return (__u32)sum;
+}
+
+/* IPv4, both ends at once: new source and destination addresses and ports. The two
+ * addresses change the L4 checksum through the pseudo header in one update and the IPv4
+ * header checksum in another, the two ports the L4 checksum in a third; each pair of fields
+ * is stored with one write. (sl_rewrite does a field at a time: three times the checksum
+ * updates, and for tc each L4 one is a helper call.) */
+static __always_inline int sl_rewrite4_both(void *ctx, int hook, struct sl_packet *pkt, __be32 saddr, __be16 sport,
+					    __be32 daddr, __be16 dport)
+{
+	__u32 csum_off = sl_l4_csum_off(pkt);
+	__u64 l4_flags = sl_l4_csum_flags(pkt);
+	__u32 addr_diff = sl_fold32(sl_word_diff4(pkt->saddr, saddr) + sl_word_diff4(pkt->daddr, daddr));
+	__u32 port_diff = sl_fold32((__u16)~(__u16)pkt->sport + (__u64)(__u16)sport + (__u16)~(__u16)pkt->dport +
+				    (__u16)dport);
+	__be32 addrs[2] = { saddr, daddr };
+	__be16 ports[2] = { sport, dport };
+	__u16 check;
+
+	if (saddr != pkt->saddr || daddr != pkt->daddr) {
+		if (sl_csum_add(ctx, hook, csum_off, addr_diff, l4_flags) ||
+		    sl_load_check(ctx, hook, pkt->l3_off + offsetof(struct iphdr, check), &check))
+			goto fail;
+		check = sl_csum_fold((__u16)~check + (__u64)(addr_diff & 0xffff) + (addr_diff >> 16));
+		if (sl_store(ctx, hook, pkt->l3_off + offsetof(struct iphdr, check), &check, sizeof(check)) ||
+		    sl_store(ctx, hook, pkt->l3_off + offsetof(struct iphdr, saddr), addrs, sizeof(addrs)))
+			goto fail;
+	}
+	if (sport != pkt->sport || dport != pkt->dport) {
+		if (sl_csum_add_plain(ctx, hook, csum_off, port_diff, l4_flags) ||
+		    sl_store(ctx, hook, pkt->l4_off, ports, sizeof(ports)))
+			goto fail;
+	}
+	pkt->saddr = saddr;
+	pkt->daddr = daddr;
+	pkt->sport = sport;
+	pkt->dport = dport;
 	return 0;
 fail:
 	sl_count(SL_REASON_NP_REWRITE_FAILED);
@@ -1051,6 +1174,9 @@ static __always_inline int sl_apply_forward(void *ctx, int hook, struct sl_packe
 	 * never gets here with a packet that needs it (sl_translate passes those to tc). */
 	if (hook == SL_HOOK_TC && (flags & SL_NAT_F_DSR) && sl_dsr_push(ctx, pkt, entry->to_addr[3]))
 		return -EFAULT;
+	if (!pkt->ipv6)
+		return sl_rewrite4_both(ctx, hook, pkt, (flags & SL_NAT_F_SNAT) ? entry->nat_addr[3] : pkt->saddr,
+					(flags & SL_NAT_F_SNAT) ? nat_port : pkt->sport, entry->to_addr[3], to_port);
 	if (sl_rewrite_to(ctx, hook, pkt, 1, entry->to_addr, to_port))
 		return -EFAULT;
 	if ((flags & SL_NAT_F_SNAT) && sl_rewrite_to(ctx, hook, pkt, 0, entry->nat_addr, nat_port))
@@ -1065,6 +1191,10 @@ static __always_inline int sl_apply_reply(void *ctx, int hook, struct sl_packet 
 	__be16 nat_port = entry->nat_port;
 	__u16 flags = entry->flags;
 
+	if (!pkt->ipv6)
+		return sl_rewrite4_both(ctx, hook, pkt, entry->to_addr[3], to_port,
+					(flags & SL_NAT_F_SNAT) ? entry->nat_addr[3] : pkt->daddr,
+					(flags & SL_NAT_F_SNAT) ? nat_port : pkt->dport);
 	if (sl_rewrite_to(ctx, hook, pkt, 0, entry->to_addr, to_port))
 		return -EFAULT;
 	if ((flags & SL_NAT_F_SNAT) && sl_rewrite_to(ctx, hook, pkt, 1, entry->nat_addr, nat_port))
@@ -1130,7 +1260,14 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
  * sl_from_netdev.) */
 static __always_inline void sl_touch(struct sl_nat_entry *entry, const struct sl_packet *pkt)
 {
-	entry->last_seen_ns = bpf_ktime_get_ns();
+	/* The coarse clock (CLOCK_MONOTONIC_COARSE, a tick behind at most) is cheaper than a
+	 * clock read per packet, and the entry is written only when it moved, so the flows of
+	 * a busy node do not dirty their entries' cache lines on every packet. Idle times are
+	 * compared in seconds. */
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	if (entry->last_seen_ns != now)
+		entry->last_seen_ns = now;
 	if ((pkt->tcp_flags & (SL_TCP_FIN | SL_TCP_RST)) && !(entry->flags & SL_NAT_F_CLOSING))
 		entry->flags |= SL_NAT_F_CLOSING;
 }
@@ -1257,10 +1394,15 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 		return rc > 0 ? SL_NP_PASS : rc;
 
 	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
-	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
-	if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
-		sl_touch(tracked, &pkt);
-		return sl_translate(ctx, hook, &pkt, tracked, 1, SL_REASON_NP_REPLY, fwd);
+	/* A reply of a source-NATed flow comes back to one of the SNAT ports: for any other
+	 * destination port that lookup cannot hit, and is saved (client packets of
+	 * NodePorts, externalIPs and LB IPs, the bulk of what arrives). */
+	if (bpf_ntohs(pkt.dport) >= sl_snat_port_min && bpf_ntohs(pkt.dport) <= sl_snat_port_max) {
+		tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+		if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
+			sl_touch(tracked, &pkt);
+			return sl_translate(ctx, hook, &pkt, tracked, 1, SL_REASON_NP_REPLY, fwd);
+		}
 	}
 
 	key.dir = SL_NAT_DIR_FORWARD;
