@@ -90,7 +90,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
-        .target(name: "NetLab"),
+        .target(name: "NetLab", dependencies: ["CLibBPF", "BPFObjects"]),
         .executableTarget(
             name: "swiftlane",
             dependencies: [

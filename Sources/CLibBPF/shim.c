@@ -9,6 +9,8 @@
 #include <unistd.h>
 #include <sys/vfs.h>
 #include <sys/socket.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/pkt_sched.h>
@@ -438,4 +440,21 @@ int clb_prog_test_run(int prog_fd, const void *data_in, __u32 size_in, void *dat
 	*size_out = opts.data_size_out;
 	*retval = opts.retval;
 	return 0;
+}
+
+int clb_packet_send(int ifindex, const void *data, __u32 size, __u32 count)
+{
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_ifindex = ifindex, .sll_halen = ETH_ALEN };
+	int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+	int err = 0;
+
+	if (fd < 0)
+		return -errno;
+	memcpy(to.sll_addr, data, size < ETH_ALEN ? size : ETH_ALEN);
+	for (__u32 i = 0; i < count && !err; i++) {
+		if (sendto(fd, data, size, 0, (struct sockaddr *)&to, sizeof(to)) != (ssize_t)size)
+			err = -errno;
+	}
+	close(fd);
+	return err;
 }

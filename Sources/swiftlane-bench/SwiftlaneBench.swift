@@ -14,7 +14,7 @@ struct SwiftlaneBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftlane-bench",
         abstract: "Swiftlane benchmarks: figures compared with a peer measured in the same run.",
-        subcommands: [SocketLBBench.self, ProgrammingBench.self, KubeAPIBench.self, ClusterIPPeersBench.self, NodePortBench.self]
+        subcommands: [SocketLBBench.self, ProgrammingBench.self, KubeAPIBench.self, ClusterIPPeersBench.self, NodePortBench.self, ForwardingBench.self]
     )
 }
 

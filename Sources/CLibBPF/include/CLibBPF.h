@@ -102,4 +102,9 @@ int clb_xdp_attach(int ifindex, int prog_fd, __u32 flags);
 int clb_prog_test_run(int prog_fd, const void *data_in, __u32 size_in, void *data_out, __u32 *size_out,
 		      __u32 *retval);
 
+/* Sends `count` copies of the Ethernet frame `data` out of `ifindex` (of the caller's
+ * network namespace) through an AF_PACKET socket: what starts the benchmark's traffic
+ * generator loop. Returns 0 or -errno. */
+int clb_packet_send(int ifindex, const void *data, __u32 size, __u32 count);
+
 #endif

@@ -1,0 +1,162 @@
+import Foundation
+import Glibc
+
+/// The smallest topology that measures one node's forwarding and nothing else:
+///
+///     generator ns --veth-- node ns --veth-- sink ns  (backends: addresses behind the sink)
+///          ^------------------ veth ------------------'  (the loop's return path)
+///
+/// Frames go round a closed loop in XDP programs (XDPTrafficGenerator): the generator sends
+/// them to the node, the sink counts those that reach the backends and sends them back to
+/// the generator, so no socket sits on either end. The node forwards the backends' range to
+/// the sink, and its external device has NAPI enabled (GRO on) so that veth accepts XDP
+/// frames whatever program, if any, runs on it. That NAPI runs in the softirq of the CPU that
+/// sent the frames, so all of the loop's stages share one core, and what the node costs per
+/// packet decides the rate. (Threaded NAPI would give the node a core of its own, but
+/// then every frame crosses CPUs twice a lap, and on this machine's two cores that cache
+/// traffic costs more than the generator and sink together.)
+///
+/// No namespace has a route out of the lab: a frame the node fails to translate goes to the
+/// node's own stack or to the sink, never anywhere else. Names carry a random id and are
+/// recorded like ClusterLab's, so `ClusterLab.removeOrphans()` removes them after a crash.
+public final class ForwardingLab: @unchecked Sendable {
+    public let prefix: String
+    public let generatorNetns: String
+    public let nodeNetns: String
+    public let sinkNetns: String
+    public let generatorDevice: String
+    /// The generator's loop (XDPTrafficGenerator): frames come back from the sink on a veth
+    /// pair of their own (no addresses), sinkReturnDevice -> generatorLoopDevice.
+    public let generatorLoopDevice: String
+    public let sinkReturnDevice: String
+    public let nodeExternalDevice: String
+    public let nodeInternalDevice: String
+    public let sinkDevice: String
+    public let generatorIPv4: String
+    public let nodeExternalIPv4: String
+    public let nodeInternalIPv4: String
+    public let sinkIPv4: String
+    /// The backends' range (routed by the node to the sink), as a CIDR.
+    public let backendCIDR: String
+    private let subnet: Int
+    private var namespaces: [String] = []
+    private var ownsRecord = false
+    private var tornDown = false
+    private let lock = NSLock()
+
+    /// Backend `index` (0-based, at most 62) in `backendCIDR`.
+    public func backendIPv4(_ index: Int) -> String { "198.18.\(subnet).\(130 + index)" }
+
+    public init(id: String? = nil, subnet: Int? = nil) throws {
+        let chosenID = id ?? String((0..<6).map { _ in Array("0123456789abcdef").randomElement()! })
+        guard (1...8).contains(chosenID.count), chosenID.allSatisfy({ ($0.isASCII && $0.isLowercase) || $0.isNumber })
+        else { throw NetLabError.invalidArgument("lab id '\(chosenID)' must be 1-8 of [a-z0-9]") }
+        let s = subnet ?? Int.random(in: 1...250)
+        guard (1...250).contains(s) else { throw NetLabError.invalidArgument("subnet \(s) must be 1...250") }
+        self.subnet = s
+        prefix = "sf" + chosenID
+        generatorNetns = prefix + "-g"
+        nodeNetns = prefix + "-n"
+        sinkNetns = prefix + "-s"
+        generatorDevice = prefix + "g"
+        generatorLoopDevice = prefix + "x"
+        sinkReturnDevice = prefix + "r"
+        nodeExternalDevice = prefix + "ne"
+        nodeInternalDevice = prefix + "ni"
+        sinkDevice = prefix + "s"
+        generatorIPv4 = "198.18.\(s).1"
+        nodeExternalIPv4 = "198.18.\(s).2"
+        nodeInternalIPv4 = "198.18.\(s).65"
+        sinkIPv4 = "198.18.\(s).66"
+        backendCIDR = "198.18.\(s).128/26"
+        do {
+            try build()
+        } catch {
+            teardown()
+            throw error
+        }
+    }
+
+    private func build() throws {
+        for name in [generatorNetns, nodeNetns, sinkNetns] { try addNamespace(name) }
+        try ip(generatorNetns, "link", "add", generatorDevice, "type", "veth", "peer", "name", nodeExternalDevice, "netns", nodeNetns)
+        try ip(sinkNetns, "link", "add", sinkReturnDevice, "type", "veth", "peer", "name", generatorLoopDevice, "netns", generatorNetns)
+        try ip(sinkNetns, "link", "set", sinkReturnDevice, "up")
+        try ip(generatorNetns, "link", "set", generatorLoopDevice, "up")
+        try ip(nodeNetns, "link", "add", nodeInternalDevice, "type", "veth", "peer", "name", sinkDevice, "netns", sinkNetns)
+        for (netns, device, address) in [
+            (generatorNetns, generatorDevice, generatorIPv4 + "/26"), (nodeNetns, nodeExternalDevice, nodeExternalIPv4 + "/26"),
+            (nodeNetns, nodeInternalDevice, nodeInternalIPv4 + "/26"), (sinkNetns, sinkDevice, sinkIPv4 + "/26"),
+        ] {
+            try ip(netns, "addr", "add", address, "dev", device)
+            try ip(netns, "link", "set", device, "up")
+        }
+        for netns in [generatorNetns, nodeNetns, sinkNetns] { try ip(netns, "link", "set", "lo", "up") }
+        try ip(nodeNetns, "route", "add", backendCIDR, "via", sinkIPv4)
+        try exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns: nodeNetns)
+        // Static neighbours: no ARP exchange in the middle of a measurement (the sink answers
+        // none, and answering ARP is not what is measured).
+        try ip(nodeNetns, "neigh", "replace", sinkIPv4, "dev", nodeInternalDevice, "lladdr", try macText(sinkDevice, sinkNetns),
+               "nud", "permanent")
+        try ip(generatorNetns, "neigh", "replace", nodeExternalIPv4, "dev", generatorDevice, "lladdr",
+               try macText(nodeExternalDevice, nodeNetns), "nud", "permanent")
+        try exec(["ethtool", "-K", nodeExternalDevice, "gro", "on"], netns: nodeNetns)
+    }
+
+    /// A device's MAC address as six bytes.
+    public func mac(_ device: String, _ netns: String) throws -> [UInt8] {
+        try macText(device, netns).split(separator: ":").map { UInt8($0, radix: 16)! }
+    }
+
+    private func macText(_ device: String, _ netns: String) throws -> String {
+        let text = try exec(["cat", "/sys/class/net/\(device)/address"], netns: netns).stdout
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Runs a short command inside `netns` (`ip netns exec`).
+    @discardableResult
+    public func exec(_ argv: [String], netns: String, allowFailure: Bool = false) throws -> (
+        status: Int32, stdout: String, stderr: String
+    ) {
+        try Shell.run(["ip", "netns", "exec", netns] + argv, allowFailure: allowFailure)
+    }
+
+    /// Deletes the namespaces (their veths, programs and qdiscs go with them) and the
+    /// record. Safe to call repeatedly; never throws; returns the problems met.
+    @discardableResult
+    public func teardown() -> [String] {
+        let toDelete: [String] = lock.withLock {
+            if tornDown { return [] }
+            tornDown = true
+            return namespaces.reversed()
+        }
+        var problems: [String] = []
+        for name in toDelete {
+            do { try ClusterLab.removeNamespace(name) } catch { problems.append("\(error)") }
+        }
+        if ownsRecord { unlink(LabRecord.path(prefix)) }
+        lock.withLock { namespaces.removeAll() }
+        for problem in problems {
+            FileHandle.standardError.write(Data("netlab teardown \(prefix): \(problem)\n".utf8))
+        }
+        return problems
+    }
+
+    private func addNamespace(_ name: String) throws {
+        // Recorded before it exists: a crash in between leaves nothing unrecorded.
+        lock.withLock { namespaces.append(name) }
+        let record = lock.withLock { LabRecord(prefix: prefix, ownerPid: getpid(), namespaces: namespaces, cgroups: []) }
+        try record.save(owned: &ownsRecord)
+        do {
+            try Shell.run(["ip", "netns", "add", name])
+        } catch {
+            lock.withLock { namespaces.removeAll { $0 == name } }
+            throw error
+        }
+    }
+
+    @discardableResult
+    private func ip(_ netns: String, _ args: String...) throws -> (status: Int32, stdout: String, stderr: String) {
+        try Shell.run(["ip", "-n", netns] + args)
+    }
+}
