@@ -6,7 +6,7 @@
  *
  * Attached to the node's external devices (those carrying its addresses):
  *  - ingress (sl_nodeport_ingress): a packet that is
- *      1. the reply of a translated flow (sl_nat_v1, dir REPLY) is translated back and
+ *      1. the reply of a translated flow (sl_nat_v2, dir REPLY) is translated back and
  *         forwarded to the client;
  *      2. a packet of a tracked flow (dir FORWARD) gets that flow's translation;
  *      3. a new flow to a frontend (externalIP / LB VIP by exact address; NodePort by the
@@ -1032,9 +1032,9 @@ static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const
 		__u16 port = sl_snat_port_min + (__u16)(bpf_get_prandom_u32() % span);
 
 		reply->dport = bpf_htons(port);
-		if (bpf_map_update_elem(&sl_nat_v1, reply, value, BPF_NOEXIST) == 0)
+		if (bpf_map_update_elem(&sl_nat_v2, reply, value, BPF_NOEXIST) == 0)
 			return reply->dport;
-		holder = bpf_map_lookup_elem(&sl_nat_v1, reply);
+		holder = bpf_map_lookup_elem(&sl_nat_v2, reply);
 		if (!holder || now - holder->last_seen_ns < sl_snat_reclaim_ns)
 			continue;
 		/* The holder's FORWARD entry: client -> frontend. */
@@ -1048,7 +1048,7 @@ static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const
 		observed = holder->last_seen_ns;
 		if (observed == SL_NAT_CLAIMING)
 			continue;
-		partner = bpf_map_lookup_elem(&sl_nat_v1, &forward);
+		partner = bpf_map_lookup_elem(&sl_nat_v2, &forward);
 		/* A live flow keeps its port unless it closed. A REPLY entry whose FORWARD entry
 		 * is gone, or names another port (the client opened a new flow from the same port
 		 * since: a client closing with RST reuses its ports at once), belongs to no flow
@@ -1066,7 +1066,7 @@ static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const
 		if (__sync_val_compare_and_swap(&holder->last_seen_ns, observed, SL_NAT_CLAIMING) != observed)
 			continue;
 		if (partner)
-			bpf_map_delete_elem(&sl_nat_v1, &forward);
+			bpf_map_delete_elem(&sl_nat_v2, &forward);
 		__builtin_memcpy(holder->to_addr, value->to_addr, sizeof(holder->to_addr));
 		__builtin_memcpy(holder->nat_addr, value->nat_addr, sizeof(holder->nat_addr));
 		holder->to_port = value->to_port;
@@ -1080,16 +1080,30 @@ static __always_inline __be16 sl_claim_snat_port(struct sl_nat_key *reply, const
 	return 0;
 }
 
+/* Where a new flow's two entries are built: both would not fit beside the rest on the
+ * 512-byte stack. Per CPU, and used within one program run only (programs do not nest on
+ * a CPU), so never shared. Not pinned: nothing outside the program reads it. */
+struct sl_new_flow_scratch {
+	struct sl_nat_entry forward;
+	struct sl_nat_entry reply;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_new_flow_scratch);
+} sl_new_flow_scratch SEC(".maps");
+
 /* A new flow to `master`: picks the backend, decides on SNAT, writes both entries, and
  * leaves the FORWARD entry in *fwd_entry. */
 static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_packet *pkt,
 				       const struct sl_service_value *master, const struct sl_revnat *frontend,
-				       struct sl_nat_entry *fwd_entry)
+				       struct sl_nat_entry *fwd_entry, struct sl_nat_entry *reply_entry)
 {
 	const struct sl_backend_slot *slot;
 	const struct sl_device *device = NULL;
 	const __be32 *snat_addr;
-	struct sl_nat_entry reply_entry = {};
 	struct sl_nat_key key;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 egress;
@@ -1106,15 +1120,16 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 	}
 
 	__builtin_memset(fwd_entry, 0, sizeof(*fwd_entry));
+	__builtin_memset(reply_entry, 0, sizeof(*reply_entry));
 	__builtin_memcpy(fwd_entry->to_addr, slot->addr, sizeof(fwd_entry->to_addr));
 	fwd_entry->to_port = slot->port;
 	fwd_entry->rev_nat_id = master->rev_nat_id;
 	fwd_entry->last_seen_ns = now;
 
-	__builtin_memcpy(reply_entry.to_addr, frontend->addr, sizeof(reply_entry.to_addr));
-	reply_entry.to_port = frontend->port;
-	reply_entry.rev_nat_id = master->rev_nat_id;
-	reply_entry.last_seen_ns = now;
+	__builtin_memcpy(reply_entry->to_addr, frontend->addr, sizeof(reply_entry->to_addr));
+	reply_entry->to_port = frontend->port;
+	reply_entry->rev_nat_id = master->rev_nat_id;
+	reply_entry->last_seen_ns = now;
 
 	__builtin_memcpy(key.saddr, slot->addr, sizeof(key.saddr));
 	key.sport = slot->port;
@@ -1134,10 +1149,10 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 	} else if (snat_addr) {
 		/* Remote backend: the reply must come back through this node. */
 		__builtin_memcpy(key.daddr, snat_addr, sizeof(key.daddr));
-		sl_addr_of(reply_entry.nat_addr, pkt, 0);
-		reply_entry.nat_port = pkt->sport;
-		reply_entry.flags = SL_NAT_F_SNAT;
-		fwd_entry->nat_port = sl_claim_snat_port(&key, &reply_entry, now);
+		sl_addr_of(reply_entry->nat_addr, pkt, 0);
+		reply_entry->nat_port = pkt->sport;
+		reply_entry->flags = SL_NAT_F_SNAT;
+		fwd_entry->nat_port = sl_claim_snat_port(&key, reply_entry, now);
 		if (!fwd_entry->nat_port) {
 			sl_count(SL_REASON_NP_PORTS_EXHAUSTED);
 			return -EADDRNOTAVAIL;
@@ -1147,7 +1162,7 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 	} else {
 		sl_addr_of(key.daddr, pkt, 0);
 		key.dport = pkt->sport;
-		if (bpf_map_update_elem(&sl_nat_v1, &key, &reply_entry, BPF_ANY)) {
+		if (bpf_map_update_elem(&sl_nat_v2, &key, reply_entry, BPF_ANY)) {
 			sl_count(SL_REASON_NP_REWRITE_FAILED);
 			return -ENOMEM;
 		}
@@ -1156,7 +1171,7 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 	 * (and creates a flow of its own, an orphaned REPLY entry ages out of the LRU) or
 	 * finds one whose REPLY entry already exists. */
 	sl_nat_key_of(&key, pkt, SL_NAT_DIR_FORWARD);
-	if (bpf_map_update_elem(&sl_nat_v1, &key, fwd_entry, BPF_ANY)) {
+	if (bpf_map_update_elem(&sl_nat_v2, &key, fwd_entry, BPF_ANY)) {
 		sl_count(SL_REASON_NP_REWRITE_FAILED);
 		return -ENOMEM;
 	}
@@ -1207,48 +1222,93 @@ static __always_inline int sl_apply_reply(void *ctx, int hook, struct sl_packet 
  * asks the FIB where the translated packet will go: unless that is one of the configured
  * devices (sl_devices_v2, where the loader made XDP redirects work) with a resolved
  * neighbour, the packet passes untouched to tc, which finds the same entry. */
-static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *pkt, const struct sl_nat_entry *entry,
-					int reply, __u32 reason, struct sl_np_forward *fwd)
+/* The route of a flow's translated packets from saddr to daddr: the FIB's answer, kept in
+ * the flow's entry (struct sl_nat_route) so that an established flow's packets skip the
+ * lookup. Asked again after SL_ROUTE_RECHECK_NS (a changed route or neighbour applies to
+ * established flows within that), for a packet longer than any the FIB allowed (its MTU
+ * check), and for another ingress device or TOS (policy routing). Returns the FIB's code
+ * with *fib's ifindex and MACs filled; *known_device says whether the egress device is one
+ * of sl_devices_v2. Only such routes, with the neighbour resolved, are kept.
+ * The entry may be written by another CPU meanwhile: checked_ns is cleared while the
+ * route is rewritten and read before and after the copy, so a torn copy is never used. */
+static __always_inline int sl_flow_route(void *ctx, int hook, const struct sl_packet *pkt, struct sl_nat_entry *entry,
+					 __be32 saddr, __be32 daddr, const __be32 *saddr6, const __be32 *daddr6,
+					 struct bpf_fib_lookup *fib, int *known_device)
 {
-	struct bpf_fib_lookup fib;
+	volatile struct sl_nat_route *route = &entry->route;
+	__u32 in_ifindex = sl_ingress_ifindex(ctx, hook);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 checked = route->checked_ns;
 	int rc;
 
-	if (hook == SL_HOOK_XDP) {
-		__be32 saddr = pkt->saddr, daddr = pkt->daddr;
-		const __be32 *saddr6 = pkt->saddr6, *daddr6 = pkt->daddr6;
-		int snat = entry->flags & SL_NAT_F_SNAT;
+	if (checked && now - checked < SL_ROUTE_RECHECK_NS && route->in_ifindex == in_ifindex && route->tos == pkt->tos &&
+	    pkt->tot_len <= route->max_tot_len) {
+		fib->ifindex = route->ifindex;
+		__builtin_memcpy(fib->dmac, (const void *)route->dmac, ETH_ALEN);
+		__builtin_memcpy(fib->smac, (const void *)route->smac, ETH_ALEN);
+		if (route->checked_ns == checked) {
+			*known_device = 1;
+			return BPF_FIB_LKUP_RET_SUCCESS;
+		}
+	}
+	rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, saddr6, daddr6, fib) : sl_fib(ctx, hook, pkt, saddr, daddr, fib);
+	*known_device = rc == BPF_FIB_LKUP_RET_SUCCESS && bpf_map_lookup_elem(&sl_devices_v2, &fib->ifindex);
+	if (!*known_device)
+		return rc;
+	route->checked_ns = 0;
+	route->ifindex = fib->ifindex;
+	route->in_ifindex = in_ifindex;
+	__builtin_memcpy((void *)route->dmac, fib->dmac, ETH_ALEN);
+	__builtin_memcpy((void *)route->smac, fib->smac, ETH_ALEN);
+	route->max_tot_len = pkt->tot_len;
+	route->tos = pkt->tos;
+	route->checked_ns = now ? now : 1;
+	return rc;
+}
 
+/* Translates a tracked flow's packet (entry: its FORWARD or REPLY entry, in the map or
+ * just created) and routes it. */
+static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *pkt, struct sl_nat_entry *entry,
+					int reply, __u32 reason, struct sl_np_forward *fwd)
+{
+	__be32 saddr = pkt->saddr, daddr = pkt->daddr;
+	const __be32 *saddr6 = pkt->saddr6, *daddr6 = pkt->daddr6;
+	int snat = entry->flags & SL_NAT_F_SNAT;
+	struct bpf_fib_lookup fib;
+	int rc, fib_rc = 0, known_device = 0;
+
+	if (reply) {
+		saddr = entry->to_addr[3];
+		saddr6 = entry->to_addr;
+		if (snat) {
+			daddr = entry->nat_addr[3];
+			daddr6 = entry->nat_addr;
+		}
+	} else {
+		daddr = entry->to_addr[3];
+		daddr6 = entry->to_addr;
+		if (snat) {
+			saddr = entry->nat_addr[3];
+			saddr6 = entry->nat_addr;
+		}
+	}
+	if (hook == SL_HOOK_XDP) {
 		/* Adding the DSR option resizes the packet: tc's job. A DSR flow's other TCP
 		 * segments are a plain DNAT, which XDP does. */
 		if (!reply && (entry->flags & SL_NAT_F_DSR) && sl_dsr_carries_option(pkt))
 			return SL_NP_PASS;
-
-		if (reply) {
-			saddr = entry->to_addr[3];
-			saddr6 = entry->to_addr;
-			if (snat) {
-				daddr = entry->nat_addr[3];
-				daddr6 = entry->nat_addr;
-			}
-		} else {
-			daddr = entry->to_addr[3];
-			daddr6 = entry->to_addr;
-			if (snat) {
-				saddr = entry->nat_addr[3];
-				saddr6 = entry->nat_addr;
-			}
-		}
-		rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, saddr6, daddr6, &fib) : sl_fib(ctx, hook, pkt, saddr, daddr, &fib);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS || !bpf_map_lookup_elem(&sl_devices_v2, &fib.ifindex))
+		/* XDP forwards only out of the devices it runs on, to a resolved neighbour. */
+		fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, &fib, &known_device);
+		if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS || !known_device)
 			return SL_NP_PASS;
 	}
 	rc = reply ? sl_apply_reply(ctx, hook, pkt, entry) : sl_apply_forward(ctx, hook, pkt, entry);
 	if (rc)
 		return rc;
-	if (hook == SL_HOOK_XDP)
-		rc = sl_forward(ctx, hook, pkt, &fib, BPF_FIB_LKUP_RET_SUCCESS, fwd);
-	else
-		rc = sl_route(ctx, hook, pkt, fwd);
+	/* tc asks after the rewrite: the DSR option may have lengthened the packet. */
+	if (hook != SL_HOOK_XDP)
+		fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, &fib, &known_device);
+	rc = sl_forward(ctx, hook, pkt, &fib, fib_rc, fwd);
 	if (rc >= 0)
 		sl_count(reason);
 	return rc;
@@ -1333,7 +1393,7 @@ static __always_inline int sl_icmp_error_reply(struct __sk_buff *skb, struct sl_
 	key.proto = quote.inner.protocol;
 	key.dir = SL_NAT_DIR_REPLY;
 	key.pad = 0;
-	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+	tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
 	if (!tracked || !(tracked->flags & SL_NAT_F_SNAT)) {
 		sl_count(SL_REASON_NP_NOT_SERVICE);
 		return SL_NP_PASS;
@@ -1372,8 +1432,8 @@ static __always_inline int sl_icmp_error_reply(struct __sk_buff *skb, struct sl_
 static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forward *fwd)
 {
 	const struct sl_service_value *master;
+	struct sl_new_flow_scratch *created;
 	struct sl_nat_entry *tracked;
-	struct sl_nat_entry created;
 	struct sl_revnat frontend;
 	struct sl_packet pkt = {};
 	struct sl_nat_key key;
@@ -1398,7 +1458,7 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	 * destination port that lookup cannot hit, and is saved (client packets of
 	 * NodePorts, externalIPs and LB IPs, the bulk of what arrives). */
 	if (bpf_ntohs(pkt.dport) >= sl_snat_port_min && bpf_ntohs(pkt.dport) <= sl_snat_port_max) {
-		tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+		tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
 		if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
 			sl_touch(tracked, &pkt);
 			return sl_translate(ctx, hook, &pkt, tracked, 1, SL_REASON_NP_REPLY, fwd);
@@ -1406,7 +1466,7 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	}
 
 	key.dir = SL_NAT_DIR_FORWARD;
-	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+	tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
 	/* A client reusing its port for a new connection (a SYN on a closed flow) gets a new
 	 * flow: the old one's SNAT port may belong to another flow by now. */
 	if (tracked && (tracked->flags & SL_NAT_F_CLOSING) && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN)
@@ -1445,10 +1505,13 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 			return SL_NP_PASS;
 		return pkt.ipv6 ? sl_reject6(ctx, &pkt, fwd) : sl_reject(ctx, &pkt, fwd);
 	}
-	rc = sl_new_flow(ctx, hook, &pkt, master, &frontend, &created);
+	created = bpf_map_lookup_elem(&sl_new_flow_scratch, &(__u32){ 0 });
+	if (!created)
+		return -ENOMEM;
+	rc = sl_new_flow(ctx, hook, &pkt, master, &frontend, &created->forward, &created->reply);
 	if (rc)
 		return rc;
-	rc = sl_translate(ctx, hook, &pkt, &created, 0, SL_REASON_NP_FORWARD_NEW, fwd);
+	rc = sl_translate(ctx, hook, &pkt, &created->forward, 0, SL_REASON_NP_FORWARD_NEW, fwd);
 	/* A new flow XDP hands to tc was still created (its backend chosen) here: tc carries
 	 * it out as a tracked flow (np_forward). */
 	if (hook == SL_HOOK_XDP && rc == SL_NP_PASS)
@@ -1464,8 +1527,15 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	struct sl_nat_entry *tracked;
 	struct sl_packet pkt = {};
 	struct sl_nat_key key;
+	__u32 arrived_on = skb->ingress_ifindex;
 	int rc;
 
+	/* What this hook translates comes from the node itself or its pods: replies of local
+	 * backends. A packet that arrived on one of the external devices (forwarded by the
+	 * ingress program or by the stack) is none of that, and is most of what leaves a
+	 * busy node: it skips the parse and two lookups. */
+	if (arrived_on && bpf_map_lookup_elem(&sl_devices_v2, &arrived_on))
+		return SL_NP_PASS;
 	rc = sl_parse(skb, SL_HOOK_TC, &pkt);
 	/* DSR (dsr.h): a backend's ICMP error about a flow another node received. */
 	if (rc == SL_PARSED_ICMP)
@@ -1473,7 +1543,7 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	if (rc)
 		return SL_NP_PASS;
 	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);
-	tracked = bpf_map_lookup_elem(&sl_nat_v1, &key);
+	tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
 	/* DSR (dsr.h): a backend's reply to a client another node received the flow from. */
 	if (!tracked)
 		return pkt.ipv6 ? SL_NP_PASS : sl_dsr_reply(skb, &pkt);

@@ -1,3 +1,4 @@
+import CLibBPF
 import Datapath
 import Foundation
 
@@ -20,10 +21,11 @@ public struct NodePortSettings: Equatable, Sendable {
 
     public init() {}
 
-    /// The datapath's options for this configuration.
-    public func options(pinPath: String, nodePortAddresses: [String]) -> NodePortOptions {
+    /// The datapath's options for this configuration; `flowEntries`: `mapSizes.nodePortFlows`
+    /// (nil: the default), which the socket load balancer gave the shared map already.
+    public func options(pinPath: String, nodePortAddresses: [String], flowEntries: UInt32? = nil) -> NodePortOptions {
         NodePortOptions(pinPath: pinPath, devices: devices, mode: mode, acceleration: acceleration,
-                        nodePortAddresses: nodePortAddresses)
+                        nodePortAddresses: nodePortAddresses, conntrackMaxEntries: flowEntries ?? UInt32(SL_DEFAULT_NAT_MAX))
     }
 
     /// Reads `nodePort` out of the top-level mapping.

@@ -51,6 +51,10 @@ public struct NodePortOptions: Sendable {
     /// A SNAT port held by a closed flow (FIN or RST seen) is given to a new flow once the
     /// old one has been idle this long, in seconds.
     public var snatReclaimAfterSeconds: Double
+    /// Capacity of sl_nat_v2 (`mapSizes.nodePortFlows`; LRU: a full table evicts the least
+    /// recently used flow): two entries per source-NATed or local flow, one per DSR flow.
+    /// A pinned table of another size is refused at start-up, as for every map.
+    public var conntrackMaxEntries: UInt32
     /// Network namespace (a path such as /run/netns/NAME) whose devices are meant; nil =
     /// the caller's. Tests use it to attach inside a lab namespace.
     public var networkNamespace: String?
@@ -58,7 +62,8 @@ public struct NodePortOptions: Sendable {
     public init(pinPath: String = DatapathOptions.defaultPinPath, devices: [String] = [], mode: Mode = .snat,
                 acceleration: Acceleration = .none, nodePortAddresses: [String] = [],
                 snatPorts: ClosedRange<UInt16> = 61000...65535, snatReclaimAfterSeconds: Double = 1,
-                networkNamespace: String? = nil) {
+                conntrackMaxEntries: UInt32 = UInt32(SL_DEFAULT_NAT_MAX), networkNamespace: String? = nil) {
+        self.conntrackMaxEntries = conntrackMaxEntries
         self.pinPath = pinPath
         self.devices = devices
         self.mode = mode
@@ -137,8 +142,42 @@ public final class NodePortDatapath: @unchecked Sendable {
     /// node addresses in the maps.
     public static func install(_ options: NodePortOptions, logger: Logger) throws -> NodePortDatapath {
         let datapath = try load(options, logger: logger)
+        datapath.migrateFlowsOfTheV1Layout()
         try datapath.attach()
         return datapath
+    }
+
+    /// Flows tracked by a datapath of the sl_nat_v1 layout (before the route kept per flow,
+    /// struct sl_nat_route): copied into sl_nat_v2 before the new programs attach, so that
+    /// an upgrade keeps established connections (their packets would otherwise be new
+    /// flows: TCP segments other than SYN would go to the stack, which resets them). The
+    /// old pin goes afterwards; the old programs hold the old map until they are replaced.
+    /// Never fails the install: a flow not carried over is what a restart without state
+    /// would lose anyway.
+    func migrateFlowsOfTheV1Layout() {
+        let oldPath = options.pinPath + "/" + SL_MAP_NAME_NAT_V1
+        guard FileManager.default.fileExists(atPath: oldPath) else { return }
+        do {
+            let old = try BPFMap<sl_nat_key, sl_nat_entry_v1>(pinnedAt: oldPath, name: SL_MAP_NAME_NAT_V1)
+            var carried = 0, failed = 0
+            for (key, value) in old.entries() {
+                var entry = sl_nat_entry()
+                entry.to_addr = value.to_addr
+                entry.nat_addr = value.nat_addr
+                entry.to_port = value.to_port
+                entry.nat_port = value.nat_port
+                entry.rev_nat_id = value.rev_nat_id
+                entry.last_seen_ns = value.last_seen_ns
+                entry.flags = value.flags
+                // NOEXIST: an entry the new map already has is newer.
+                do { try nat.update(key, entry, flags: UInt64(BPF_NOEXIST)); carried += 1 } catch { failed += 1 }
+            }
+            unlink(oldPath)
+            logger.info("carried tracked flows over from \(SL_MAP_NAME_NAT_V1) to \(SL_MAP_NAME_NAT)",
+                        metadata: ["entries": "\(carried)", "notCarried": "\(failed)"])
+        } catch {
+            logger.warning("tracked flows of \(oldPath) not carried over: \(error)")
+        }
     }
 
     /// Loads the programs without attaching them (BPF_PROG_TEST_RUN needs no device).
@@ -150,6 +189,7 @@ public final class NodePortDatapath: @unchecked Sendable {
         try KernelEnvironment.prepareBPFFilesystem(pinPath: options.pinPath)
         let object = try BPFObjectFile.open(BPFObjects.nodeport, pinRoot: options.pinPath)
         do {
+            try object.setMapSizes([SL_MAP_NAME_NAT: options.conntrackMaxEntries])
             try object.checkPinnedMaps()
             var low = options.snatPorts.lowerBound, high = options.snatPorts.upperBound
             try checkBPF(clb_rodata_set(object.handle, "sl_snat_port_min", &low, 2), "set rodata", target: "sl_snat_port_min")

@@ -20,6 +20,8 @@ public struct DatapathOptions: Sendable {
     public static let sizableMaps: [String: String] = [
         "services": SL_MAP_NAME_SERVICES, "backendSlots": SL_MAP_NAME_SLOTS, "backends": SL_MAP_NAME_BACKENDS,
         "revNat": SL_MAP_NAME_REVNAT, "socketRevNat": SL_MAP_NAME_SOCK_REVNAT, "affinity": SL_MAP_NAME_AFFINITY,
+        // External traffic's flow table: pinned by this object too, so sized here as well.
+        "nodePortFlows": SL_MAP_NAME_NAT,
     ]
 
     public init(pinPath: String = DatapathOptions.defaultPinPath, cgroupPath: String? = nil, mapSizes: [String: UInt32] = [:]) {

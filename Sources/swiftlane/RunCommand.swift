@@ -51,7 +51,8 @@ struct RunCommand: AsyncParsableCommand {
             ? try NodePortDatapath.install(
                 configuration.nodePort.options(
                     pinPath: configuration.bpfPinPath,
-                    nodePortAddresses: configuration.translation.nodePortAddresses),
+                    nodePortAddresses: configuration.translation.nodePortAddresses,
+                    flowEntries: configuration.mapSizes["nodePortFlows"]),
                 logger: logger)
             : nil
         let syncer = try ProxySyncer(

@@ -77,6 +77,15 @@ final class ABILayoutTests: XCTestCase {
         "sl_nat_entry.last_seen_ns": (MemoryLayout<sl_nat_entry>.offset(of: \.last_seen_ns), 8),
         "sl_nat_entry.flags": (MemoryLayout<sl_nat_entry>.offset(of: \.flags), 2),
         "sl_nat_entry.pad": (MemoryLayout<sl_nat_entry>.offset(of: \.pad), 6),
+        "sl_nat_entry.route": (MemoryLayout<sl_nat_entry>.offset(of: \.route), 32),
+        "sl_nat_route.checked_ns": (MemoryLayout<sl_nat_route>.offset(of: \.checked_ns), 8),
+        "sl_nat_route.ifindex": (MemoryLayout<sl_nat_route>.offset(of: \.ifindex), 4),
+        "sl_nat_route.in_ifindex": (MemoryLayout<sl_nat_route>.offset(of: \.in_ifindex), 4),
+        "sl_nat_route.dmac": (MemoryLayout<sl_nat_route>.offset(of: \.dmac), 6),
+        "sl_nat_route.smac": (MemoryLayout<sl_nat_route>.offset(of: \.smac), 6),
+        "sl_nat_route.max_tot_len": (MemoryLayout<sl_nat_route>.offset(of: \.max_tot_len), 2),
+        "sl_nat_route.tos": (MemoryLayout<sl_nat_route>.offset(of: \.tos), 1),
+        "sl_nat_route.pad": (MemoryLayout<sl_nat_route>.offset(of: \.pad), 1),
         "sl_node_addr_key.addr": (MemoryLayout<sl_node_addr_key>.offset(of: \.addr), 16),
         "sl_node_addr.flags": (MemoryLayout<sl_node_addr>.offset(of: \.flags), 4),
         "sl_node_addr.ifindex": (MemoryLayout<sl_node_addr>.offset(of: \.ifindex), 4),
@@ -113,6 +122,7 @@ final class ABILayoutTests: XCTestCase {
         "sl_health_check": (MemoryLayout<sl_health_check>.size, MemoryLayout<sl_health_check>.stride),
         "sl_nat_key": (MemoryLayout<sl_nat_key>.size, MemoryLayout<sl_nat_key>.stride),
         "sl_nat_entry": (MemoryLayout<sl_nat_entry>.size, MemoryLayout<sl_nat_entry>.stride),
+        "sl_nat_route": (MemoryLayout<sl_nat_route>.size, MemoryLayout<sl_nat_route>.stride),
         "sl_node_addr_key": (MemoryLayout<sl_node_addr_key>.size, MemoryLayout<sl_node_addr_key>.stride),
         "sl_node_addr": (MemoryLayout<sl_node_addr>.size, MemoryLayout<sl_node_addr>.stride),
         "sl_device": (MemoryLayout<sl_device>.size, MemoryLayout<sl_device>.stride),
@@ -152,7 +162,9 @@ final class ABILayoutTests: XCTestCase {
         XCTAssertEqual(MemoryLayout<sl_sock_revnat_value>.size, 24)
         XCTAssertEqual(MemoryLayout<sl_sock_frontend>.size, 40)
         XCTAssertEqual(MemoryLayout<sl_nat_key>.size, 40)
-        XCTAssertEqual(MemoryLayout<sl_nat_entry>.size, 56)
+        XCTAssertEqual(MemoryLayout<sl_nat_entry>.size, 88)
+        XCTAssertEqual(MemoryLayout<sl_nat_route>.size, 32)
+        XCTAssertEqual(MemoryLayout<sl_nat_entry_v1>.size, 56)
         XCTAssertEqual(MemoryLayout<sl_node_addr_key>.size, 16)
         XCTAssertEqual(MemoryLayout<sl_node_addr>.size, 8)
         XCTAssertEqual(MemoryLayout<sl_device>.size, 40)

@@ -31,7 +31,8 @@
 #define SL_MAP_NAME_FRONTEND_META "sl_fe_meta_v1"
 #define SL_MAP_NAME_SOURCE_RANGES "sl_src_range_v1"
 #define SL_MAP_NAME_HEALTH_CHECKS "sl_health_v1"
-#define SL_MAP_NAME_NAT "sl_nat_v1"
+#define SL_MAP_NAME_NAT "sl_nat_v2"
+#define SL_MAP_NAME_NAT_V1 "sl_nat_v1" /* the layout before sl_nat_route: migrated on install */
 #define SL_MAP_NAME_NODE_ADDRS "sl_node_addrs_v1"
 #define SL_MAP_NAME_DEVICES "sl_devices_v2"
 #define SL_MAP_NAME_DSR "sl_dsr_v1"
@@ -259,6 +260,25 @@ enum sl_nat_flags {
 				    * here); packets carry the frontend to it (bpf/include/swiftlane/dsr.h) */
 };
 
+/* A flow's route, as the FIB answered for its translated packets (bpf/nodeport.c,
+ * sl_flow_route): asked again once checked_ns is SL_ROUTE_RECHECK_NS old, for a packet
+ * longer than max_tot_len (the MTU check), or from another ingress device or TOS. Only
+ * routes out of a device in sl_devices_v2 with a resolved neighbour are kept. Written by
+ * the datapath only: checked_ns 0 while it is rewritten. */
+struct sl_nat_route {
+	__u64 checked_ns;    /* bpf_ktime_get_coarse_ns() of the FIB lookup; 0: none */
+	__u32 ifindex;       /* egress device */
+	__u32 in_ifindex;    /* the ingress device the lookup was for */
+	__u8 dmac[6];        /* next hop */
+	__u8 smac[6];        /* egress device */
+	__u16 max_tot_len;   /* the longest IP packet the FIB has allowed (MTU) */
+	__u8 tos;            /* the TOS the lookup was for */
+	__u8 pad;
+};
+_Static_assert(sizeof(struct sl_nat_route) == 32, "sl_nat_route layout");
+
+#define SL_ROUTE_RECHECK_NS 1000000000ULL
+
 struct sl_nat_entry {
 	__be32 to_addr[4];  /* FORWARD: backend (new destination); REPLY: frontend (new source).
 			     * Network order, IPv4 v4-mapped */
@@ -271,8 +291,23 @@ struct sl_nat_entry {
 			     * direction; ~0 for an instant while its SNAT port changes owner */
 	__u16 flags;        /* enum sl_nat_flags */
 	__u16 pad[3];
+	struct sl_nat_route route;
 };
-_Static_assert(sizeof(struct sl_nat_entry) == 56, "sl_nat_entry layout");
+_Static_assert(sizeof(struct sl_nat_entry) == 88, "sl_nat_entry layout");
+
+/* The layout of sl_nat_v1 (sl_nat_entry before `route`): read once, by the loader, to
+ * carry tracked flows over into sl_nat_v2 on upgrade. */
+struct sl_nat_entry_v1 {
+	__be32 to_addr[4];
+	__be32 nat_addr[4];
+	__be16 to_port;
+	__be16 nat_port;
+	__u32 rev_nat_id;
+	__u64 last_seen_ns;
+	__u16 flags;
+	__u16 pad[3];
+};
+_Static_assert(sizeof(struct sl_nat_entry_v1) == 56, "sl_nat_entry_v1 layout");
 
 /* Node addresses (key: struct sl_node_addr_key), written by the loader from the
  * devices' addresses. A NodePort frontend (the wildcard entry of the service map) is

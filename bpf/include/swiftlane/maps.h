@@ -115,7 +115,7 @@ struct {
 	__type(value, struct sl_nat_entry);
 	__uint(max_entries, SL_DEFAULT_NAT_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sl_nat_v1 SEC(".maps");
+} sl_nat_v2 SEC(".maps");
 
 /* This node's addresses, and which of them serve NodePorts. */
 struct {
