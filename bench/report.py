@@ -264,6 +264,7 @@ def nodeport_figure(report, rows, failure, title, png, targets=True, note=None):
     if note:
         report.add(note, "")
     spreads = {}
+    figures = rows if isinstance(rows, dict) else {}
     if isinstance(rows, dict) and isinstance(rows.get("summaries"), list):
         # One row per datapath with {min, median, max} per rate: the medians, spreads kept.
         for r in rows["summaries"]:
@@ -300,6 +301,22 @@ def nodeport_figure(report, rows, failure, title, png, targets=True, note=None):
             axis.tick_params(axis="y", labelsize=7)
         fig.suptitle(title, fontsize=9)
         report.plot(png, fig)
+    node = figures.get("nodeNanosecondsPerPacket")
+    if isinstance(node, dict) and node:
+        # `swiftlane-bench forwarding` with its direct floor: the loop's own cost subtracted.
+        flows = figures.get("nodeNanosecondsPerNewFlow") or {}
+        report.add("The node alone: the direct loop's cost per packet (generator straight to the sink, on the same "
+                   "core) subtracted from each datapath's, giving the node's own ns per packet and what one core of "
+                   "the node would forward. Information only: the targets below are checked on the packets/s above, "
+                   "which include the loop's cost and so understate every ratio.", "")
+        report.table(["datapath", "node ns/packet", "packets/s, node alone", "node ns/new flow", "new flows/s, node alone"],
+                     [[d, f"{ns:,.0f}", f"{1e9 / max(ns, 1):,.0f}", f"{flows.get(d, 0):,.0f}",
+                       f"{1e9 / max(flows.get(d, 0), 1):,.0f}"] for d, ns in node.items()])
+        ratios = figures.get("nodePacketsPerSecondRatios") or {}
+        flow_ratios = figures.get("nodeNewFlowsPerSecondRatios") or {}
+        if ratios:
+            report.table(["ratio, the node alone", "packets/s", "new flows/s"],
+                         [[k, f"{v:.2f}×", f"{flow_ratios.get(k, 0):.2f}×"] for k, v in sorted(ratios.items())])
     if not targets:
         return
 

@@ -5,6 +5,7 @@ import Glibc
 ///
 ///     generator ns --veth-- node ns --veth-- sink ns  (backends: addresses behind the sink)
 ///          ^------------------ veth ------------------'  (the loop's return path)
+///          `------------------ veth ------------------^  (direct: the loop without a node)
 ///
 /// Frames go round a closed loop in XDP programs (XDPTrafficGenerator): the generator sends
 /// them to the node, the sink counts those that reach the backends and sends them back to
@@ -29,6 +30,10 @@ public final class ForwardingLab: @unchecked Sendable {
     /// pair of their own (no addresses), sinkReturnDevice -> generatorLoopDevice.
     public let generatorLoopDevice: String
     public let sinkReturnDevice: String
+    /// A pair from the generator straight to the sink, bypassing the node: what the loop
+    /// costs without a node (the benchmark's "direct" floor).
+    public let generatorDirectDevice: String
+    public let sinkDirectDevice: String
     public let nodeExternalDevice: String
     public let nodeInternalDevice: String
     public let sinkDevice: String
@@ -61,6 +66,8 @@ public final class ForwardingLab: @unchecked Sendable {
         generatorDevice = prefix + "g"
         generatorLoopDevice = prefix + "x"
         sinkReturnDevice = prefix + "r"
+        generatorDirectDevice = prefix + "d"
+        sinkDirectDevice = prefix + "e"
         nodeExternalDevice = prefix + "ne"
         nodeInternalDevice = prefix + "ni"
         sinkDevice = prefix + "s"
@@ -83,6 +90,9 @@ public final class ForwardingLab: @unchecked Sendable {
         try ip(sinkNetns, "link", "add", sinkReturnDevice, "type", "veth", "peer", "name", generatorLoopDevice, "netns", generatorNetns)
         try ip(sinkNetns, "link", "set", sinkReturnDevice, "up")
         try ip(generatorNetns, "link", "set", generatorLoopDevice, "up")
+        try ip(generatorNetns, "link", "add", generatorDirectDevice, "type", "veth", "peer", "name", sinkDirectDevice, "netns", sinkNetns)
+        try ip(generatorNetns, "link", "set", generatorDirectDevice, "up")
+        try ip(sinkNetns, "link", "set", sinkDirectDevice, "up")
         try ip(nodeNetns, "link", "add", nodeInternalDevice, "type", "veth", "peer", "name", sinkDevice, "netns", sinkNetns)
         for (netns, device, address) in [
             (generatorNetns, generatorDevice, generatorIPv4 + "/26"), (nodeNetns, nodeExternalDevice, nodeExternalIPv4 + "/26"),

@@ -94,17 +94,18 @@ public final class XDPTrafficGenerator {
 
     deinit { bpf_object__close(object) }
 
-    /// The loop through `lab`: the generator on its loop device, sending to the node; the
-    /// sink on its sink device, sending back on its return device. The programs leave
-    /// with the devices.
-    public func attach(to lab: ForwardingLab) throws {
+    /// The loop through `lab`: the generator on its loop device, sending to the node (or,
+    /// `direct`, straight to the sink: the loop's own cost); the sink on its sink devices,
+    /// sending back on its return device. The programs leave with the devices.
+    public func attach(to lab: ForwardingLab, direct: Bool = false) throws {
         let (loopFD, sinkFD) = (loopFD, sinkFD)
         toNodeIfindex = try Self.onThread(in: lab.generatorNetns) { () throws -> UInt32 in
             try Self.attach(loopFD, to: lab.generatorLoopDevice, in: lab.generatorNetns, as: "the generator")
-            return try Self.ifindex(lab.generatorDevice, in: lab.generatorNetns)
+            return try Self.ifindex(direct ? lab.generatorDirectDevice : lab.generatorDevice, in: lab.generatorNetns)
         }()
         let returnIfindex = try Self.onThread(in: lab.sinkNetns) { () throws -> UInt32 in
             try Self.attach(sinkFD, to: lab.sinkDevice, in: lab.sinkNetns, as: "the sink")
+            try Self.attach(sinkFD, to: lab.sinkDirectDevice, in: lab.sinkNetns, as: "the sink")
             return try Self.ifindex(lab.sinkReturnDevice, in: lab.sinkNetns)
         }()
         returnPath = (lab.sinkNetns, lab.sinkReturnDevice, returnIfindex)

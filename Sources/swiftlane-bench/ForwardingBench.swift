@@ -23,7 +23,10 @@ struct ForwardingBench: ParsableCommand {
             programs: the generator writes each frame from a template and sends it to the \
             node, a native XDP sink counts those that reach the backends and sends them back \
             to the generator. No socket, skb or page allocation on either end; all stages \
-            share one core (NAPI in softirq), so the node's cost per packet sets the rate. \
+            share one core (NAPI in softirq), so the node's cost per packet sets the rate, \
+            plus the loop's own: "direct" (generator straight to the sink) measures that, \
+            and a second table subtracts it, giving the node's own ns/packet and the \
+            packets/s one core of the node would forward. \
             Per datapath and round, on a fresh lab: (1) established flows: 64-byte UDP \
             frames over --flows 5-tuples, after a warm-up that creates their NAT state, \
             for --seconds; (2) new flows: TCP SYNs, every one a new 5-tuple (so each makes \
@@ -64,13 +67,16 @@ struct ForwardingBench: ParsableCommand {
         case xdpNative = "swiftlane-xdp-native"
         case dsr = "swiftlane-tc-dsr"
         case iptables
+        /// The loop without a node: generator straight to the sink. Its cost per packet is
+        /// subtracted from every other's to give the node's own.
+        case direct
 
         var acceleration: NodePortOptions.Acceleration? {
             switch self {
             case .tc, .dsr: NodePortOptions.Acceleration.none
             case .xdpGeneric: .generic
             case .xdpNative: .native
-            case .iptables: nil
+            case .iptables, .direct: nil
             }
         }
     }
@@ -102,6 +108,14 @@ struct ForwardingBench: ParsableCommand {
         /// "xdp-native/iptables" → ratio of medians.
         var packetsPerSecondRatios: [String: Double]
         var newFlowsPerSecondRatios: [String: Double]
+        /// With the direct floor measured: the node's own nanoseconds per packet (median
+        /// of the datapath minus median of direct), and ratios of those (the peer's cost
+        /// over the datapath's: how many times as many packets/s one core of the node
+        /// forwards).
+        var nodeNanosecondsPerPacket: [String: Double]?
+        var nodeNanosecondsPerNewFlow: [String: Double]?
+        var nodePacketsPerSecondRatios: [String: Double]?
+        var nodeNewFlowsPerSecondRatios: [String: Double]?
         var backends: Int
         var flows: Int
     }
@@ -172,9 +186,40 @@ struct ForwardingBench: ParsableCommand {
             flowRatios[name] = cTop / max(cBottom, 1)
             print(String(format: "%@ %9.2fx  %10.2fx", NodePortBench.column(name, 24), packetRatios[name]!, flowRatios[name]!))
         }
+        var figures = Figures(samples: samples, summaries: summaries, packetsPerSecondRatios: packetRatios,
+                              newFlowsPerSecondRatios: flowRatios, backends: backends, flows: flows)
+        // The loop's stages share one core: what the generator and the sink cost per packet
+        // is in every datapath's time. Measured alone (direct), it comes off.
+        if let floor = median(.direct, \.packetsPerSecond), let floorFlows = median(.direct, \.newFlowsPerSecond), floor > 0, floorFlows > 0 {
+            var perPacket: [String: Double] = [:], perFlow: [String: Double] = [:]
+            print("")
+            print(String(format: "the node alone (the direct loop's %.0f ns/packet, %.0f ns/new flow subtracted)", 1e9 / floor, 1e9 / floorFlows))
+            print("datapath                  ns/packet   packets/s     ns/new flow   new flows/s")
+            for summary in summaries where summary.datapath != Contender.direct.rawValue {
+                let packet = 1e9 / max(summary.packetsPerSecond.median, 1) - 1e9 / floor
+                let flow = 1e9 / max(summary.newFlowsPerSecond.median, 1) - 1e9 / floorFlows
+                perPacket[summary.datapath] = packet
+                perFlow[summary.datapath] = flow
+                print(String(format: "%@ %9.0f  %10.0f   %11.0f  %12.0f", NodePortBench.column(summary.datapath, 24), packet,
+                             1e9 / max(packet, 1), flow, 1e9 / max(flow, 1)))
+            }
+            var nodeRatios: [String: Double] = [:], nodeFlowRatios: [String: Double] = [:]
+            print("")
+            print("ratio, the node alone      packets/s   new flows/s")
+            for (name, top, bottom) in pairs {
+                guard let pTop = perPacket[top.rawValue], let pBottom = perPacket[bottom.rawValue], pTop > 0,
+                      let cTop = perFlow[top.rawValue], let cBottom = perFlow[bottom.rawValue], cTop > 0 else { continue }
+                nodeRatios[name] = pBottom / pTop
+                nodeFlowRatios[name] = cBottom / cTop
+                print(String(format: "%@ %9.2fx  %10.2fx", NodePortBench.column(name, 24), nodeRatios[name]!, nodeFlowRatios[name]!))
+            }
+            figures.nodeNanosecondsPerPacket = perPacket
+            figures.nodeNanosecondsPerNewFlow = perFlow
+            figures.nodePacketsPerSecondRatios = nodeRatios
+            figures.nodeNewFlowsPerSecondRatios = nodeFlowRatios
+        }
         print("targets (issue 5): xdp/iptables >= 4x, tc/iptables >= 1.5x, xdp/tc >= 2x")
-        try BenchOutput.writeJSON(Figures(samples: samples, summaries: summaries, packetsPerSecondRatios: packetRatios,
-                                          newFlowsPerSecondRatios: flowRatios, backends: backends, flows: flows), to: json)
+        try BenchOutput.writeJSON(figures, to: json)
     }
 
     /// Outcomes every datapath's round is expected to count (the rest are printed).
@@ -188,6 +233,14 @@ struct ForwardingBench: ParsableCommand {
     /// per backend would exhaust it within a round.)
     static let masqueradePorts: ClosedRange<UInt16> = 32768...60999
 
+    /// Room for as many flows as conntrack holds on the iptables path (nf_conntrack_max;
+    /// two entries per flow), so that a SYN flood meets the same table size on both.
+    static let flowEntries: UInt32 = {
+        let text = try? String(contentsOfFile: "/proc/sys/net/netfilter/nf_conntrack_max", encoding: .utf8)
+        let flows = text.flatMap { UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 262_144
+        return max(2 * flows, 1024)
+    }()
+
     /// One datapath in one round, on a lab of its own (no state left from another datapath).
     private func measure(_ contender: Contender, round: Int, subnet: Int, generator: XDPTrafficGenerator, logger: Logger) throws
         -> Sample
@@ -198,12 +251,15 @@ struct ForwardingBench: ParsableCommand {
             lab.teardown()
             SocketLoadBalancer.uninstall(pinPath: pinPath)
         }
-        try generator.attach(to: lab)
+        try generator.attach(to: lab, direct: contender == .direct)
         var datapath: NodePortDatapath?
-        if let acceleration = contender.acceleration {
+        if contender == .direct {
+            // Nothing on the node: the frames never reach it.
+        } else if let acceleration = contender.acceleration {
             let options = NodePortOptions(pinPath: pinPath, devices: [lab.nodeExternalDevice, lab.nodeInternalDevice],
                                           mode: contender == .dsr ? .dsr : .snat, acceleration: acceleration,
-                                          snatPorts: Self.masqueradePorts, networkNamespace: "/run/netns/" + lab.nodeNetns)
+                                          snatPorts: Self.masqueradePorts, conntrackMaxEntries: Self.flowEntries,
+                                          networkNamespace: "/run/netns/" + lab.nodeNetns)
             datapath = try NodePortDatapath.install(options, logger: logger)
             let syncer = try ProxySyncer(nodeName: "node-a", maps: try KernelLoadBalancerMaps(pinPath: pinPath), logger: logger)
             let report = syncer.sync(try ManifestDecoder.decode(Data(manifest(lab).utf8), source: "bench.yaml"))
@@ -218,17 +274,18 @@ struct ForwardingBench: ParsableCommand {
         let before = datapath?.outcomeCounters() ?? [:]
         let sourceMAC = try lab.mac(lab.generatorDevice, lab.generatorNetns)
         let nodeMAC = try lab.mac(lab.nodeExternalDevice, lab.nodeNetns)
+        // Direct: to a backend's address and port, which the sink counts as it is.
+        let (destination, udpPort, tcpPort): (String, UInt16, UInt16) =
+            contender == .direct ? (lab.backendIPv4(0), 9000, 8080) : (lab.nodeExternalIPv4, Self.udpNodePort, Self.tcpNodePort)
 
         try generator.configure(.init(
             frame: XDPTrafficGenerator.udpFrame(sourceMAC: sourceMAC, destinationMAC: nodeMAC, source: lab.generatorIPv4,
-                                                destination: lab.nodeExternalIPv4, sourcePort: 10_000,
-                                                destinationPort: Self.udpNodePort),
+                                                destination: destination, sourcePort: 10_000, destinationPort: udpPort),
             l4ChecksumOffset: 0, flows: flows, newFlows: false))
         let established = try generator.measure(warmUp: 0.5, seconds: seconds)
         try generator.configure(.init(
             frame: XDPTrafficGenerator.tcpSYNFrame(sourceMAC: sourceMAC, destinationMAC: nodeMAC, source: lab.generatorIPv4,
-                                                   destination: lab.nodeExternalIPv4, sourcePort: 1024,
-                                                   destinationPort: Self.tcpNodePort),
+                                                   destination: destination, sourcePort: 1024, destinationPort: tcpPort),
             l4ChecksumOffset: XDPTrafficGenerator.tcpChecksumOffset, flows: 1, newFlows: true))
         let newFlows = try generator.measure(warmUp: 0.02, seconds: newFlowSeconds)
         var sample = Sample(datapath: contender.rawValue, round: round, packetsPerSecond: established.sunkPerSecond,

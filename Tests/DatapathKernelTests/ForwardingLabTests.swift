@@ -82,7 +82,8 @@ final class ForwardingLabTests: XCTestCase {
         // The generator offers more than the node takes (the excess is dropped at the
         // node's device queue): what counts is what reached the backends, and how.
         XCTAssertGreaterThan(established.sunk, 10_000, "translated frames reach the backends")
-        XCTAssertEqual(established.passed, 0, "nothing untranslated reaches the sink")
+        // (The sink sees a few frames of the node's own, IPv6 neighbour discovery.)
+        XCTAssertLessThan(established.passed, 100, "nothing untranslated reaches the sink")
         try generator.configure(syn)
         // 0.1 s of SYNs (a few tens of thousands) stays well below the SNAT ports 2 backends
         // offer (2 × 28,232).
@@ -93,6 +94,24 @@ final class ForwardingLabTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(counters["np_forward_new"] ?? 0, newFlows.sunk, "every SYN a new flow")
         XCTAssertEqual(counters["np_rewrite_failed"] ?? 0, 0)
         XCTAssertLessThan(counters["np_ports_exhausted"] ?? 0, newFlows.sunk / 20, "the SNAT ports suffice for these flows")
+    }
+
+    /// The benchmark's floor: the loop without a node, generator straight to the sink.
+    func testTheDirectLoopReachesTheSinkWithoutTheNode() throws {
+        try requireKernelBPF()
+        let lab = try ForwardingLab()
+        defer { lab.teardown() }
+        let generator = try XDPTrafficGenerator(sinkCIDR: lab.backendCIDR)
+        try generator.attach(to: lab, direct: true)
+        let frame = XDPTrafficGenerator.udpFrame(sourceMAC: try lab.mac(lab.generatorDevice, lab.generatorNetns),
+                                                 destinationMAC: try lab.mac(lab.nodeExternalDevice, lab.nodeNetns),
+                                                 source: lab.generatorIPv4, destination: lab.backendIPv4(0), sourcePort: 10_000,
+                                                 destinationPort: 9000)
+        try generator.configure(.init(frame: frame, l4ChecksumOffset: 0, flows: 8, newFlows: false))
+        let window = try generator.measure(warmUp: 0, seconds: 0.1)
+        XCTAssertGreaterThan(window.sunk, 10_000)
+        let node = try lab.exec(["cat", "/sys/class/net/\(lab.nodeExternalDevice)/statistics/rx_packets"], netns: lab.nodeNetns)
+        XCTAssertLessThan(Int(node.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .max, 100, "the node sees none of it")
     }
 
     /// The same SYNs through kube-proxy-style iptables DNAT: conntrack drops TCP segments
