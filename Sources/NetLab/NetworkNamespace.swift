@@ -25,6 +25,27 @@ public enum NetworkNamespace {
         }
     }
 
+    /// Runs `body` on a new thread that first enters `netns` (namespaces are per thread,
+    /// so sockets and attachments made there belong to the namespace); the returned
+    /// function waits for the thread and returns its result or rethrows its error.
+    public static func onThread<T>(in netns: String, _ body: @escaping () throws -> T) -> () throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: Result<T, Error>?
+        let thread = Thread {
+            result = Result {
+                try enter(netns)
+                return try body()
+            }
+            done.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+        return {
+            done.wait()
+            return try result!.get()
+        }
+    }
+
     /// Names from `ip netns list` (first field of each line).
     public static func list() throws -> [String] {
         try Shell.run(["ip", "netns", "list"]).stdout.split(separator: "\n")

@@ -99,11 +99,11 @@ public final class XDPTrafficGenerator {
     /// sending back on its return device. The programs leave with the devices.
     public func attach(to lab: ForwardingLab, direct: Bool = false) throws {
         let (loopFD, sinkFD) = (loopFD, sinkFD)
-        toNodeIfindex = try Self.onThread(in: lab.generatorNetns) { () throws -> UInt32 in
+        toNodeIfindex = try NetworkNamespace.onThread(in: lab.generatorNetns) { () throws -> UInt32 in
             try Self.attach(loopFD, to: lab.generatorLoopDevice, in: lab.generatorNetns, as: "the generator")
             return try Self.ifindex(direct ? lab.generatorDirectDevice : lab.generatorDevice, in: lab.generatorNetns)
         }()
-        let returnIfindex = try Self.onThread(in: lab.sinkNetns) { () throws -> UInt32 in
+        let returnIfindex = try NetworkNamespace.onThread(in: lab.sinkNetns) { () throws -> UInt32 in
             try Self.attach(sinkFD, to: lab.sinkDevice, in: lab.sinkNetns, as: "the sink")
             try Self.attach(sinkFD, to: lab.sinkDirectDevice, in: lab.sinkNetns, as: "the sink")
             return try Self.ifindex(lab.sinkReturnDevice, in: lab.sinkNetns)
@@ -182,7 +182,7 @@ public final class XDPTrafficGenerator {
         }
         try writeConfig(running: true)
         do {
-            try Self.onThread(in: returnPath.netns) {
+            try NetworkNamespace.onThread(in: returnPath.netns) {
                 let result = clb_packet_send(Int32(returnPath.ifindex), frame, UInt32(frame.count), Self.loopFrames)
                 guard result == 0 else {
                     throw NetLabError.other("start the loop on \(returnPath.device): \(String(cString: strerror(-result)))")
@@ -204,25 +204,6 @@ public final class XDPTrafficGenerator {
         Thread.sleep(forTimeInterval: 0.05)
         let window = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return Window(seconds: window, sent: after.0 - before.0, sunk: after.1 - before.1, passed: after.2 - before.2)
-    }
-
-    /// Runs `body` on a new thread that first enters `netns` (namespaces are per thread);
-    /// the returned function waits for it and rethrows its error.
-    private static func onThread<T>(in netns: String, _ body: @escaping () throws -> T) -> () throws -> T {
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: Result<T, Error>?
-        let thread = Thread {
-            result = Result {
-                try NetworkNamespace.enter(netns)
-                return try body()
-            }
-            done.signal()
-        }
-        thread.start()
-        return {
-            done.wait()
-            return try result!.get()
-        }
     }
 
     // MARK: - Frames

@@ -337,26 +337,6 @@ struct NodePortBench: ParsableCommand {
 
 // MARK: - Load generators (threads inside lab namespaces)
 
-/// Runs `body` on a new thread that first enters `netns` (network namespaces are per
-/// thread, so sockets made there live in the lab) and returns its result.
-private func onThreadIn<T>(_ netns: String, _ body: @escaping () throws -> T) -> () throws -> T {
-    let done = DispatchSemaphore(value: 0)
-    nonisolated(unsafe) var result: Result<T, Error>?
-    let thread = Thread {
-        result = Result {
-            try NetworkNamespace.enter(netns)
-            return try body()
-        }
-        done.signal()
-    }
-    thread.stackSize = 1 << 20
-    thread.start()
-    return {
-        done.wait()
-        return try result!.get()
-    }
-}
-
 /// struct mmsghdr (the Glibc module leaves it out: it needs _GNU_SOURCE); same layout:
 /// a msghdr then the message length, padded to 8.
 private struct MMsgHdr {
@@ -410,7 +390,7 @@ final class FloodReceiver: @unchecked Sendable {
         let ready = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var setupError: Error?
         self.state = state
-        finished = onThreadIn(netns) {
+        finished = NetworkNamespace.onThread(in: netns) {
             let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
             defer {
                 if fd >= 0 { close(fd) }
@@ -524,7 +504,7 @@ enum FloodSender {
     {
         let progress = Progress()
         let frames = Self.frames(link: link, target: target, flows: flows)
-        let sender = onThreadIn(netns) { () throws -> Void in
+        let sender = NetworkNamespace.onThread(in: netns) { () throws -> Void in
             let fd = socket(AF_PACKET, Int32(SOCK_RAW.rawValue), 0)
             guard fd >= 0 else { throw NetLabError.system(what: "socket(AF_PACKET)", errno: errno) }
             defer { close(fd) }
@@ -585,7 +565,7 @@ enum ConnectStorm {
     static func run(netns: String, target: LabEndpoint, clients: Int, total: Int) throws -> Result {
         let start = ContinuousClock.now
         let workers = (0..<clients).map { worker in
-            onThreadIn(netns) { () throws -> (ok: Int, failed: Int, samples: [UInt64]) in
+            NetworkNamespace.onThread(in: netns) { () throws -> (ok: Int, failed: Int, samples: [UInt64]) in
                 var destination = sockaddrIn(target)
                 let count = total / clients + (worker < total % clients ? 1 : 0)
                 var ok = 0, failed = 0
