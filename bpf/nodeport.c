@@ -1217,11 +1217,6 @@ static __always_inline int sl_apply_reply(void *ctx, int hook, struct sl_packet 
 	return 0;
 }
 
-/* Translates the packet with a tracked entry (a FORWARD entry, or the REPLY entry of a
- * source-NATed flow) and forwards it; `reason` is counted when it is forwarded. XDP first
- * asks the FIB where the translated packet will go: unless that is one of the configured
- * devices (sl_devices_v2, where the loader made XDP redirects work) with a resolved
- * neighbour, the packet passes untouched to tc, which finds the same entry. */
 /* The route of a flow's translated packets from saddr to daddr: the FIB's answer, kept in
  * the flow's entry (struct sl_nat_route) so that an established flow's packets skip the
  * lookup. Asked again after SL_ROUTE_RECHECK_NS (a changed route or neighbour applies to
@@ -1266,8 +1261,12 @@ static __always_inline int sl_flow_route(void *ctx, int hook, const struct sl_pa
 	return rc;
 }
 
-/* Translates a tracked flow's packet (entry: its FORWARD or REPLY entry, in the map or
- * just created) and routes it. */
+/* Translates the packet with a tracked entry (a FORWARD entry, or the REPLY entry of a
+ * source-NATed flow; in the map, or just created) and forwards it; `reason` is counted
+ * when it is forwarded. XDP first asks where the translated packet will go: unless that is
+ * one of the configured devices (sl_devices_v2, where the loader made XDP redirects work)
+ * with a resolved neighbour, the packet passes untouched to tc, which finds the same
+ * entry. */
 static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *pkt, struct sl_nat_entry *entry,
 					int reply, __u32 reason, struct sl_np_forward *fwd)
 {
