@@ -1,0 +1,75 @@
+import Controller
+import Datapath
+import Foundation
+import Glibc
+import NetLab
+import ServiceModel
+import XCTest
+
+/// The route kept per flow (struct sl_nat_route) follows the FIB: an established flow
+/// whose route changes takes the new route within SL_ROUTE_RECHECK_NS (1 s), on tc and in
+/// XDP.
+final class RouteCacheTests: XCTestCase {
+    private func manifest(_ lab: ForwardingLab) -> String {
+        """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: routes}
+        spec:
+          type: NodePort
+          clusterIP: 10.96.0.10
+          ports:
+          - {name: flood, port: 54, protocol: UDP, nodePort: 30054}
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {name: web-1, namespace: routes, labels: {kubernetes.io/service-name: web}}
+        addressType: IPv4
+        endpoints:
+        - {addresses: ["\(lab.backendIPv4(0))"], conditions: {ready: true}, nodeName: node-b}
+        ports:
+        - {name: flood, port: 9000, protocol: UDP}
+        """
+    }
+
+    func testAnEstablishedFlowFollowsARouteChangeWithinASecond() throws {
+        try requireKernelBPF()
+        for acceleration in [NodePortOptions.Acceleration.none, .native] {
+            let lab = try ForwardingLab()
+            let pinPath = uniquePinPath("route")
+            defer {
+                lab.teardown()
+                SocketLoadBalancer.uninstall(pinPath: pinPath)
+            }
+            _ = try NodePortDatapath.install(
+                NodePortOptions(pinPath: pinPath, devices: [lab.nodeExternalDevice, lab.nodeInternalDevice],
+                                acceleration: acceleration, networkNamespace: "/run/netns/" + lab.nodeNetns),
+                logger: testLogger)
+            let syncer = try ProxySyncer(nodeName: "node-a", maps: try KernelLoadBalancerMaps(pinPath: pinPath), logger: testLogger)
+            XCTAssertEqual(syncer.sync(try ManifestDecoder.decode(Data(manifest(lab).utf8), source: "routes.yaml")).failures.count, 0)
+            let generator = try XDPTrafficGenerator(sinkCIDR: lab.backendCIDR)
+            try generator.attach(to: lab)
+            let frame = XDPTrafficGenerator.udpFrame(
+                sourceMAC: try lab.mac(lab.generatorDevice, lab.generatorNetns),
+                destinationMAC: try lab.mac(lab.nodeExternalDevice, lab.nodeNetns), source: lab.generatorIPv4,
+                destination: lab.nodeExternalIPv4, sourcePort: 10_000, destinationPort: 30054)
+            try generator.configure(.init(frame: frame, l4ChecksumOffset: 0, flows: 4, newFlows: false))
+
+            let before = try generator.measure(warmUp: 0.05, seconds: 0.2)
+            XCTAssertGreaterThan(before.sunk, 1000, "\(acceleration): the flows reach the backend behind the sink")
+            // The backends move behind the generator's side (whose stack drops what it gets):
+            // once the kept routes are re-asked, nothing reaches the sink any more.
+            try lab.exec(["ip", "route", "replace", lab.backendCIDR, "via", lab.generatorIPv4, "dev", lab.nodeExternalDevice],
+                         netns: lab.nodeNetns)
+            Thread.sleep(forTimeInterval: 1.5)
+            let moved = try generator.measure(warmUp: 0.05, seconds: 0.2)
+            XCTAssertLessThan(moved.sunk, before.sunk / 100, "\(acceleration): the flows follow the new route")
+            // And back.
+            try lab.exec(["ip", "route", "replace", lab.backendCIDR, "via", lab.sinkIPv4, "dev", lab.nodeInternalDevice],
+                         netns: lab.nodeNetns)
+            Thread.sleep(forTimeInterval: 1.5)
+            let back = try generator.measure(warmUp: 0.05, seconds: 0.2)
+            XCTAssertGreaterThan(back.sunk, 1000, "\(acceleration): the flows follow the route back")
+        }
+    }
+}
