@@ -170,3 +170,22 @@ public final class ForwardingLab: @unchecked Sendable {
         try Shell.run(["ip", "-n", netns] + args)
     }
 }
+
+extension ForwardingLab {
+    /// A generator template: 64-byte UDP from the generator to `destination` (default: the
+    /// node's external address), addressed to the node's MAC.
+    public func udpFrame(to destination: String? = nil, sourcePort: UInt16 = 10_000, destinationPort: UInt16) throws -> [UInt8] {
+        XDPTrafficGenerator.udpFrame(sourceMAC: try mac(generatorDevice, generatorNetns),
+                                     destinationMAC: try mac(nodeExternalDevice, nodeNetns), source: generatorIPv4,
+                                     destination: destination ?? nodeExternalIPv4, sourcePort: sourcePort,
+                                     destinationPort: destinationPort)
+    }
+
+    /// The same for a TCP SYN.
+    public func tcpSYNFrame(to destination: String? = nil, sourcePort: UInt16 = 1024, destinationPort: UInt16) throws -> [UInt8] {
+        XDPTrafficGenerator.tcpSYNFrame(sourceMAC: try mac(generatorDevice, generatorNetns),
+                                        destinationMAC: try mac(nodeExternalDevice, nodeNetns), source: generatorIPv4,
+                                        destination: destination ?? nodeExternalIPv4, sourcePort: sourcePort,
+                                        destinationPort: destinationPort)
+    }
+}

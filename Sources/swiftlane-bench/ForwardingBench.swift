@@ -272,20 +272,16 @@ struct ForwardingBench: ParsableCommand {
             try lab.exec(["sh", "-c", "iptables-restore < \(path)"], netns: lab.nodeNetns)
         }
         let before = datapath?.outcomeCounters() ?? [:]
-        let sourceMAC = try lab.mac(lab.generatorDevice, lab.generatorNetns)
-        let nodeMAC = try lab.mac(lab.nodeExternalDevice, lab.nodeNetns)
         // Direct: to a backend's address and port, which the sink counts as it is.
         let (destination, udpPort, tcpPort): (String, UInt16, UInt16) =
             contender == .direct ? (lab.backendIPv4(0), 9000, 8080) : (lab.nodeExternalIPv4, Self.udpNodePort, Self.tcpNodePort)
 
         try generator.configure(.init(
-            frame: XDPTrafficGenerator.udpFrame(sourceMAC: sourceMAC, destinationMAC: nodeMAC, source: lab.generatorIPv4,
-                                                destination: destination, sourcePort: 10_000, destinationPort: udpPort),
+            frame: try lab.udpFrame(to: destination, destinationPort: udpPort),
             l4ChecksumOffset: 0, flows: flows, newFlows: false))
         let established = try generator.measure(warmUp: 0.5, seconds: seconds)
         try generator.configure(.init(
-            frame: XDPTrafficGenerator.tcpSYNFrame(sourceMAC: sourceMAC, destinationMAC: nodeMAC, source: lab.generatorIPv4,
-                                                   destination: destination, sourcePort: 1024, destinationPort: tcpPort),
+            frame: try lab.tcpSYNFrame(to: destination, destinationPort: tcpPort),
             l4ChecksumOffset: XDPTrafficGenerator.tcpChecksumOffset, flows: 1, newFlows: true))
         let newFlows = try generator.measure(warmUp: 0.02, seconds: newFlowSeconds)
         var sample = Sample(datapath: contender.rawValue, round: round, packetsPerSecond: established.sunkPerSecond,

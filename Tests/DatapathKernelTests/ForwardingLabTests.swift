@@ -37,12 +37,8 @@ final class ForwardingLabTests: XCTestCase {
     }
 
     private func loads(_ lab: ForwardingLab) throws -> (udp: XDPTrafficGenerator.Load, syn: XDPTrafficGenerator.Load) {
-        let source = try lab.mac(lab.generatorDevice, lab.generatorNetns)
-        let node = try lab.mac(lab.nodeExternalDevice, lab.nodeNetns)
-        let udp = XDPTrafficGenerator.udpFrame(sourceMAC: source, destinationMAC: node, source: lab.generatorIPv4,
-                                               destination: lab.nodeExternalIPv4, sourcePort: 10_000, destinationPort: 30054)
-        let syn = XDPTrafficGenerator.tcpSYNFrame(sourceMAC: source, destinationMAC: node, source: lab.generatorIPv4,
-                                                  destination: lab.nodeExternalIPv4, sourcePort: 1024, destinationPort: 30080)
+        let udp = try lab.udpFrame(destinationPort: 30054)
+        let syn = try lab.tcpSYNFrame(destinationPort: 30080)
         return (.init(frame: udp, l4ChecksumOffset: 0, flows: 8, newFlows: false),
                 .init(frame: syn, l4ChecksumOffset: XDPTrafficGenerator.tcpChecksumOffset, flows: 1, newFlows: true))
     }
@@ -103,10 +99,7 @@ final class ForwardingLabTests: XCTestCase {
         defer { lab.teardown() }
         let generator = try XDPTrafficGenerator(sinkCIDR: lab.backendCIDR)
         try generator.attach(to: lab, direct: true)
-        let frame = XDPTrafficGenerator.udpFrame(sourceMAC: try lab.mac(lab.generatorDevice, lab.generatorNetns),
-                                                 destinationMAC: try lab.mac(lab.nodeExternalDevice, lab.nodeNetns),
-                                                 source: lab.generatorIPv4, destination: lab.backendIPv4(0), sourcePort: 10_000,
-                                                 destinationPort: 9000)
+        let frame = try lab.udpFrame(to: lab.backendIPv4(0), destinationPort: 9000)
         try generator.configure(.init(frame: frame, l4ChecksumOffset: 0, flows: 8, newFlows: false))
         let window = try generator.measure(warmUp: 0, seconds: 0.1)
         XCTAssertGreaterThan(window.sunk, 10_000)

@@ -57,10 +57,7 @@ final class NATMigrationTests: XCTestCase {
         // No Service exists: only the carried-over flow can take these frames to the backend.
         let generator = try XDPTrafficGenerator(sinkCIDR: lab.backendCIDR)
         try generator.attach(to: lab)
-        let frame = XDPTrafficGenerator.udpFrame(
-            sourceMAC: try lab.mac(lab.generatorDevice, lab.generatorNetns),
-            destinationMAC: try lab.mac(lab.nodeExternalDevice, lab.nodeNetns), source: lab.generatorIPv4,
-            destination: lab.nodeExternalIPv4, sourcePort: 10_000, destinationPort: 30054)
+        let frame = try lab.udpFrame(destinationPort: 30054)
         try generator.configure(.init(frame: frame, l4ChecksumOffset: 0, flows: 1, newFlows: false))
         let window = try generator.measure(warmUp: 0, seconds: 0.2)
         XCTAssertGreaterThan(window.sunk, 1000, "the flow's frames reach its backend")

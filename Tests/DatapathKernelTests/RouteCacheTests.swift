@@ -49,10 +49,7 @@ final class RouteCacheTests: XCTestCase {
             XCTAssertEqual(syncer.sync(try ManifestDecoder.decode(Data(manifest(lab).utf8), source: "routes.yaml")).failures.count, 0)
             let generator = try XDPTrafficGenerator(sinkCIDR: lab.backendCIDR)
             try generator.attach(to: lab)
-            let frame = XDPTrafficGenerator.udpFrame(
-                sourceMAC: try lab.mac(lab.generatorDevice, lab.generatorNetns),
-                destinationMAC: try lab.mac(lab.nodeExternalDevice, lab.nodeNetns), source: lab.generatorIPv4,
-                destination: lab.nodeExternalIPv4, sourcePort: 10_000, destinationPort: 30054)
+            let frame = try lab.udpFrame(destinationPort: 30054)
             try generator.configure(.init(frame: frame, l4ChecksumOffset: 0, flows: 4, newFlows: false))
 
             let before = try generator.measure(warmUp: 0.05, seconds: 0.2)
