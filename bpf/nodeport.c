@@ -538,12 +538,6 @@ static __always_inline int sl_csum_add(void *ctx, int hook, __u32 csum_off, __u3
 	return sl_csum_add_flags(ctx, hook, csum_off, diff, l4_flags | BPF_F_PSEUDO_HDR);
 }
 
-/* The same for a difference in L4 header fields (ports), outside the pseudo header. */
-static __always_inline int sl_csum_add_plain(void *ctx, int hook, __u32 csum_off, __u32 diff, __u64 l4_flags)
-{
-	return sl_csum_add_flags(ctx, hook, csum_off, diff, l4_flags);
-}
-
 /* sl_rewrite for IPv6: no header checksum, the 16-byte address changes the L4 checksum
  * through the pseudo header. (A UDP checksum is mandatory over IPv6; one of 0 is left
  * alone all the same, as the receiver drops it either way.) */
@@ -622,7 +616,7 @@ static __always_inline int sl_rewrite4_both(void *ctx, int hook, struct sl_packe
 			goto fail;
 	}
 	if (sport != pkt->sport || dport != pkt->dport) {
-		if (sl_csum_add_plain(ctx, hook, csum_off, port_diff, l4_flags) ||
+		if (sl_csum_add_flags(ctx, hook, csum_off, port_diff, l4_flags) ||
 		    sl_store(ctx, hook, pkt->l4_off, ports, sizeof(ports)))
 			goto fail;
 	}
@@ -1224,15 +1218,15 @@ static __always_inline int sl_apply_reply(void *ctx, int hook, struct sl_packet 
  * check), and for another ingress device or TOS (policy routing). Returns the FIB's code
  * with *fib's ifindex and MACs filled; *known_device says whether the egress device is one
  * of sl_devices_v2. Only such routes, with the neighbour resolved, are kept.
+ * `now`: the packet's time, read once per packet (sl_touch).
  * The entry may be written by another CPU meanwhile: checked_ns is cleared while the
  * route is rewritten and read before and after the copy, so a torn copy is never used. */
 static __always_inline int sl_flow_route(void *ctx, int hook, const struct sl_packet *pkt, struct sl_nat_entry *entry,
 					 __be32 saddr, __be32 daddr, const __be32 *saddr6, const __be32 *daddr6,
-					 struct bpf_fib_lookup *fib, int *known_device)
+					 __u64 now, struct bpf_fib_lookup *fib, int *known_device)
 {
 	volatile struct sl_nat_route *route = &entry->route;
 	__u32 in_ifindex = sl_ingress_ifindex(ctx, hook);
-	__u64 now = bpf_ktime_get_coarse_ns();
 	__u64 checked = route->checked_ns;
 	int rc;
 
@@ -1268,7 +1262,7 @@ static __always_inline int sl_flow_route(void *ctx, int hook, const struct sl_pa
  * with a resolved neighbour, the packet passes untouched to tc, which finds the same
  * entry. */
 static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *pkt, struct sl_nat_entry *entry,
-					int reply, __u32 reason, struct sl_np_forward *fwd)
+					__u64 now, int reply, __u32 reason, struct sl_np_forward *fwd)
 {
 	__be32 saddr = pkt->saddr, daddr = pkt->daddr;
 	const __be32 *saddr6 = pkt->saddr6, *daddr6 = pkt->daddr6;
@@ -1297,7 +1291,7 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
 		if (!reply && (entry->flags & SL_NAT_F_DSR) && sl_dsr_carries_option(pkt))
 			return SL_NP_PASS;
 		/* XDP forwards only out of the devices it runs on, to a resolved neighbour. */
-		fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, &fib, &known_device);
+		fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, now, &fib, &known_device);
 		if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS || !known_device)
 			return SL_NP_PASS;
 	}
@@ -1306,7 +1300,7 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
 		return rc;
 	/* tc asks after the rewrite: the DSR option may have lengthened the packet. */
 	if (hook != SL_HOOK_XDP)
-		fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, &fib, &known_device);
+		fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, now, &fib, &known_device);
 	rc = sl_forward(ctx, hook, pkt, &fib, fib_rc, fwd);
 	if (rc >= 0)
 		sl_count(reason);
@@ -1317,18 +1311,19 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
  * controller's garbage collection gives it the short timeout and its SNAT port may be
  * reclaimed. (A SYN on a closing FORWARD entry starts a new flow instead, see
  * sl_from_netdev.) */
-static __always_inline void sl_touch(struct sl_nat_entry *entry, const struct sl_packet *pkt)
+static __always_inline __u64 sl_touch(struct sl_nat_entry *entry, const struct sl_packet *pkt)
 {
 	/* The coarse clock (CLOCK_MONOTONIC_COARSE, a tick behind at most) is cheaper than a
 	 * clock read per packet, and the entry is written only when it moved, so the flows of
 	 * a busy node do not dirty their entries' cache lines on every packet. Idle times are
-	 * compared in seconds. */
+	 * compared in seconds. Returns the time, for the rest of the packet's path. */
 	__u64 now = bpf_ktime_get_coarse_ns();
 
 	if (entry->last_seen_ns != now)
 		entry->last_seen_ns = now;
 	if ((pkt->tcp_flags & (SL_TCP_FIN | SL_TCP_RST)) && !(entry->flags & SL_NAT_F_CLOSING))
 		entry->flags |= SL_NAT_F_CLOSING;
+	return now;
 }
 
 // MARK: - ICMP errors about tracked flows
@@ -1459,8 +1454,7 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	if (bpf_ntohs(pkt.dport) >= sl_snat_port_min && bpf_ntohs(pkt.dport) <= sl_snat_port_max) {
 		tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
 		if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
-			sl_touch(tracked, &pkt);
-			return sl_translate(ctx, hook, &pkt, tracked, 1, SL_REASON_NP_REPLY, fwd);
+			return sl_translate(ctx, hook, &pkt, tracked, sl_touch(tracked, &pkt), 1, SL_REASON_NP_REPLY, fwd);
 		}
 	}
 
@@ -1471,8 +1465,7 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	if (tracked && (tracked->flags & SL_NAT_F_CLOSING) && (pkt.tcp_flags & (SL_TCP_SYN | SL_TCP_ACK)) == SL_TCP_SYN)
 		tracked = NULL;
 	if (tracked) {
-		sl_touch(tracked, &pkt);
-		return sl_translate(ctx, hook, &pkt, tracked, 0, SL_REASON_NP_FORWARD, fwd);
+		return sl_translate(ctx, hook, &pkt, tracked, sl_touch(tracked, &pkt), 0, SL_REASON_NP_FORWARD, fwd);
 	}
 
 	master = sl_lookup_frontend(&pkt, &frontend);
@@ -1510,7 +1503,8 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	rc = sl_new_flow(ctx, hook, &pkt, master, &frontend, &created->forward, &created->reply);
 	if (rc)
 		return rc;
-	rc = sl_translate(ctx, hook, &pkt, &created->forward, 0, SL_REASON_NP_FORWARD_NEW, fwd);
+	rc = sl_translate(ctx, hook, &pkt, &created->forward, created->forward.last_seen_ns, 0,
+			  SL_REASON_NP_FORWARD_NEW, fwd);
 	/* A new flow XDP hands to tc was still created (its backend chosen) here: tc carries
 	 * it out as a tracked flow (np_forward). */
 	if (hook == SL_HOOK_XDP && rc == SL_NP_PASS)
