@@ -21,12 +21,16 @@ public final class ProxySyncer: @unchecked Sendable {
     /// A class: the syncer keeps and compares thousands of them every sync, and copying
     /// the Kubernetes structs they hold costs a retain per field.
     private final class ServiceInputs: Equatable {
-        private(set) var service: ServiceModel.Service?
+        /// The Service, if any (at most one): kept as the array the translator takes, so
+        /// translating does not copy the struct (a retain per field) into a new array.
+        private(set) var services: [ServiceModel.Service]
         private(set) var slices: [EndpointSlice] = []
 
-        init(service: ServiceModel.Service? = nil) { self.service = service }
+        init(service: ServiceModel.Service? = nil) { services = service.map { [$0] } ?? [] }
 
-        func setService(_ service: ServiceModel.Service) { self.service = service }
+        func setService(_ service: ServiceModel.Service) { services = [service] }
+        /// The Service's metadata, read in place (`services.first` would copy the Service).
+        var serviceMetadata: ObjectMeta? { services.isEmpty ? nil : services[0].metadata }
         func addSlice(_ slice: EndpointSlice) { slices.append(slice) }
 
         func sortSlices() {
@@ -39,7 +43,8 @@ public final class ProxySyncer: @unchecked Sendable {
         /// compared field by field.
         static func == (lhs: ServiceInputs, rhs: ServiceInputs) -> Bool {
             guard lhs.slices.count == rhs.slices.count,
-                  same(lhs.service?.metadata, rhs.service?.metadata) ?? (lhs.service == rhs.service) else { return false }
+                  same(lhs.serviceMetadata, rhs.serviceMetadata) ?? (lhs.services == rhs.services)
+            else { return false }
             for (left, right) in zip(lhs.slices, rhs.slices) where !(same(left.metadata, right.metadata) ?? (left == right)) {
                 return false
             }
@@ -181,24 +186,27 @@ public final class ProxySyncer: @unchecked Sendable {
         var changed = Set<ServiceKey>()
         let affectedInPlace = full ? nil : changedByPosition(objects)
         let changedInPlace = affectedInPlace != nil
+        var work: [(service: ServiceKey, input: ServiceInputs)] = []
+        var grouped: [ServiceKey: ServiceInputs]?
         if let affected = affectedInPlace {
             for service in affected {
                 let input = ServiceInputs(service: serviceIndex[service].map { objects.services[$0] })
                 for index in sliceIndexes[service] ?? [] { input.addSlice(objects.endpointSlices[index]) }
-                guard translated[service]?.inputs != input else { continue }
-                let result = translate(service, input, node: node)
-                translated[service] = result
-                healthChecks[service] = result.healthCheck
-                changed.insert(service)
+                if translated[service]?.inputs != input { work.append((service, input)) }
             }
         } else {
             let inputs = groupByService(objects)
-            for (service, input) in inputs where translated[service]?.inputs != input {
-                let result = translate(service, input, node: node)
-                translated[service] = result
-                healthChecks[service] = result.healthCheck
-                changed.insert(service)
-            }
+            for (service, input) in inputs where translated[service]?.inputs != input { work.append((service, input)) }
+            grouped = inputs
+        }
+        for (index, result) in translateAll(work, node: node).enumerated() {
+            let service = work[index].service
+            translated[service] = result.translated
+            healthChecks[service] = result.translated.healthCheck
+            rejectedThisSync += result.rejected
+            changed.insert(service)
+        }
+        if let inputs = grouped {
             for service in translated.keys where inputs[service] == nil {
                 translated[service] = nil
                 healthChecks[service] = nil
@@ -299,22 +307,53 @@ public final class ProxySyncer: @unchecked Sendable {
         return claimed
     }
 
-    /// One Service's frontends and health check, with kube-proxy's rules.
-    private func translate(_ service: ServiceKey, _ input: ServiceInputs, node: ProxyNode) -> Translated {
-        let result = Translator.plan(services: input.service.map { [$0] } ?? [], endpointSlices: input.slices,
+    /// Services translated on one thread: fewer are not worth spreading out.
+    static let translationChunk = 256
+
+    /// The Services of `work` translated, in order. Each Service's translation reads its
+    /// own inputs and nothing else, so many (a sync from empty, a relist) are spread over
+    /// every core: at 10,000 Services translation was most of the sync.
+    private func translateAll(_ work: [(service: ServiceKey, input: ServiceInputs)], node: ProxyNode)
+        -> [(translated: Translated, rejected: [Rejection])]
+    {
+        let chunks = (work.count + Self.translationChunk - 1) / Self.translationChunk
+        guard chunks > 1, ProcessInfo.processInfo.activeProcessorCount > 1 else {
+            return work.map { translate($0.service, $0.input, node: node) }
+        }
+        var results = [(translated: Translated, rejected: [Rejection])?](repeating: nil, count: work.count)
+        results.withUnsafeMutableBufferPointer { results in
+            // Each index is written by exactly one iteration.
+            nonisolated(unsafe) let output = results
+            DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
+                let start = chunk * Self.translationChunk
+                for index in start..<min(start + Self.translationChunk, work.count) {
+                    output[index] = translate(work[index].service, work[index].input, node: node)
+                }
+            }
+        }
+        return results.map { $0! }
+    }
+
+    /// One Service's frontends and health check, with kube-proxy's rules, and what it
+    /// refused (logged here). Touches nothing of the syncer's: see `translateAll`.
+    private func translate(_ service: ServiceKey, _ input: ServiceInputs, node: ProxyNode)
+        -> (translated: Translated, rejected: [Rejection])
+    {
+        let result = Translator.plan(services: input.services, endpointSlices: input.slices,
                                      node: node, options: options)
+        var rejected: [Rejection] = []
         for diagnostic in result.diagnostics {
             logger.warning("\(diagnostic.object): \(diagnostic.field): \(diagnostic.message)")
-            rejectedThisSync.append(Rejection(diagnostic))
+            rejected.append(Rejection(diagnostic))
         }
         let (frontends, conflicts) = DesiredFrontend.frontends(from: result.plan)
         for conflict in conflicts {
             logger.warning("duplicate frontend ignored", metadata: ["conflict": "\(conflict)"])
-            rejectedThisSync.append(Rejection(
+            rejected.append(Rejection(
                 kind: "Service", object: "\(service)", field: "spec", reason: "duplicate-frontend", message: "\(conflict)"))
         }
         let check = DesiredFrontend.healthChecks(from: result.plan).first.map { (port: $0.key, entry: $0.value) }
-        return Translated(inputs: input, frontends: frontends, healthCheck: check)
+        return (Translated(inputs: input, frontends: frontends, healthCheck: check), rejected)
     }
 
     /// Objects grouped by the Service they belong to ("namespace/name"); slices by their

@@ -9,17 +9,14 @@ import ServiceModel
 extension IPAddress {
     /// The address as the ABI's `__be32 addr[4]`, byte for byte in network order.
     var abiWords: (UInt32, UInt32, UInt32, UInt32) {
-        var words: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
-        let bytes = mapped16
-        withUnsafeMutableBytes(of: &words) { raw in
-            for index in 0..<16 { raw[index] = bytes[index] }
-        }
-        return words
+        let (high, low) = mapped128
+        return (UInt32(truncatingIfNeeded: high >> 32).bigEndian, UInt32(truncatingIfNeeded: high).bigEndian,
+                UInt32(truncatingIfNeeded: low >> 32).bigEndian, UInt32(truncatingIfNeeded: low).bigEndian)
     }
 
     init?(abiWords words: (UInt32, UInt32, UInt32, UInt32)) {
-        let bytes = withUnsafeBytes(of: words) { Array($0) }
-        self.init(mapped16: bytes)
+        self.init(mapped128: UInt64(UInt32(bigEndian: words.0)) << 32 | UInt64(UInt32(bigEndian: words.1)),
+                  UInt64(UInt32(bigEndian: words.2)) << 32 | UInt64(UInt32(bigEndian: words.3)))
     }
 }
 
@@ -139,6 +136,10 @@ extension sl_revnat {
 func writeFixedString<T>(_ text: String, into field: inout T) {
     withUnsafeMutableBytes(of: &field) { raw in
         raw.initializeMemory(as: UInt8.self, repeating: 0)
+        if text.utf8.count < raw.count {  // the usual case, copied without an array in between
+            for (index, byte) in text.utf8.enumerated() { raw[index] = byte }
+            return
+        }
         var fitting = Substring(text)
         while fitting.utf8.count > raw.count - 1 { fitting = fitting.dropLast() }
         raw.copyBytes(from: Array(fitting.utf8))

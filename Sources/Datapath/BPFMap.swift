@@ -67,6 +67,25 @@ public final class BPFMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchec
         }
     }
 
+    /// Deletes many keys in one bpf() call (BPF_MAP_DELETE_BATCH, 5.6+; hash maps). The
+    /// kernel stops at a missing key (ENOENT): that key is skipped and the rest go in
+    /// another call, so a missing key is not an error, as in `delete`.
+    public func deleteBatch(_ keys: [Key]) throws {
+        var start = 0
+        while start < keys.count {
+            var count = UInt32(keys.count - start)
+            let result = keys.withUnsafeBytes { keyBytes in
+                bpf_map_delete_batch(fd, keyBytes.baseAddress! + start * MemoryLayout<Key>.stride, &count, nil)
+            }
+            if result == 0 { return }
+            let failedAt = start + Int(count)
+            guard errno == ENOENT, failedAt < keys.count else {
+                throw BatchError(written: failedAt, error: BPFError("batch delete from", target: name, errno: errno))
+            }
+            start = failedAt + 1
+        }
+    }
+
     public struct BatchError: Error, CustomStringConvertible {
         public var written: Int
         public var error: BPFError

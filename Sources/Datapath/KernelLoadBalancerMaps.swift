@@ -41,17 +41,12 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
     public func apply(_ ops: [MapOp]) throws {
         var index = 0
         while index < ops.count {
-            // A run of slot writes (a new backend set), or of new backends, goes in one
-            // bpf() call: from empty that halves the calls.
-            if batchUpdates {
-                if let end = try applyBatch(ops, from: index, of: slots, { op in
-                    if case .writeSlot(let slot, let entry) = op { (slot, sl_backend_slot(entry)) } else { nil }
-                }) ?? applyBatch(ops, from: index, of: backends, { op in
-                    if case .upsertBackend(let id, let backend) = op { (id, sl_backend(backend)) } else { nil }
-                }) {
-                    index = end
-                    continue
-                }
+            // A run of writes to one map (a new backend set's slots, new backends; and when
+            // changes are applied together, every revNat, metadata, frontend entry or
+            // deletion of a phase) goes in one bpf() call.
+            if batchUpdates, let end = try applyRun(ops, from: index) {
+                index = end
+                continue
             }
             do {
                 syscalls += 1
@@ -63,11 +58,64 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
         }
     }
 
-    /// Writes the run of ops from `start` that `entry` turns into entries of `map`, in one
-    /// batch; returns where the run ends, or nil when there is no run of two or more (or
-    /// the kernel has no batched updates: then `batchUpdates` is cleared, nothing written).
+    /// Changes of different frontends in one go, phase by phase (see `MapOp.phase`): every
+    /// change's rev-NAT, metadata, backends and slots before any of their frontend entries,
+    /// so each frontend still flips only once all it points at is written, and each phase
+    /// is a few batched calls instead of a few calls per frontend.
+    public func applyTogether(_ changes: [[MapOp]]) throws {
+        for ops in MapOp.byPhase(changes) { try apply(ops) }
+    }
+
+    /// Writes the run of ops from `start` that go to one map in one batched call; returns
+    /// where the run ends, or nil when there is no run of two or more, the op has no
+    /// batched form (the LPM trie of source ranges, health checks), or the kernel has no
+    /// batched map operations (then `batchUpdates` is cleared, nothing written).
+    private func applyRun(_ ops: [MapOp], from start: Int) throws -> Int? {
+        switch ops[start] {
+        case .writeSlot:
+            return try applyBatch(ops, from: start, of: slots) { op in
+                if case .writeSlot(let slot, let entry) = op { (slot, sl_backend_slot(entry)) } else { nil }
+            }
+        case .upsertBackend:
+            return try applyBatch(ops, from: start, of: backends) { op in
+                if case .upsertBackend(let id, let backend) = op { (id, sl_backend(backend)) } else { nil }
+            }
+        case .upsertRevNat:
+            return try applyBatch(ops, from: start, of: revNats) { op in
+                if case .upsertRevNat(let id, let entry) = op { (id, sl_revnat(entry)) } else { nil }
+            }
+        case .upsertMeta:
+            return try applyBatch(ops, from: start, of: meta) { op in
+                if case .upsertMeta(let key, let entry) = op { (sl_service_key(key), sl_frontend_meta(entry)) } else { nil }
+            }
+        case .upsertMaster:
+            return try applyBatch(ops, from: start, of: services) { op in
+                if case .upsertMaster(let key, let entry) = op { (sl_service_key(key), sl_service_value(entry)) } else { nil }
+            }
+        case .deleteMaster:
+            return try deleteBatch(ops, from: start, of: services) { op in
+                if case .deleteMaster(let key) = op { sl_service_key(key) } else { nil }
+            }
+        case .deleteMeta:
+            return try deleteBatch(ops, from: start, of: meta) { op in
+                if case .deleteMeta(let key) = op { sl_service_key(key) } else { nil }
+            }
+        case .deleteBackend:
+            return try deleteBatch(ops, from: start, of: backends) { op in
+                if case .deleteBackend(let id) = op { id } else { nil }
+            }
+        case .deleteRevNat:
+            return try deleteBatch(ops, from: start, of: revNats) { op in
+                if case .deleteRevNat(let id) = op { id } else { nil }
+            }
+        case .addSourceRange, .deleteSourceRange, .upsertHealthCheck, .deleteHealthCheck:
+            return nil
+        }
+    }
+
     private func applyBatch<Key, Value>(_ ops: [MapOp], from start: Int, of map: BPFMap<Key, Value>,
                                         _ entry: (MapOp) -> (Key, Value)?) throws -> Int? {
+        guard start + 1 < ops.count, entry(ops[start + 1]) != nil else { return nil }  // no run
         var keys: [Key] = [], values: [Value] = []
         var end = start
         while end < ops.count, let (key, value) = entry(ops[end]) {
@@ -81,12 +129,37 @@ public final class KernelLoadBalancerMaps: LoadBalancerMaps, @unchecked Sendable
             try map.updateBatch(keys, values)
             return end
         } catch let failure as BPFMap<Key, Value>.BatchError {
-            if failure.written == 0, failure.error.errno == EINVAL || failure.error.errno == ENOTSUP {
-                batchUpdates = false  // an older kernel: write one by one
-                return nil
-            }
-            throw MapApplyError(appliedCount: start + failure.written, op: ops[start + failure.written], underlying: failure.error)
+            return try batchFailed(failure, ops, from: start)
         }
+    }
+
+    private func deleteBatch<Key, Value>(_ ops: [MapOp], from start: Int, of map: BPFMap<Key, Value>,
+                                         _ key: (MapOp) -> Key?) throws -> Int? {
+        guard start + 1 < ops.count, key(ops[start + 1]) != nil else { return nil }  // no run
+        var keys: [Key] = []
+        var end = start
+        while end < ops.count, let key = key(ops[end]) {
+            keys.append(key)
+            end += 1
+        }
+        guard keys.count > 1 else { return nil }
+        syscalls += 1
+        do {
+            try map.deleteBatch(keys)
+            return end
+        } catch let failure as BPFMap<Key, Value>.BatchError {
+            return try batchFailed(failure, ops, from: start)
+        }
+    }
+
+    /// nil (write one by one from now on) for a kernel without batched operations, which
+    /// refuses before writing anything; otherwise the failure, at the op it stopped at.
+    private func batchFailed<Key, Value>(_ failure: BPFMap<Key, Value>.BatchError, _ ops: [MapOp], from start: Int) throws -> Int? {
+        if failure.written == 0, failure.error.errno == EINVAL || failure.error.errno == ENOTSUP {
+            batchUpdates = false
+            return nil
+        }
+        throw MapApplyError(appliedCount: start + failure.written, op: ops[start + failure.written], underlying: failure.error)
     }
 
     private func apply(_ op: MapOp) throws {

@@ -256,6 +256,42 @@ public enum MapOp: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+extension MapOp {
+    /// Where the op sits in the order the reconciler writes a frontend change: what the
+    /// frontend entry points at (rev-NAT, metadata, allowed sources, backends, slots)
+    /// before the entry, and what only the old state used after it; a removal deletes the
+    /// entry before what it pointed at. Every frontend change (added, changed, removed)
+    /// lists its ops in this order, so such changes of different frontends can be merged
+    /// phase by phase without any frontend pointing at something not yet written
+    /// (`LoadBalancerMaps.applyTogether`).
+    public var phase: Int {
+        switch self {
+        case .upsertRevNat: 0
+        case .upsertMeta: 1
+        case .addSourceRange: 2
+        case .upsertBackend: 3
+        case .writeSlot: 4
+        case .upsertMaster, .deleteMaster: 5
+        case .deleteMeta: 6
+        case .deleteSourceRange: 7
+        case .deleteBackend, .deleteRevNat: 8
+        case .upsertHealthCheck, .deleteHealthCheck: 9
+        }
+    }
+
+    public static let phaseCount = 10
+
+    /// The ops of `changes` regrouped phase by phase (each phase's ops in change order),
+    /// as `LoadBalancerMaps.applyTogether` writes them.
+    public static func byPhase(_ changes: [[MapOp]]) -> [[MapOp]] {
+        var phases = [[MapOp]](repeating: [], count: phaseCount)
+        for ops in changes {
+            for op in ops { phases[op.phase].append(op) }
+        }
+        return phases.filter { !$0.isEmpty }
+    }
+}
+
 /// A write that failed part-way: the first `appliedCount` operations took effect.
 public struct MapApplyError: Error, CustomStringConvertible {
     public var appliedCount: Int
@@ -280,6 +316,18 @@ public protocol LoadBalancerMaps: AnyObject {
     func readState() throws -> MapState
     /// Entries of the slot array (slot 0 is never used).
     var slotCapacity: UInt32 { get }
+    /// Applies the changes of several frontends (each in `MapOp.phase` order) so that no
+    /// frontend entry is written before what it points at; the changes may be interleaved
+    /// phase by phase. At a failure, which changes took effect is not said: the caller
+    /// reads the maps back.
+    func applyTogether(_ changes: [[MapOp]]) throws
+}
+
+extension LoadBalancerMaps {
+    /// One change after another.
+    public func applyTogether(_ changes: [[MapOp]]) throws {
+        for ops in changes { try apply(ops) }
+    }
 }
 
 /// An in-memory `LoadBalancerMaps` for unprivileged tests, with optional capacity limits
@@ -295,10 +343,16 @@ public final class InMemoryLoadBalancerMaps: LoadBalancerMaps {
     }
 
     public let slotCapacity: UInt32
+    /// Whether `applyTogether` interleaves the changes phase by phase, as the kernel maps
+    /// do (otherwise one change after another).
+    public var mergesByPhase: Bool
+    /// Called before each op with what the maps hold then: what a reader would see.
+    public var beforeEachOp: ((MapState, MapOp) -> Void)?
 
-    public init(serviceCapacity: Int? = nil, slotCapacity: UInt32 = 262_144) {
+    public init(serviceCapacity: Int? = nil, slotCapacity: UInt32 = 262_144, mergesByPhase: Bool = true) {
         self.serviceCapacity = serviceCapacity
         self.slotCapacity = slotCapacity
+        self.mergesByPhase = mergesByPhase
     }
 
     public func apply(_ ops: [MapOp]) throws {
@@ -308,9 +362,18 @@ public final class InMemoryLoadBalancerMaps: LoadBalancerMaps {
                     throw MapApplyError(appliedCount: index, op: op, underlying: MapFull())
                 }
             }
+            beforeEachOp?(state, op)
             state.apply(op)
             appliedOps.append(op)
         }
+    }
+
+    public func applyTogether(_ changes: [[MapOp]]) throws {
+        guard mergesByPhase else {
+            for ops in changes { try apply(ops) }
+            return
+        }
+        for ops in MapOp.byPhase(changes) { try apply(ops) }
     }
 
     public func readState() throws -> MapState { state.referenced }

@@ -82,7 +82,9 @@ public struct Reconciler: Sendable {
     public func changes(to desired: [DesiredFrontend], healthChecks: [UInt16: HealthCheckEntry]? = nil, prune: Bool,
                         keeping: Set<FrontendKey> = []) -> [FrontendChange] {
         var planner = self
-        return planner.planEverything(desired, healthChecks: healthChecks, prune: prune, keeping: keeping)
+        var result: [FrontendChange] = []
+        planner.planEverything(desired, healthChecks: healthChecks, prune: prune, keeping: keeping) { result.append($0) }
+        return result
     }
 
     /// The changes that bring just these frontends to their desired state and remove just
@@ -92,15 +94,17 @@ public struct Reconciler: Sendable {
         -> [FrontendChange]
     {
         var planner = self
-        return planner.planOnly(upserting: upserting, removing: removing, healthChecks: healthChecks)
+        var result: [FrontendChange] = []
+        planner.planOnly(upserting: upserting, removing: removing, healthChecks: healthChecks) { result.append($0) }
+        return result
     }
 
-    /// Plans (and records into this reconciler's picture of the maps) the full diff.
+    /// Plans (and records into this reconciler's picture of the maps) the full diff, each
+    /// change handed to `emit` as soon as it is planned, in the order it must be applied.
     /// Planning in place, rather than on a copy, matters at scale: the first write to a
     /// copied picture would duplicate every slot and backend.
     private mutating func planEverything(_ desired: [DesiredFrontend], healthChecks: [UInt16: HealthCheckEntry]?, prune: Bool,
-                                         keeping: Set<FrontendKey>) -> [FrontendChange] {
-        var result: [FrontendChange] = []
+                                         keeping: Set<FrontendKey>, emit: (FrontendChange) -> Void) {
         var wanted = Set<FrontendKey>()
         var unique: [DesiredFrontend] = []
         for frontend in desired where wanted.insert(frontend.key).inserted { unique.append(frontend) }
@@ -108,32 +112,29 @@ public struct Reconciler: Sendable {
         // Removals go first: they free service-map entries for what is added next.
         if prune {
             for key in state.masters.keys.sorted() where !wanted.contains(key) && !keeping.contains(key) {
-                result.append(planRemoval(of: key))
+                emit(planRemoval(of: key))
             }
         }
         for frontend in unique {
-            if let change = plan(frontend) { result.append(change) }
+            if let change = plan(frontend) { emit(change) }
         }
-        if let healthChecks, let change = planHealthChecks(healthChecks, prune: prune) { result.append(change) }
-        if let collection = collectUnreferenced() { result.append(collection) }
-        return result
+        if let healthChecks, let change = planHealthChecks(healthChecks, prune: prune) { emit(change) }
+        if let collection = collectUnreferenced() { emit(collection) }
     }
 
     /// Plans (and records) an incremental diff; see `changes(upserting:removing:)`.
     private mutating func planOnly(upserting: [DesiredFrontend], removing: [FrontendKey],
-                                   healthChecks: [UInt16: HealthCheckEntry]?) -> [FrontendChange] {
-        var result: [FrontendChange] = []
+                                   healthChecks: [UInt16: HealthCheckEntry]?, emit: (FrontendChange) -> Void) {
         let upserted = Set(upserting.map(\.key))
         for key in removing.sorted() where state.masters[key] != nil && !upserted.contains(key) {
-            result.append(planRemoval(of: key))
+            emit(planRemoval(of: key))
         }
         var seen = Set<FrontendKey>()
         for frontend in upserting where seen.insert(frontend.key).inserted {
-            if let change = plan(frontend) { result.append(change) }
+            if let change = plan(frontend) { emit(change) }
         }
-        if let healthChecks, let change = planHealthChecks(healthChecks, prune: true) { result.append(change) }
-        if let collection = collectUnreferenced() { result.append(collection) }
-        return result
+        if let healthChecks, let change = planHealthChecks(healthChecks, prune: true) { emit(change) }
+        if let collection = collectUnreferenced() { emit(collection) }
     }
 
     private mutating func plan(_ frontend: DesiredFrontend) -> FrontendChange? {
@@ -142,13 +143,19 @@ public struct Reconciler: Sendable {
         let reason: FrontendChange.Reason = existing == nil ? .added : .changed
         let revNatID = existing?.revNatID ?? allocateRevNat(for: key)
         var ops: [MapOp] = []
+        // Recorded as it is planned: copying each op back out of `ops` to record it
+        // afterwards was a sixth of planning from empty.
+        func add(_ op: consuming MapOp) {
+            record(op)
+            ops.append(op)
+        }
         let revNat = RevNatEntry(address: key.address, port: key.port)
-        if state.revNats[revNatID] != revNat { ops.append(.upsertRevNat(revNatID, revNat)) }
-        if state.meta[key] != frontend.meta { ops.append(.upsertMeta(key, frontend.meta)) }
+        if state.revNats[revNatID] != revNat { add(.upsertRevNat(revNatID, revNat)) }
+        if state.meta[key] != frontend.meta { add(.upsertMeta(key, frontend.meta)) }
         // Allowed sources go in before the frontend opens (or changes); stale ones are
         // removed after every flip, by planStaleSourceRanges.
         for cidr in frontend.sourceRanges where !state.sourceRanges.contains(SourceRange(revNatID: revNatID, cidr: cidr)) {
-            ops.append(.addSourceRange(SourceRange(revNatID: revNatID, cidr: cidr)))
+            add(.addSourceRange(SourceRange(revNatID: revNatID, cidr: cidr)))
         }
 
         let backends = Array(frontend.backends.prefix(Int(UInt16.max)))
@@ -157,7 +164,7 @@ public struct Reconciler: Sendable {
             revNatID: revNatID, flags: frontend.flags, kind: frontend.kind, affinitySeconds: frontend.affinitySeconds)
 
         if let existing, existing.count == master.count, state.activeBackends(of: key) == backends {
-            if existing != master { ops.append(.upsertMaster(key, master)) }
+            if existing != master { add(.upsertMaster(key, master)) }
         } else {
             master.revision = existing.map { $0.revision &+ 1 } ?? 1
             if backends.isEmpty {
@@ -170,23 +177,21 @@ public struct Reconciler: Sendable {
                 master.slotBase = range.lowerBound
             }
             for backend in backends where backendIDs[backend] == nil {
-                ops.append(.upsertBackend(allocateBackend(backend), backend))
+                add(.upsertBackend(allocateBackend(backend), backend))
             }
             for (offset, backend) in backends.enumerated() {
-                ops.append(.writeSlot(master.slotBase + UInt32(offset), SlotEntry(backendID: backendIDs[backend]!, backend: backend)))
+                add(.writeSlot(master.slotBase + UInt32(offset), SlotEntry(backendID: backendIDs[backend]!, backend: backend)))
             }
-            ops.append(.upsertMaster(key, master))
+            add(.upsertMaster(key, master))
         }
         // The node-scope entry of an eTP=Local frontend shares its rev-NAT id; the ranges
         // belong to the default entry alone.
         if key.scope == .default, !state.sourceRanges.isEmpty {
             let wanted = Set(frontend.sourceRanges)
-            for range in state.sourceRanges where range.revNatID == revNatID && !wanted.contains(range.cidr) {
-                ops.append(.deleteSourceRange(range))
-            }
+            let stale = state.sourceRanges.filter { $0.revNatID == revNatID && !wanted.contains($0.cidr) }
+            for range in stale { add(.deleteSourceRange(range)) }
         }
         if ops.isEmpty { return nil }
-        for op in ops { record(op) }
         return FrontendChange(key: key, service: frontend.service, reason: reason, ops: ops)
     }
 
@@ -250,7 +255,10 @@ public struct Reconciler: Sendable {
         public var opCount: Int { applied.reduce(0) { $0 + $1.ops.count } }
     }
 
-    /// Makes `maps` serve `desired`. A change that fails (map full, ENOMEM…) leaves its
+    /// Makes `maps` serve `desired`. Changes are written in merged runs (`applyMerged`:
+    /// the changes of up to `togetherLimit` frontends phase by phase, a few batched bpf()
+    /// calls a run instead of a few per frontend), each frontend still flipping only once
+    /// all it points at is written. A change that fails (map full, ENOMEM…) leaves its
     /// frontend on its previous state: the maps are read back, the frontend is set aside
     /// (kept as it is, not removed), and the remaining changes are planned again from the
     /// truth, so that no later change relies on a write that never happened; what the
@@ -274,18 +282,23 @@ public struct Reconciler: Sendable {
     public mutating func reconcile(_ target: Target, healthChecks: [UInt16: HealthCheckEntry]? = nil,
                                    maps: LoadBalancerMaps) -> ApplyReport {
         var report = ApplyReport()
+        // The usual case: planned and written in merged runs.
+        if applyMerged(target, healthChecks: healthChecks, to: maps, into: &report) { return report }
+        // Something failed, but which change is not known: from the maps' truth, planned
+        // again and written one change at a time, to find it and set it aside.
+        if let truth = try? maps.readState() { resync(to: truth) }
         var setAside = Set<FrontendKey>()
         while true {
             // Planning records each change into `state` as if applied; a failure below
             // re-reads the maps, which puts the picture back to the truth.
-            let pending: [FrontendChange]
+            var pending: [FrontendChange] = []
             switch target {
             case .everything(let desired, let prune):
-                pending = planEverything(desired.filter { !setAside.contains($0.key) }, healthChecks: healthChecks,
-                                         prune: prune, keeping: setAside)
+                planEverything(desired.filter { !setAside.contains($0.key) }, healthChecks: healthChecks,
+                               prune: prune, keeping: setAside) { pending.append($0) }
             case .only(let upserting, let removing):
-                pending = planOnly(upserting: upserting.filter { !setAside.contains($0.key) },
-                                   removing: removing.filter { !setAside.contains($0) }, healthChecks: healthChecks)
+                planOnly(upserting: upserting.filter { !setAside.contains($0.key) },
+                         removing: removing.filter { !setAside.contains($0) }, healthChecks: healthChecks) { pending.append($0) }
             }
             var failure: FrontendChange?
             for change in pending {
@@ -308,6 +321,72 @@ public struct Reconciler: Sendable {
             if let truth = try? maps.readState() { resync(to: truth) }
             // Garbage collection failing is retried on the next sync; nothing depends on it.
             guard let key = failed.key, setAside.insert(key).inserted else { return report }
+        }
+    }
+
+    /// Plans `target` and applies it as it goes, runs of added, changed or removed
+    /// frontends merged (up to `togetherLimit` a run), each applied run into `report`:
+    /// true when everything was applied; false at the first failure or at a change that
+    /// could not be planned (the caller then finds out which from the maps' truth).
+    /// Large syncs write on a second thread, overlapping planning.
+    private mutating func applyMerged(_ target: Target, healthChecks: [UInt16: HealthCheckEntry]?, to maps: LoadBalancerMaps,
+                                      into report: inout ApplyReport) -> Bool {
+        let size: Int
+        switch target {
+        case .everything(let desired, _): size = desired.count
+        case .only(let upserting, let removing): size = upserting.count + removing.count
+        }
+        let applier = ChangeApplier(maps: maps, concurrent: size >= Self.concurrentApplyThreshold)
+        let clock = self.clock, quarantine = slots.quarantineNanoseconds
+        var run: [FrontendChange] = [], runKind: Int?, runStarted: UInt64 = 0
+        var unplannable = false
+        // Changes merged phase by phase write one change's slots before an earlier one's
+        // flip: safe only if no range released by one was handed to another, which the
+        // quarantine rules out when the run was planned within less than it.
+        func flush() {
+            applier.submit(run, merge: clock() &- runStarted < quarantine)
+            run = []
+        }
+        let emit = { (change: FrontendChange) in
+            guard !unplannable else { return }
+            guard change.planningError == nil else {
+                unplannable = true
+                return
+            }
+            let kind = Self.mergeable(change)
+            if !run.isEmpty, kind == nil || kind != runKind || run.count >= Self.togetherLimit { flush() }
+            if run.isEmpty { runStarted = clock() }
+            run.append(change)
+            runKind = kind
+        }
+        switch target {
+        case .everything(let desired, let prune):
+            planEverything(desired, healthChecks: healthChecks, prune: prune, keeping: [], emit: emit)
+        case .only(let upserting, let removing):
+            planOnly(upserting: upserting, removing: removing, healthChecks: healthChecks, emit: emit)
+        }
+        if !unplannable { flush() }
+        applier.finish()
+        report.applied += applier.applied
+        for change in applier.applied { report.removedBackends += change.removedBackends }
+        return !applier.failed && !unplannable
+    }
+
+    /// From this many frontends a sync on, changes are written on a second thread while
+    /// the rest are planned (below, starting the thread costs more than it saves).
+    public static let concurrentApplyThreshold = 2048
+
+    /// Frontend changes merged into one `applyTogether`: a bound on what a failure makes
+    /// the reconciler redo one by one, and on the memory of the merged phases.
+    static let togetherLimit = 1024
+
+    /// Which run a change can be merged into: upserts with upserts, removals with
+    /// removals (removals first free entries that the upserts after them may need).
+    private static func mergeable(_ change: FrontendChange) -> Int? {
+        switch change.reason {
+        case .added, .changed: change.key == nil ? nil : 0
+        case .removed: 1
+        case .garbage: nil
         }
     }
 

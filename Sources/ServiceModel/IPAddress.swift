@@ -121,6 +121,24 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
         }
     }
 
+    /// `mapped16` as two integers, high 64 bits first, host order: the same form without
+    /// allocating (the controller converts every backend it writes).
+    public var mapped128: (high: UInt64, low: UInt64) {
+        switch storage {
+        case .v4(let value): return (0, 0xffff_0000_0000 | UInt64(value))
+        case .v6(let high, let low): return (high, low)
+        }
+    }
+
+    /// Inverse of `mapped128` (as `init(mapped16:)` is of `mapped16`).
+    public init(mapped128 high: UInt64, _ low: UInt64) {
+        if high == 0, low >> 32 == 0xffff {
+            storage = .v4(UInt32(truncatingIfNeeded: low))
+        } else {
+            storage = .v6(high, low)
+        }
+    }
+
     /// `true` for 127.0.0.0/8 and ::1.
     public var isLoopback: Bool {
         switch storage {

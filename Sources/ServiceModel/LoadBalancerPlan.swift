@@ -57,6 +57,26 @@ public struct Backend: Hashable, Comparable, Sendable, CustomStringConvertible {
         return l != r ? l < r : (!lhs.isLocal && rhs.isLocal)
     }
 
+    /// `items` in their backends' `<` order, each backend's text order computed once
+    /// rather than at every comparison (the same result as sorting with `<`).
+    static func sortedByText<Item>(_ items: some Collection<Item>, _ backend: (Item) -> Backend) -> [Item] {
+        let items = Array(items)
+        guard items.count > 1 else { return items }
+        // Indices are sorted, not the items: moving an endpoint (its hint sets) costs
+        // retains at every swap.
+        var keyed: [(order: (UInt64, UInt64, UInt64), local: Bool, index: Int)] = []
+        keyed.reserveCapacity(items.count)
+        for index in items.indices {
+            let item = backend(items[index])
+            guard let order = item.v4TextOrder else {
+                return items.sorted { backend($0) < backend($1) }  // IPv6: by the texts
+            }
+            keyed.append((order, item.isLocal, index))
+        }
+        keyed.sort { $0.order != $1.order ? $0.order < $1.order : (!$0.local && $1.local) }
+        return keyed.map { items[$0.index] }
+    }
+
     /// `description`'s bytes (at most 21 for IPv4) packed big-endian into three words,
     /// zero-padded: comparing the words compares the texts (no text byte is zero, so a
     /// prefix sorts first, as in `String`). nil for IPv6.

@@ -377,7 +377,7 @@ public enum Translator {
             }
         }
         // A.3(9): sorted by the IP:port string (`Backend`'s order; the IP:ports are unique).
-        return sets.mapValues { set in set.values.sorted { $0.backend < $1.backend } }
+        return sets.mapValues { set in Backend.sortedByText(set.values, \.backend) }
     }
 
     /// A.10: per Service, the distinct IPs of local, ready endpoints over every endpoint port

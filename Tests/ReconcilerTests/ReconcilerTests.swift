@@ -206,6 +206,113 @@ final class ReconcilerTests: XCTestCase {
 }
 
 /// A clock the test moves by hand.
+/// Changes of many frontends written together, phase by phase (and, from
+/// `Reconciler.concurrentApplyThreshold` frontends, on a second thread while the rest are
+/// planned), as the kernel maps take them.
+final class MergedApplyTests: XCTestCase {
+    private func frontend(_ index: Int, _ backends: [UInt32], port: UInt16 = 8080) -> DesiredFrontend {
+        DesiredFrontend(key: FrontendKey(address: IPAddress(v4: 0xC613_0000 | UInt32(index)), port: 80, proto: .tcp),
+                        service: "default/web-\(index)", kind: .clusterIP, flags: [],
+                        backends: backends.map { BackendAddress(address: IPAddress(v4: 0xC612_0000 | $0), port: port, proto: .tcp) })
+    }
+
+    /// What a reader of the maps relies on, checked before every single write: a frontend
+    /// entry is written only once every slot of its range, their backends and its rev-NAT
+    /// entry are in place; a slot of a range a frontend points at is never overwritten; a
+    /// backend is deleted only when no frontend's range uses it.
+    private func checkReaders(_ maps: InMemoryLoadBalancerMaps) -> () -> [String] {
+        var violations: [String] = []
+        maps.beforeEachOp = { state, op in
+            switch op {
+            case .upsertMaster(let key, let entry):
+                if state.revNats[entry.revNatID] == nil { violations.append("\(key) before its rev-NAT entry") }
+                for index in entry.slots {
+                    guard let slot = state.slots[index] else { violations.append("\(key) before slot \(index)"); continue }
+                    if state.backends[slot.backendID] == nil { violations.append("\(key) before backend \(slot.backendID)") }
+                }
+            case .writeSlot(let index, _):
+                if let owner = state.masters.first(where: { $0.value.slots.contains(index) }) {
+                    violations.append("slot \(index) of live \(owner.key) overwritten")
+                }
+            case .deleteBackend(let id):
+                let live = state.masters.values.contains { master in master.slots.contains { state.slots[$0]?.backendID == id } }
+                if live { violations.append("backend \(id) deleted while in use") }
+            default: break
+            }
+        }
+        return { violations }
+    }
+
+    func testManyFrontendsWrittenTogetherNeverExposeAHalfWrittenFrontend() {
+        let maps = InMemoryLoadBalancerMaps()
+        let violations = checkReaders(maps)
+        var reconciler = Reconciler()
+        let count = Reconciler.concurrentApplyThreshold + 100
+        let first = (0..<count).map { frontend($0, [UInt32($0 % 50), UInt32($0 % 50 + 1)]) }
+        let added = reconciler.reconcile(first, prune: true, maps: maps)
+        XCTAssertTrue(added.failed.isEmpty, "\(added.failed)")
+        XCTAssertEqual(added.applied.count, count)
+        XCTAssertEqual(maps.state.masters.count, count)
+        XCTAssertEqual(maps.state.referenced, reconciler.state)
+
+        // A third flip to other backends, a third removed, the rest unchanged, and new ones.
+        var second: [DesiredFrontend] = []
+        for index in 0..<count where index % 3 != 1 {
+            second.append(index % 3 == 0 ? frontend(index, [UInt32(100 + index % 70)]) : first[index])
+        }
+        second += (count..<(count + 300)).map { frontend($0, [7, 8, 9]) }
+        let changed = reconciler.reconcile(second, prune: true, maps: maps)
+        XCTAssertTrue(changed.failed.isEmpty, "\(changed.failed)")
+        XCTAssertEqual(violations(), [])
+        XCTAssertEqual(maps.state.referenced, reconciler.state)
+        XCTAssertEqual(maps.state.masters.count, second.count)
+        for desired in second.prefix(500) {
+            XCTAssertEqual(maps.state.activeBackends(of: desired.key), desired.backends, "\(desired.key)")
+        }
+        XCTAssertEqual(reconciler.changes(to: second, prune: true).count, 0, "nothing left to do")
+    }
+
+    /// A failure inside a merged run: which change failed is not known from the run, so the
+    /// reconciler reads the maps back and goes one change at a time; exactly the frontends
+    /// that do not fit fail, every other one is served, nothing is left half-written.
+    func testAFailureInsideAMergedRunFailsExactlyTheFrontendsThatDoNotFit() {
+        let maps = InMemoryLoadBalancerMaps(serviceCapacity: 2_590)
+        let violations = checkReaders(maps)
+        var reconciler = Reconciler()
+        let desired = (0..<2_600).map { frontend($0, [UInt32($0 % 40)], port: UInt16(1_000 + $0 % 7)) }
+        let report = reconciler.reconcile(desired, prune: true, maps: maps)
+        XCTAssertEqual(report.failed.count, 10)
+        XCTAssertEqual(Set(report.failed.compactMap(\.change.key)), Set(desired.suffix(10).map(\.key)), "the last ones do not fit")
+        XCTAssertEqual(maps.state.masters.count, 2_590)
+        // Nothing left by the failed ones (their slots are simply free: no entry points there).
+        XCTAssertEqual(Set(maps.state.backends.keys), Set(maps.state.referenced.slots.values.map(\.backendID)))
+        XCTAssertEqual(Set(maps.state.meta.keys), Set(maps.state.masters.keys))
+        XCTAssertEqual(Set(maps.state.revNats.keys), Set(maps.state.masters.values.map(\.revNatID)))
+        XCTAssertEqual(maps.state.referenced, reconciler.state)
+        XCTAssertEqual(violations(), [])
+        // Room again: the retry programs them.
+        maps.serviceCapacity = nil
+        XCTAssertTrue(reconciler.reconcile(desired, prune: true, maps: maps).failed.isEmpty)
+        XCTAssertEqual(maps.state.masters.count, 2_600)
+    }
+
+    /// Every frontend change lists its ops in phase order, so merging changes by phase
+    /// keeps each change's own order.
+    func testEveryFrontendChangeListsItsOpsInPhaseOrder() {
+        let maps = InMemoryLoadBalancerMaps()
+        var reconciler = Reconciler()
+        var ranged = frontend(1, [1, 2])
+        ranged.sourceRanges = [CIDR(sloppy: "203.0.113.0/24")!]
+        _ = reconciler.reconcile([ranged, frontend(2, [3])], prune: true, maps: maps)
+        var moved = frontend(1, [4])
+        moved.sourceRanges = [CIDR(sloppy: "198.51.100.0/24")!]
+        for change in reconciler.changes(to: [moved, frontend(3, [5])], prune: true) where change.key != nil {
+            let phases = change.ops.map(\.phase)
+            XCTAssertEqual(phases, phases.sorted(), "\(change)")
+        }
+    }
+}
+
 final class ManualClock: @unchecked Sendable {
     private var nanoseconds: UInt64 = 1_000_000
 

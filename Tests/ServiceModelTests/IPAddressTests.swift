@@ -50,6 +50,43 @@ final class IPAddressTests: XCTestCase {
         XCTAssertEqual(backends.sorted(), byText)
     }
 
+    /// sortedByText (each text order computed once) gives `<`'s order: IPv4 sets of every
+    /// size, with local/non-local twins, and sets with an IPv6 backend.
+    func testSortingByPrecomputedTextOrderIsTheOrderOfTheirText() {
+        var generator = SeededRandom(seed: 13)
+        for round in 0..<400 {
+            var backends: [Backend] = []
+            for _ in 0..<(round % 9) {
+                let random = generator.next()
+                let address = round % 10 == 9 && random % 4 == 0
+                    ? IPAddress(v6: (0..<16).map { _ in UInt8(truncatingIfNeeded: generator.next() % 3) })!
+                    : IPAddress(v4: UInt32(truncatingIfNeeded: generator.next()) >> UInt32(random % 24))
+                backends.append(Backend(address: address, port: UInt16(truncatingIfNeeded: random >> 20) % 300, isLocal: random % 3 == 0))
+            }
+            if let first = backends.first { backends.append(Backend(address: first.address, port: first.port, isLocal: !first.isLocal)) }
+            XCTAssertEqual(Backend.sortedByText(backends, { $0 }), backends.sorted(), "round \(round)")
+        }
+    }
+
+    /// The allocation-free 128-bit form is the 16-byte form, both ways, for both families
+    /// (an IPv4-mapped IPv6 address comes back as IPv4, as from `init(mapped16:)`).
+    func testTheMapped128FormIsTheMapped16Form() {
+        var generator = SeededRandom(seed: 17)
+        for round in 0..<2_000 {
+            let address = round % 2 == 0
+                ? IPAddress(v4: UInt32(truncatingIfNeeded: generator.next()))
+                : IPAddress(v6: (0..<16).map { index in index < 10 && round % 4 == 1 ? 0 : UInt8(truncatingIfNeeded: generator.next()) })!
+            let (high, low) = address.mapped128
+            var bytes: [UInt8] = []
+            for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: high >> UInt64(shift))) }
+            for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: low >> UInt64(shift))) }
+            XCTAssertEqual(bytes, address.mapped16, "\(address)")
+            XCTAssertEqual(IPAddress(mapped128: high, low), IPAddress(mapped16: bytes), "\(address)")
+        }
+        XCTAssertEqual(IPAddress(mapped128: 0, 0xffff_0a00_0001), IPAddress(sloppy: "10.0.0.1"))
+        XCTAssertEqual(IPAddress(mapped128: 0, 0xfffe_0a00_0001).family, .v6)
+    }
+
     func testSloppyParsingRejectsMalformedIPv4() {
         for input in [
             "", "1.2.3", "1.2.3.4.5", "1.2.3.256", "1..2.3", "1.2.3.4.", " 1.2.3.4", "1.2.3.4 ", "a.b.c.d",
