@@ -52,6 +52,39 @@ public final class ForwardingLab: @unchecked Sendable {
     /// Backend `index` (0-based, at most 62) in `backendCIDR`.
     public func backendIPv4(_ index: Int) -> String { "198.18.\(subnet).\(130 + index)" }
 
+    /// The node ports of `nodePortManifest`: TCP 80 → 8080 and UDP 54 → 9000.
+    public static let tcpNodePort: UInt16 = 30080
+    public static let udpNodePort: UInt16 = 30054
+
+    /// The NodePort Service the lab is built for (cluster IP 10.96.0.10, the node ports
+    /// above), served by its first `backends` backends, all on node-b (remote).
+    public func nodePortManifest(backends: Int, namespace: String) -> String {
+        let endpoints = (0..<backends).map {
+            "- {addresses: [\"\(backendIPv4($0))\"], conditions: {ready: true}, nodeName: node-b}"
+        }
+        return """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: \(namespace)}
+            spec:
+              type: NodePort
+              clusterIP: 10.96.0.10
+              ports:
+              - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
+              - {name: flood, port: 54, protocol: UDP, nodePort: \(Self.udpNodePort)}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: web-1, namespace: \(namespace), labels: {kubernetes.io/service-name: web}}
+            addressType: IPv4
+            endpoints:
+            \(endpoints.joined(separator: "\n"))
+            ports:
+            - {name: http, port: 8080, protocol: TCP}
+            - {name: flood, port: 9000, protocol: UDP}
+            """
+    }
+
     public init(id: String? = nil, subnet: Int? = nil) throws {
         let chosenID = id ?? String((0..<6).map { _ in Array("0123456789abcdef").randomElement()! })
         guard (1...8).contains(chosenID.count), chosenID.allSatisfy({ ($0.isASCII && $0.isLowercase) || $0.isNumber })

@@ -9,9 +9,9 @@ import Foundation
 /// otherwise change by change.
 final class ChangeApplier: @unchecked Sendable {
     private let maps: LoadBalancerMaps
-    private let concurrent: Bool
-    /// Only when concurrent: a small sync (one endpoint changed) pays for no lock.
-    private let condition: NSCondition
+    /// Only when concurrent (nil: written on the caller's thread, so a small sync, one
+    /// endpoint changed, pays for no lock).
+    private let condition: NSCondition?
     // Guarded by `condition`.
     private var queue: [(changes: [FrontendChange], merge: Bool)] = []
     private var finished = false
@@ -22,8 +22,7 @@ final class ChangeApplier: @unchecked Sendable {
 
     init(maps: LoadBalancerMaps, concurrent: Bool) {
         self.maps = maps
-        self.concurrent = concurrent
-        condition = concurrent ? NSCondition() : ChangeApplier.unused
+        condition = concurrent ? NSCondition() : nil
         guard concurrent else { return }
         running = true
         let worker = Thread { self.drain() }  // holds the applier until `finish`
@@ -35,7 +34,7 @@ final class ChangeApplier: @unchecked Sendable {
     /// comes later may rely on what failed.
     func submit(_ changes: [FrontendChange], merge: Bool) {
         guard !changes.isEmpty else { return }
-        guard concurrent else {
+        guard let condition else {
             apply(changes, merge: merge)
             return
         }
@@ -48,7 +47,7 @@ final class ChangeApplier: @unchecked Sendable {
     /// Waits until every queued run is written (or one failed). Must be called: the
     /// writing thread waits for it.
     func finish() {
-        guard concurrent else { return }
+        guard let condition else { return }
         condition.lock()
         finished = true
         condition.signal()
@@ -56,9 +55,8 @@ final class ChangeApplier: @unchecked Sendable {
         condition.unlock()
     }
 
-    private static let unused = NSCondition()
-
     private func drain() {
+        guard let condition else { return }
         condition.lock()
         while true {
             while queue.isEmpty && !finished { condition.wait() }

@@ -120,8 +120,8 @@ struct ForwardingBench: ParsableCommand {
         var flows: Int
     }
 
-    static let udpNodePort: UInt16 = 30054
-    static let tcpNodePort: UInt16 = 30080
+    static let udpNodePort = ForwardingLab.udpNodePort
+    static let tcpNodePort = ForwardingLab.tcpNodePort
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("needs root (namespaces, BPF, iptables)") }
@@ -262,7 +262,7 @@ struct ForwardingBench: ParsableCommand {
                                           networkNamespace: "/run/netns/" + lab.nodeNetns)
             datapath = try NodePortDatapath.install(options, logger: logger)
             let syncer = try ProxySyncer(nodeName: "node-a", maps: try KernelLoadBalancerMaps(pinPath: pinPath), logger: logger)
-            let report = syncer.sync(try ManifestDecoder.decode(Data(manifest(lab).utf8), source: "bench.yaml"))
+            let report = syncer.sync(try ManifestDecoder.decode(Data(lab.nodePortManifest(backends: backends, namespace: "bench").utf8), source: "bench.yaml"))
             guard report.failures.isEmpty else { throw ValidationError("sync failed: \(report.failures)") }
         } else {
             let input = kubeProxyRules(lab)
@@ -291,31 +291,6 @@ struct ForwardingBench: ParsableCommand {
             sample.counters[reason] = count - (before[reason] ?? 0)
         }
         return sample
-    }
-
-    private func manifest(_ lab: ForwardingLab) -> String {
-        let addresses = (0..<backends).map { "  - {addresses: [\"\(lab.backendIPv4($0))\"], conditions: {ready: true}, nodeName: node-b}" }
-        return """
-            apiVersion: v1
-            kind: Service
-            metadata: {name: web, namespace: bench}
-            spec:
-              type: NodePort
-              clusterIP: 10.96.0.10
-              ports:
-              - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
-              - {name: flood, port: 54, protocol: UDP, nodePort: \(Self.udpNodePort)}
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata: {name: web-1, namespace: bench, labels: {kubernetes.io/service-name: web}}
-            addressType: IPv4
-            endpoints:
-            \(addresses.joined(separator: "\n"))
-            ports:
-            - {name: http, port: 8080, protocol: TCP}
-            - {name: flood, port: 9000, protocol: UDP}
-            """
     }
 
     /// kube-proxy's nat table for this NodePort (pkg/proxy/iptables/proxier.go, eTP=Cluster):

@@ -11,34 +11,9 @@ import XCTest
 /// If the generator's frames were malformed (checksums), the node's datapath or conntrack
 /// would not translate them and the sink would count nothing.
 final class ForwardingLabTests: XCTestCase {
-    private func manifest(_ lab: ForwardingLab) -> String {
-        """
-        apiVersion: v1
-        kind: Service
-        metadata: {name: web, namespace: bench}
-        spec:
-          type: NodePort
-          clusterIP: 10.96.0.10
-          ports:
-          - {name: http, port: 80, protocol: TCP, nodePort: 30080}
-          - {name: flood, port: 54, protocol: UDP, nodePort: 30054}
-        ---
-        apiVersion: discovery.k8s.io/v1
-        kind: EndpointSlice
-        metadata: {name: web-1, namespace: bench, labels: {kubernetes.io/service-name: web}}
-        addressType: IPv4
-        endpoints:
-        - {addresses: ["\(lab.backendIPv4(0))"], conditions: {ready: true}, nodeName: node-b}
-        - {addresses: ["\(lab.backendIPv4(1))"], conditions: {ready: true}, nodeName: node-b}
-        ports:
-        - {name: http, port: 8080, protocol: TCP}
-        - {name: flood, port: 9000, protocol: UDP}
-        """
-    }
-
     private func loads(_ lab: ForwardingLab) throws -> (udp: XDPTrafficGenerator.Load, syn: XDPTrafficGenerator.Load) {
-        let udp = try lab.udpFrame(destinationPort: 30054)
-        let syn = try lab.tcpSYNFrame(destinationPort: 30080)
+        let udp = try lab.udpFrame(destinationPort: ForwardingLab.udpNodePort)
+        let syn = try lab.tcpSYNFrame(destinationPort: ForwardingLab.tcpNodePort)
         return (.init(frame: udp, l4ChecksumOffset: 0, flows: 8, newFlows: false),
                 .init(frame: syn, l4ChecksumOffset: XDPTrafficGenerator.tcpChecksumOffset, flows: 1, newFlows: true))
     }
@@ -46,7 +21,7 @@ final class ForwardingLabTests: XCTestCase {
     func testTheTemplatesCarryValidChecksums() {
         let mac: [UInt8] = [2, 0, 0, 0, 0, 1]
         let syn = XDPTrafficGenerator.tcpSYNFrame(sourceMAC: mac, destinationMAC: mac, source: "198.18.7.1",
-                                                  destination: "198.18.7.2", sourcePort: 1024, destinationPort: 30080)
+                                                  destination: "198.18.7.2", sourcePort: 1024, destinationPort: ForwardingLab.tcpNodePort)
         XCTAssertEqual(syn.count, XDPTrafficGenerator.frameBytes)
         XCTAssertEqual(XDPTrafficGenerator.checksum(Array(syn[14..<34])), 0, "IPv4 header checksum")
         let pseudo: [UInt8] = [198, 18, 7, 1, 198, 18, 7, 2, 0, 6, 0, 20]
@@ -70,7 +45,7 @@ final class ForwardingLabTests: XCTestCase {
             NodePortOptions(pinPath: pinPath, devices: [lab.nodeExternalDevice, lab.nodeInternalDevice], acceleration: .native,
                             snatPorts: 32768...60999, networkNamespace: "/run/netns/" + lab.nodeNetns), logger: testLogger)
         let syncer = try ProxySyncer(nodeName: "node-a", maps: try KernelLoadBalancerMaps(pinPath: pinPath), logger: testLogger)
-        XCTAssertEqual(syncer.sync(try ManifestDecoder.decode(Data(manifest(lab).utf8), source: "test.yaml")).failures.count, 0)
+        XCTAssertEqual(syncer.sync(try ManifestDecoder.decode(Data(lab.nodePortManifest(backends: 2, namespace: "bench").utf8), source: "test.yaml")).failures.count, 0)
         let (udp, syn) = try loads(lab)
 
         try generator.configure(udp)
@@ -117,7 +92,7 @@ final class ForwardingLabTests: XCTestCase {
         let generator = try XDPTrafficGenerator(sinkCIDR: lab.backendCIDR)
         try generator.attach(to: lab)
         try lab.exec(["sysctl", "-qw", "net.netfilter.nf_conntrack_checksum=1"], netns: lab.nodeNetns, allowFailure: true)
-        try lab.exec(["iptables", "-t", "nat", "-A", "PREROUTING", "-d", lab.nodeExternalIPv4, "-p", "tcp", "--dport", "30080",
+        try lab.exec(["iptables", "-t", "nat", "-A", "PREROUTING", "-d", lab.nodeExternalIPv4, "-p", "tcp", "--dport", "\(ForwardingLab.tcpNodePort)",
                       "-j", "DNAT", "--to-destination", "\(lab.backendIPv4(0)):8080"], netns: lab.nodeNetns)
         try lab.exec(["iptables", "-t", "nat", "-A", "POSTROUTING", "-d", lab.backendIPv4(0), "-j", "MASQUERADE"],
                      netns: lab.nodeNetns)

@@ -27,7 +27,7 @@ final class NATMigrationTests: XCTestCase {
         key.saddr = try XCTUnwrap(NodePortDatapath.v4MappedWords(lab.generatorIPv4))
         key.daddr = try XCTUnwrap(NodePortDatapath.v4MappedWords(lab.nodeExternalIPv4))
         key.sport = UInt16(10_000).bigEndian
-        key.dport = UInt16(30054).bigEndian
+        key.dport = ForwardingLab.udpNodePort.bigEndian
         key.proto = UInt8(IPPROTO_UDP)
         key.dir = UInt8(SL_NAT_DIR_FORWARD.rawValue)
         var entry = sl_nat_entry_v1()
@@ -57,7 +57,7 @@ final class NATMigrationTests: XCTestCase {
         // No Service exists: only the carried-over flow can take these frames to the backend.
         let generator = try XDPTrafficGenerator(sinkCIDR: lab.backendCIDR)
         try generator.attach(to: lab)
-        let frame = try lab.udpFrame(destinationPort: 30054)
+        let frame = try lab.udpFrame(destinationPort: ForwardingLab.udpNodePort)
         try generator.configure(.init(frame: frame, l4ChecksumOffset: 0, flows: 1, newFlows: false))
         let window = try generator.measure(warmUp: 0, seconds: 0.2)
         XCTAssertGreaterThan(window.sunk, 1000, "the flow's frames reach its backend")

@@ -10,28 +10,6 @@ import XCTest
 /// whose route changes takes the new route within SL_ROUTE_RECHECK_NS (1 s), on tc and in
 /// XDP.
 final class RouteCacheTests: XCTestCase {
-    private func manifest(_ lab: ForwardingLab) -> String {
-        """
-        apiVersion: v1
-        kind: Service
-        metadata: {name: web, namespace: routes}
-        spec:
-          type: NodePort
-          clusterIP: 10.96.0.10
-          ports:
-          - {name: flood, port: 54, protocol: UDP, nodePort: 30054}
-        ---
-        apiVersion: discovery.k8s.io/v1
-        kind: EndpointSlice
-        metadata: {name: web-1, namespace: routes, labels: {kubernetes.io/service-name: web}}
-        addressType: IPv4
-        endpoints:
-        - {addresses: ["\(lab.backendIPv4(0))"], conditions: {ready: true}, nodeName: node-b}
-        ports:
-        - {name: flood, port: 9000, protocol: UDP}
-        """
-    }
-
     func testAnEstablishedFlowFollowsARouteChangeWithinASecond() throws {
         try requireKernelBPF()
         for acceleration in [NodePortOptions.Acceleration.none, .native] {
@@ -46,10 +24,10 @@ final class RouteCacheTests: XCTestCase {
                                 acceleration: acceleration, networkNamespace: "/run/netns/" + lab.nodeNetns),
                 logger: testLogger)
             let syncer = try ProxySyncer(nodeName: "node-a", maps: try KernelLoadBalancerMaps(pinPath: pinPath), logger: testLogger)
-            XCTAssertEqual(syncer.sync(try ManifestDecoder.decode(Data(manifest(lab).utf8), source: "routes.yaml")).failures.count, 0)
+            XCTAssertEqual(syncer.sync(try ManifestDecoder.decode(Data(lab.nodePortManifest(backends: 1, namespace: "routes").utf8), source: "routes.yaml")).failures.count, 0)
             let generator = try XDPTrafficGenerator(sinkCIDR: lab.backendCIDR)
             try generator.attach(to: lab)
-            let frame = try lab.udpFrame(destinationPort: 30054)
+            let frame = try lab.udpFrame(destinationPort: ForwardingLab.udpNodePort)
             try generator.configure(.init(frame: frame, l4ChecksumOffset: 0, flows: 4, newFlows: false))
 
             let before = try generator.measure(warmUp: 0.05, seconds: 0.2)
