@@ -16,11 +16,16 @@
  *         the reply comes back here. A local backend is reached without SNAT (the reply
  *         passes through this node anyway) and keeps the client's address;
  *    every translated packet is forwarded with bpf_fib_lookup + bpf_redirect(_neigh),
- *    bypassing the node's stack. A frontend without usable backend answers with ICMP
- *    port unreachable; one whose policy drops (eTP=Local without local endpoint) drops.
+ *    bypassing the node's stack; one longer than its route's MTU is answered with ICMP
+ *    fragmentation needed / ICMPv6 Packet Too Big instead (sl_too_big). A frontend
+ *    without usable backend answers with ICMP port unreachable; one whose policy drops
+ *    (eTP=Local without local endpoint) drops;
+ *      4. an ICMP or ICMPv6 error about a tracked flow is translated for the host whose
+ *         packet it quotes, client or backend, and forwarded (sl_icmp_translate_view).
  *  - egress (sl_nodeport_egress): replies of local backends, routed by the node's stack
- *    towards the client, get the frontend as their source.
- * Everything else passes untouched (TC_ACT_OK), among it ICMPv6 (Neighbour Discovery) and
+ *    towards the client, get the frontend as their source, and their ICMP errors quote
+ *    the frontend.
+ * Everything else passes untouched (TC_ACT_OK), among it ICMPv6 Neighbour Discovery and
  * IPv6 packets with extension headers. Malformed packets are dropped; every outcome is
  * counted (enum sl_reason). Each family is its own dataplane (kube-proxy A.7): an IPv6
  * packet only ever meets IPv6 frontends, backends and node addresses.
@@ -66,11 +71,14 @@ const volatile __u64 sl_snat_reclaim_ns = 1000000000ULL;
 /* linux/icmp.h drags in libc headers (via linux/if.h) that a BPF build cannot use. */
 #define SL_ICMP_DEST_UNREACH 3
 #define SL_ICMP_PORT_UNREACH 3
+#define SL_ICMP_FRAG_NEEDED 4
+#define SL_IP_DF 0x4000
 #define SL_IP_MF 0x2000
 #define SL_IP_OFFSET 0x1fff
 #define SL_IPPROTO_ICMPV6 58
 #define SL_ICMPV6_DEST_UNREACH 1
 #define SL_ICMPV6_PORT_UNREACH 4
+#define SL_ICMPV6_PACKET_TOO_BIG 2
 
 /* What the worker asks the entry point to do with a packet. */
 enum sl_np_action {
@@ -117,7 +125,13 @@ struct sl_packet {
 	__u8 tos;
 	__u8 ihl_bytes;
 	__u16 tot_len;
+	/* The length the egress MTU must hold: tot_len, or for a GSO skb (segmentation
+	 * offload: several segments in one skb, sent or received) its segments' length
+	 * (sl_gso_segment_len). */
+	__u16 mtu_len;
+	__u8 l4_hdr_len;
 	__u8 tcp_flags; /* FIN, SYN, RST, … (byte 13 of the TCP header); 0 for UDP */
+	__u8 dont_fragment; /* IPv4 DF; IPv6 packets are never fragmented on the way */
 	__u8 ipv6;
 };
 
@@ -274,6 +288,7 @@ static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, s
 		pkt->sport = tcp->source;
 		pkt->dport = tcp->dest;
 		pkt->tcp_flags = ((__u8 *)tcp)[13];
+		pkt->l4_hdr_len = (__u8)(tcp->doff * 4);
 	} else {
 		struct udphdr *udp = l4;
 
@@ -287,14 +302,28 @@ static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, s
 		}
 		pkt->sport = udp->source;
 		pkt->dport = udp->dest;
+		pkt->l4_hdr_len = sizeof(*udp);
 	}
 	return 0;
 }
 
-/* IPv6 after an Ethernet header at `ip6`. TCP and UDP directly after the fixed header are
- * ours; extension headers (a fragment header among them) and every other next header,
- * ICMPv6 included, pass to the stack, counted. Returns as sl_parse (never
- * SL_PARSED_ICMP). */
+/* tc: a GSO skb (the sender's or the receiving device's segmentation offload) is longer
+ * than any MTU; what must fit the egress device are its segments, each with the headers
+ * and gso_size bytes of payload. */
+static __always_inline void sl_gso_segment_len(struct __sk_buff *skb, struct sl_packet *pkt)
+{
+	__u32 segment;
+
+	if (!skb->gso_size)
+		return;
+	segment = pkt->l4_off - pkt->l3_off + pkt->l4_hdr_len + skb->gso_size;
+	if (segment < pkt->mtu_len)
+		pkt->mtu_len = (__u16)segment;
+}
+
+/* IPv6 after an Ethernet header at `ip6`. TCP, UDP and ICMPv6 directly after the fixed
+ * header are ours; extension headers (a fragment header among them) and every other next
+ * header pass to the stack, counted. Returns as sl_parse. */
 static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_end, __u32 len, struct sl_packet *pkt)
 {
 	__u32 payload;
@@ -315,6 +344,7 @@ static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_e
 	switch (ip6->nexthdr) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
+	case SL_IPPROTO_ICMPV6:
 		break;
 	case 0:   /* hop-by-hop options */
 	case 43:  /* routing */
@@ -340,6 +370,11 @@ static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_e
 	pkt->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
 	pkt->ihl_bytes = sizeof(*ip6);
 	pkt->tot_len = (__u16)(sizeof(*ip6) + payload);
+	pkt->mtu_len = pkt->tot_len;
+	/* ICMPv6: the caller looks at errors about tracked flows (and passes the rest,
+	 * Neighbour Discovery among it); not counted here. */
+	if (pkt->proto == SL_IPPROTO_ICMPV6)
+		return SL_PARSED_ICMP;
 	return sl_parse_l4(ip6 + 1, data_end, payload, pkt);
 }
 
@@ -421,6 +456,8 @@ static __always_inline int sl_parse(void *ctx, int hook, struct sl_packet *pkt)
 	pkt->tos = ip->tos;
 	pkt->ihl_bytes = (__u8)ihl_bytes;
 	pkt->tot_len = bpf_ntohs(ip->tot_len);
+	pkt->mtu_len = pkt->tot_len;
+	pkt->dont_fragment = (frag & SL_IP_DF) != 0;
 
 	/* ICMP: the caller looks at errors about tracked flows; not counted here. */
 	if (pkt->proto == IPPROTO_ICMP)
@@ -642,27 +679,31 @@ static __always_inline int sl_rewrite_to(void *ctx, int hook, struct sl_packet *
 
 /* IPv6: asks the FIB where a packet of `pkt`'s kind from saddr to daddr goes. */
 static __always_inline int sl_fib6(void *ctx, int hook, const struct sl_packet *pkt, const __be32 saddr[4],
-				   const __be32 daddr[4], struct bpf_fib_lookup *fib)
+				   const __be32 daddr[4], struct bpf_fib_lookup *fib, int check_mtu)
 {
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->family = SL_AF_INET6;
 	fib->l4_protocol = pkt->proto;
-	fib->tot_len = pkt->tot_len;
+	fib->tot_len = check_mtu ? pkt->mtu_len : 0;
 	__builtin_memcpy(fib->ipv6_src, saddr, sizeof(fib->ipv6_src));
 	__builtin_memcpy(fib->ipv6_dst, daddr, sizeof(fib->ipv6_dst));
 	fib->ifindex = sl_ingress_ifindex(ctx, hook);
 	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 }
 
-/* Asks the FIB where a packet of `pkt`'s kind from saddr to daddr goes (fills *fib). */
+/* Asks the FIB where a packet of `pkt`'s kind from saddr to daddr goes (fills *fib).
+ * With check_mtu the route's MTU (path-MTU exceptions included) must hold pkt->mtu_len,
+ * else the answer is BPF_FIB_LKUP_RET_FRAG_NEEDED with fib->mtu_result, and no device.
+ * Without, only the device is wanted: XDP checks nothing, and tc at most the skb against
+ * the device's MTU, which may answer FRAG_NEEDED with the device filled in. */
 static __always_inline int sl_fib(void *ctx, int hook, const struct sl_packet *pkt, __be32 saddr, __be32 daddr,
-				  struct bpf_fib_lookup *fib)
+				  struct bpf_fib_lookup *fib, int check_mtu)
 {
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->family = SL_AF_INET;
 	fib->tos = pkt->tos;
 	fib->l4_protocol = pkt->proto;
-	fib->tot_len = pkt->tot_len;
+	fib->tot_len = check_mtu ? pkt->mtu_len : 0;
 	fib->ipv4_src = saddr;
 	fib->ipv4_dst = daddr;
 	fib->ifindex = sl_ingress_ifindex(ctx, hook);
@@ -735,8 +776,8 @@ macs:
 static __always_inline int sl_route(void *ctx, int hook, struct sl_packet *pkt, struct sl_np_forward *fwd)
 {
 	struct bpf_fib_lookup fib;
-	int rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, pkt->saddr6, pkt->daddr6, &fib)
-			   : sl_fib(ctx, hook, pkt, pkt->saddr, pkt->daddr, &fib);
+	int rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, pkt->saddr6, pkt->daddr6, &fib, 1)
+			   : sl_fib(ctx, hook, pkt, pkt->saddr, pkt->daddr, &fib, 1);
 
 	return sl_forward(ctx, hook, pkt, &fib, rc, fwd);
 }
@@ -748,9 +789,10 @@ static __always_inline __u32 sl_egress_ifindex(void *ctx, int hook, const struct
 
 	/* Only the egress device matters here; BPF_FIB_LOOKUP_SKIP_NEIGH would save the
 	 * neighbour lookup but needs 6.5. */
-	switch (sl_fib(ctx, hook, pkt, pkt->saddr, daddr, &fib)) {
+	switch (sl_fib(ctx, hook, pkt, pkt->saddr, daddr, &fib, 0)) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		return fib.ifindex;
 	default:
 		return 0;
@@ -761,12 +803,13 @@ static __always_inline __u32 sl_egress_ifindex(void *ctx, int hook, const struct
 static __always_inline __u32 sl_backend_egress(void *ctx, int hook, const struct sl_packet *pkt, const __be32 addr[4])
 {
 	struct bpf_fib_lookup fib;
-	int rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, pkt->saddr6, addr, &fib)
-			   : sl_fib(ctx, hook, pkt, pkt->saddr, addr[3], &fib);
+	int rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, pkt->saddr6, addr, &fib, 0)
+			   : sl_fib(ctx, hook, pkt, pkt->saddr, addr[3], &fib, 0);
 
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		return fib.ifindex;
 	default:
 		return 0;
@@ -784,8 +827,9 @@ struct sl_icmp_head {
 };
 
 /* Sends the error built in place of the packet back to the previous hop, out of the
- * device it came in on: the MACs (`macs`, as received) swapped. */
-static __always_inline int sl_reject_back(struct __sk_buff *skb, const __u8 macs[2 * ETH_ALEN], struct sl_np_forward *fwd)
+ * device it came in on: the MACs (`macs`, as received) swapped; `reason` counted. */
+static __always_inline int sl_reject_back(struct __sk_buff *skb, const __u8 macs[2 * ETH_ALEN], struct sl_np_forward *fwd,
+					  __u32 reason)
 {
 	if (bpf_skb_store_bytes(skb, 0, macs + ETH_ALEN, ETH_ALEN, 0) ||
 	    bpf_skb_store_bytes(skb, ETH_ALEN, macs, ETH_ALEN, 0)) {
@@ -794,7 +838,7 @@ static __always_inline int sl_reject_back(struct __sk_buff *skb, const __u8 macs
 	}
 	fwd->ifindex = skb->ifindex;
 	fwd->resolve_neigh = 0;
-	sl_count(SL_REASON_NP_REJECT);
+	sl_count(reason);
 	return 1;
 }
 
@@ -809,10 +853,13 @@ struct sl_icmp_error {
 	__u8 quoted_l4[20];
 };
 
-/* Turns the packet into an ICMP port unreachable back to its sender, sent out of the
- * device it came in on (MACs swapped). Packets with IP options are not answered (their
- * quoted header would not fit the fixed layout): dropped, counted. */
-static __always_inline int sl_reject(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+/* Turns the packet into an ICMP error back to its sender, sent out of the device it came
+ * in on (MACs swapped): destination unreachable with `code` (port unreachable, or
+ * fragmentation needed with the next hop's MTU in `mtu`), from the packet's destination.
+ * Packets with IP options are not answered (their quoted header would not fit the fixed
+ * layout): dropped, counted. `reason` is counted when the error is sent. */
+static __always_inline int sl_icmp_back(struct __sk_buff *skb, struct sl_packet *pkt, __u8 code, __u16 mtu,
+					__u32 reason, struct sl_np_forward *fwd)
 {
 	struct sl_icmp_error msg = {};
 	__u8 macs[2 * ETH_ALEN];
@@ -832,7 +879,9 @@ static __always_inline int sl_reject(struct __sk_buff *skb, struct sl_packet *pk
 		goto fail;
 
 	msg.icmp.type = SL_ICMP_DEST_UNREACH;
-	msg.icmp.code = SL_ICMP_PORT_UNREACH;
+	msg.icmp.code = code;
+	/* RFC 1191: the next-hop MTU in the low 16 bits of the unused word. */
+	msg.icmp.unused = bpf_htonl(mtu);
 	/* The verifier wants a constant size for a stack buffer passed to a helper, so each
 	 * length gets its own call. */
 	if (quoted_l4 == 20)
@@ -861,7 +910,7 @@ static __always_inline int sl_reject(struct __sk_buff *skb, struct sl_packet *pk
 	if (quoted_l4 == 20 ? bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg), 0)
 			    : bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - 12, 0))
 		goto fail;
-	return sl_reject_back(skb, macs, fwd);
+	return sl_reject_back(skb, macs, fwd, reason);
 fail:
 	sl_count(SL_REASON_NP_REJECT_FAILED);
 	return -EINVAL;
@@ -875,9 +924,11 @@ struct sl_icmp6_error {
 	__u8 quoted_l4[20];
 };
 
-/* sl_reject for IPv6: ICMPv6 destination unreachable, port unreachable (type 1 code 4),
- * which Linux turns into ECONNREFUSED for the client's socket. */
-static __always_inline int sl_reject6(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+/* sl_icmp_back for IPv6: ICMPv6 `type` and `code` (destination unreachable, port
+ * unreachable: type 1 code 4, which Linux turns into ECONNREFUSED for the client's
+ * socket; Packet Too Big: type 2 code 0 with the MTU in `mtu`). */
+static __always_inline int sl_icmp6_back(struct __sk_buff *skb, struct sl_packet *pkt, __u8 type, __u8 code, __u32 mtu,
+					 __u32 reason, struct sl_np_forward *fwd)
 {
 	struct sl_icmp6_error msg = {};
 	__u8 macs[2 * ETH_ALEN];
@@ -893,8 +944,9 @@ static __always_inline int sl_reject6(struct __sk_buff *skb, struct sl_packet *p
 	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)))
 		goto fail;
 
-	msg.icmp.type = SL_ICMPV6_DEST_UNREACH;
-	msg.icmp.code = SL_ICMPV6_PORT_UNREACH;
+	msg.icmp.type = type;
+	msg.icmp.code = code;
+	msg.icmp.unused = bpf_htonl(mtu);
 	msg.ip.version = 6;
 	msg.ip.payload_len = bpf_htons((__u16)icmp_len);
 	msg.ip.nexthdr = SL_IPPROTO_ICMPV6;
@@ -923,10 +975,35 @@ static __always_inline int sl_reject6(struct __sk_buff *skb, struct sl_packet *p
 	if (quoted_l4 == 20 ? bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg), 0)
 			    : bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - 12, 0))
 		goto fail;
-	return sl_reject_back(skb, macs, fwd);
+	return sl_reject_back(skb, macs, fwd, reason);
 fail:
 	sl_count(SL_REASON_NP_REJECT_FAILED);
 	return -EINVAL;
+}
+
+/* A frontend without usable backend: ICMP port unreachable to the client. */
+static __always_inline int sl_reject(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+{
+	if (pkt->ipv6)
+		return sl_icmp6_back(skb, pkt, SL_ICMPV6_DEST_UNREACH, SL_ICMPV6_PORT_UNREACH, 0, SL_REASON_NP_REJECT, fwd);
+	return sl_icmp_back(skb, pkt, SL_ICMP_PORT_UNREACH, 0, SL_REASON_NP_REJECT, fwd);
+}
+
+/* A translated packet longer than its route's MTU `mtu`: a router answers a packet that
+ * may not be fragmented (IPv4 DF, every IPv6 packet) with ICMP fragmentation needed /
+ * Packet Too Big, which makes the sender's path-MTU discovery shrink its packets; the
+ * error quotes the packet as the sender sent it (untranslated), so it matches the
+ * sender's socket. A packet that may be fragmented cannot be here (no fragmenting in
+ * BPF): dropped, counted. */
+static __always_inline int sl_too_big(struct __sk_buff *skb, struct sl_packet *pkt, __u16 mtu, struct sl_np_forward *fwd)
+{
+	if (pkt->ipv6)
+		return sl_icmp6_back(skb, pkt, SL_ICMPV6_PACKET_TOO_BIG, 0, mtu, SL_REASON_NP_TOO_BIG, fwd);
+	if (!pkt->dont_fragment) {
+		sl_count(SL_REASON_NP_TOO_BIG_MAY_FRAGMENT);
+		return -EMSGSIZE;
+	}
+	return sl_icmp_back(skb, pkt, SL_ICMP_FRAG_NEEDED, mtu, SL_REASON_NP_TOO_BIG, fwd);
 }
 
 // MARK: - Frontends
@@ -1231,7 +1308,7 @@ static __always_inline int sl_flow_route(void *ctx, int hook, const struct sl_pa
 	int rc;
 
 	if (checked && now - checked < SL_ROUTE_RECHECK_NS && route->in_ifindex == in_ifindex && route->tos == pkt->tos &&
-	    pkt->tot_len <= route->max_tot_len) {
+	    pkt->mtu_len <= route->max_tot_len) {
 		fib->ifindex = route->ifindex;
 		__builtin_memcpy(fib->dmac, (const void *)route->dmac, ETH_ALEN);
 		__builtin_memcpy(fib->smac, (const void *)route->smac, ETH_ALEN);
@@ -1240,7 +1317,7 @@ static __always_inline int sl_flow_route(void *ctx, int hook, const struct sl_pa
 			return BPF_FIB_LKUP_RET_SUCCESS;
 		}
 	}
-	rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, saddr6, daddr6, fib) : sl_fib(ctx, hook, pkt, saddr, daddr, fib);
+	rc = pkt->ipv6 ? sl_fib6(ctx, hook, pkt, saddr6, daddr6, fib, 1) : sl_fib(ctx, hook, pkt, saddr, daddr, fib, 1);
 	*known_device = rc == BPF_FIB_LKUP_RET_SUCCESS && bpf_map_lookup_elem(&sl_devices_v2, &fib->ifindex);
 	if (!*known_device)
 		return rc;
@@ -1249,7 +1326,7 @@ static __always_inline int sl_flow_route(void *ctx, int hook, const struct sl_pa
 	route->in_ifindex = in_ifindex;
 	__builtin_memcpy((void *)route->dmac, fib->dmac, ETH_ALEN);
 	__builtin_memcpy((void *)route->smac, fib->smac, ETH_ALEN);
-	route->max_tot_len = pkt->tot_len;
+	route->max_tot_len = pkt->mtu_len;
 	route->tos = pkt->tos;
 	route->checked_ns = now ? now : 1;
 	return rc;
@@ -1285,22 +1362,22 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
 			saddr6 = entry->nat_addr;
 		}
 	}
-	if (hook == SL_HOOK_XDP) {
-		/* Adding the DSR option resizes the packet: tc's job. A DSR flow's other TCP
-		 * segments are a plain DNAT, which XDP does. */
-		if (!reply && (entry->flags & SL_NAT_F_DSR) && sl_dsr_carries_option(pkt))
-			return SL_NP_PASS;
-		/* XDP forwards only out of the devices it runs on, to a resolved neighbour. */
-		fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, now, &fib, &known_device);
-		if (fib_rc != BPF_FIB_LKUP_RET_SUCCESS || !known_device)
-			return SL_NP_PASS;
-	}
+	/* Adding the DSR option resizes the packet: tc's job. A DSR flow's other TCP segments
+	 * are a plain DNAT, which XDP does. */
+	if (hook == SL_HOOK_XDP && !reply && (entry->flags & SL_NAT_F_DSR) && sl_dsr_carries_option(pkt))
+		return SL_NP_PASS;
+	/* The route is asked before the rewrite, so that a packet too long for it can be
+	 * answered as its sender sent it. (The DSR option, added after, is left off a packet
+	 * it would make too long: sl_dsr_push.) */
+	fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, now, &fib, &known_device);
+	if (fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return hook == SL_HOOK_XDP ? SL_NP_PASS : sl_too_big(ctx, pkt, fib.mtu_result, fwd);
+	/* XDP forwards only out of the devices it runs on, to a resolved neighbour. */
+	if (hook == SL_HOOK_XDP && (fib_rc != BPF_FIB_LKUP_RET_SUCCESS || !known_device))
+		return SL_NP_PASS;
 	rc = reply ? sl_apply_reply(ctx, hook, pkt, entry) : sl_apply_forward(ctx, hook, pkt, entry);
 	if (rc)
 		return rc;
-	/* tc asks after the rewrite: the DSR option may have lengthened the packet. */
-	if (hook != SL_HOOK_XDP)
-		fib_rc = sl_flow_route(ctx, hook, pkt, entry, saddr, daddr, saddr6, daddr6, now, &fib, &known_device);
 	rc = sl_forward(ctx, hook, pkt, &fib, fib_rc, fwd);
 	if (rc >= 0)
 		sl_count(reason);
@@ -1329,6 +1406,7 @@ static __always_inline __u64 sl_touch(struct sl_nat_entry *entry, const struct s
 // MARK: - ICMP errors about tracked flows
 
 #define SL_ICMP_TIME_EXCEEDED 11
+#define SL_ICMPV6_TIME_EXCEEDED 3
 
 /* The start of an ICMP error: its header, the offending packet's IPv4 header (without
  * options) and that packet's ports. */
@@ -1342,80 +1420,209 @@ struct sl_icmp_quote {
 	__be16 dport;
 };
 
+/* The same for ICMPv6: the quoted IPv6 header (without extension headers) and ports. */
+struct sl_icmp6_quote {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 unused;
+	struct ipv6hdr inner;
+	__be16 sport;
+	__be16 dport;
+};
+
+/* What an ICMP error about a tracked flow says, addresses as the maps store them: the
+ * outer source and destination, then the quoted packet's. The translation rewrites a copy
+ * and applies the difference. The layout is summed with bpf_csum_diff: 4-byte multiples. */
+struct sl_icmp_view {
+	__be32 outer_saddr[4];
+	__be32 outer_daddr[4];
+	__be32 inner_saddr[4];
+	__be32 inner_daddr[4];
+	__be16 inner_sport;
+	__be16 inner_dport;
+};
+
+/* Which tracked packet an error quotes, and what the error becomes:
+ *  - ingress, the quoted packet went node -> remote backend with SNAT (its flow's REPLY
+ *    entry, keyed the other way): for the client, quoting client -> frontend;
+ *  - ingress, the quoted packet is a reply this node sent to the client, frontend ->
+ *    client (the flow's FORWARD entry, keyed the other way; SNAT, local backend or DSR):
+ *    for the backend, quoting its own packet backend -> client (or -> SNAT address);
+ *  - egress, a local backend's error about a packet client -> backend (REPLY entry of a
+ *    flow without SNAT): for the client, quoting client -> frontend.
+ * An outer source equal to the quoted destination (the error came from the end host, not
+ * a router) becomes what that host is to the error's new receiver. Returns the reason to
+ * count, or 0 when the error is about no tracked flow. */
+static __always_inline __u32 sl_icmp_translate_view(struct sl_icmp_view *v, __u8 proto, int egress)
+{
+	struct sl_nat_entry *tracked;
+	struct sl_nat_key key;
+	int from_end_host = sl_addr_equal(v->outer_saddr, v->inner_daddr);
+
+	__builtin_memcpy(key.saddr, v->inner_daddr, sizeof(key.saddr));
+	__builtin_memcpy(key.daddr, v->inner_saddr, sizeof(key.daddr));
+	key.sport = v->inner_dport;
+	key.dport = v->inner_sport;
+	key.proto = proto;
+	key.dir = SL_NAT_DIR_REPLY;
+	key.pad = 0;
+	tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
+	if (egress) {
+		if (!tracked || (tracked->flags & SL_NAT_F_SNAT))
+			return 0;
+		__builtin_memcpy(v->inner_daddr, tracked->to_addr, sizeof(v->inner_daddr));
+		v->inner_dport = tracked->to_port;
+		if (from_end_host)
+			__builtin_memcpy(v->outer_saddr, tracked->to_addr, sizeof(v->outer_saddr));
+		return SL_REASON_NP_ICMP_ERROR_REPLY;
+	}
+	if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
+		__builtin_memcpy(v->inner_saddr, tracked->nat_addr, sizeof(v->inner_saddr));
+		v->inner_sport = tracked->nat_port;
+		__builtin_memcpy(v->inner_daddr, tracked->to_addr, sizeof(v->inner_daddr));
+		v->inner_dport = tracked->to_port;
+		__builtin_memcpy(v->outer_daddr, tracked->nat_addr, sizeof(v->outer_daddr));
+		if (from_end_host)
+			__builtin_memcpy(v->outer_saddr, tracked->to_addr, sizeof(v->outer_saddr));
+		return SL_REASON_NP_ICMP_ERROR_REPLY;
+	}
+	key.dir = SL_NAT_DIR_FORWARD;
+	tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
+	if (!tracked)
+		return 0;
+	__builtin_memcpy(v->inner_saddr, tracked->to_addr, sizeof(v->inner_saddr));
+	v->inner_sport = tracked->to_port;
+	__builtin_memcpy(v->outer_daddr, tracked->to_addr, sizeof(v->outer_daddr));
+	if (tracked->flags & SL_NAT_F_SNAT) {
+		__builtin_memcpy(v->inner_daddr, tracked->nat_addr, sizeof(v->inner_daddr));
+		v->inner_dport = tracked->nat_port;
+		__builtin_memcpy(v->outer_saddr, tracked->nat_addr, sizeof(v->outer_saddr));
+	}
+	return SL_REASON_NP_ICMP_ERROR_FORWARD;
+}
+
 static __always_inline int sl_store4(struct __sk_buff *skb, __u32 off, __be32 value, __u32 csum_off, __be32 old)
 {
+	if (value == old)
+		return 0;
 	if (bpf_l3_csum_replace(skb, csum_off, old, value, sizeof(value)) ||
 	    bpf_skb_store_bytes(skb, off, &value, sizeof(value), 0))
 		return -EFAULT;
 	return 0;
 }
 
-/* An ICMP error (destination unreachable, e.g. fragmentation needed; time exceeded) about
- * a packet this node sent to a backend with SNAT reaches the SNAT address: it is
- * translated back like the flow's replies and forwarded to the client. The quoted packet
- * becomes client -> frontend again, the outer destination the client, and an outer source
- * equal to the backend the frontend. Checksums: each inner address change is compensated
- * in the inner header checksum, which leaves the ICMP checksum unchanged; inner port
- * changes are folded into the ICMP checksum; the quoted TCP/UDP checksum is left alone
- * (only its first 8 bytes need be quoted, and no receiver checks it).
- * Returns SL_NP_PASS when the message is not such an error, 1 to forward, -errno to drop. */
-static __always_inline int sl_icmp_error_reply(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+/* ICMP (IPv4) errors about tracked flows, translated as sl_icmp_translate_view says.
+ * Checksums: each quoted address change is compensated in the quoted header's checksum,
+ * which leaves the ICMP checksum unchanged; quoted port changes are folded into the ICMP
+ * checksum; the quoted TCP/UDP checksum is left alone (only its first 8 bytes need be
+ * quoted, and no receiver checks it). Returns the reason to count, 0 when the message is
+ * not such an error (nothing changed; *is_error says whether it is an error about TCP or
+ * UDP at all), or -errno. */
+static __always_inline int sl_icmp4_error(struct __sk_buff *skb, struct sl_packet *pkt, int egress, int *is_error)
 {
 	__u32 icmp_csum = pkt->l4_off + offsetof(struct sl_icmp_quote, checksum);
 	__u32 inner_off = pkt->l4_off + offsetof(struct sl_icmp_quote, inner);
 	__u32 inner_csum = inner_off + offsetof(struct iphdr, check);
 	__u32 ports_off = pkt->l4_off + offsetof(struct sl_icmp_quote, sport);
-	struct sl_nat_entry *tracked;
+	__u32 outer_csum = pkt->l3_off + offsetof(struct iphdr, check);
 	struct sl_icmp_quote quote;
-	struct sl_nat_key key;
-	__be32 client, frontend, router;
-	__be16 client_port, frontend_port;
-	int rc;
+	struct sl_icmp_view v;
+	__u32 reason;
 
 	if (bpf_skb_load_bytes(skb, pkt->l4_off, &quote, sizeof(quote)) ||
 	    (quote.type != SL_ICMP_DEST_UNREACH && quote.type != SL_ICMP_TIME_EXCEEDED) ||
 	    quote.inner.version != 4 || quote.inner.ihl != 5 ||
-	    (quote.inner.protocol != IPPROTO_TCP && quote.inner.protocol != IPPROTO_UDP)) {
-		sl_count(SL_REASON_NP_NOT_IPV4);
-		return SL_NP_PASS;
-	}
-	/* The quoted packet went node -> backend; its flow's REPLY entry is keyed the other way. */
-	sl_v4_mapped(key.saddr, quote.inner.daddr);
-	sl_v4_mapped(key.daddr, quote.inner.saddr);
-	key.sport = quote.dport;
-	key.dport = quote.sport;
-	key.proto = quote.inner.protocol;
-	key.dir = SL_NAT_DIR_REPLY;
-	key.pad = 0;
-	tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
-	if (!tracked || !(tracked->flags & SL_NAT_F_SNAT)) {
-		sl_count(SL_REASON_NP_NOT_SERVICE);
-		return SL_NP_PASS;
-	}
-	client = tracked->nat_addr[3];
-	client_port = tracked->nat_port;
-	frontend = tracked->to_addr[3];
-	frontend_port = tracked->to_port;
-	router = pkt->saddr == quote.inner.daddr ? frontend : pkt->saddr;
-
-	if (sl_store4(skb, inner_off + offsetof(struct iphdr, saddr), client, inner_csum, quote.inner.saddr) ||
-	    sl_store4(skb, inner_off + offsetof(struct iphdr, daddr), frontend, inner_csum, quote.inner.daddr) ||
-	    bpf_l4_csum_replace(skb, icmp_csum, quote.sport, client_port, sizeof(client_port)) ||
-	    bpf_l4_csum_replace(skb, icmp_csum, quote.dport, frontend_port, sizeof(frontend_port)) ||
-	    bpf_skb_store_bytes(skb, ports_off, &client_port, sizeof(client_port), 0) ||
-	    bpf_skb_store_bytes(skb, ports_off + sizeof(client_port), &frontend_port, sizeof(frontend_port), 0) ||
-	    sl_store4(skb, pkt->l3_off + offsetof(struct iphdr, daddr), client, pkt->l3_off + offsetof(struct iphdr, check),
-		      pkt->daddr) ||
-	    sl_store4(skb, pkt->l3_off + offsetof(struct iphdr, saddr), router, pkt->l3_off + offsetof(struct iphdr, check),
-		      pkt->saddr)) {
+	    (quote.inner.protocol != IPPROTO_TCP && quote.inner.protocol != IPPROTO_UDP))
+		return 0;
+	*is_error = 1;
+	sl_v4_mapped(v.outer_saddr, pkt->saddr);
+	sl_v4_mapped(v.outer_daddr, pkt->daddr);
+	sl_v4_mapped(v.inner_saddr, quote.inner.saddr);
+	sl_v4_mapped(v.inner_daddr, quote.inner.daddr);
+	v.inner_sport = quote.sport;
+	v.inner_dport = quote.dport;
+	reason = sl_icmp_translate_view(&v, quote.inner.protocol, egress);
+	if (!reason)
+		return 0;
+	if (sl_store4(skb, inner_off + offsetof(struct iphdr, saddr), v.inner_saddr[3], inner_csum, quote.inner.saddr) ||
+	    sl_store4(skb, inner_off + offsetof(struct iphdr, daddr), v.inner_daddr[3], inner_csum, quote.inner.daddr) ||
+	    bpf_l4_csum_replace(skb, icmp_csum, quote.sport, v.inner_sport, sizeof(v.inner_sport)) ||
+	    bpf_l4_csum_replace(skb, icmp_csum, quote.dport, v.inner_dport, sizeof(v.inner_dport)) ||
+	    bpf_skb_store_bytes(skb, ports_off, &v.inner_sport, 2 * sizeof(v.inner_sport), 0) ||
+	    sl_store4(skb, pkt->l3_off + offsetof(struct iphdr, saddr), v.outer_saddr[3], outer_csum, pkt->saddr) ||
+	    sl_store4(skb, pkt->l3_off + offsetof(struct iphdr, daddr), v.outer_daddr[3], outer_csum, pkt->daddr)) {
 		sl_count(SL_REASON_NP_REWRITE_FAILED);
 		return -EFAULT;
 	}
-	pkt->daddr = client;
-	pkt->saddr = router;
+	pkt->saddr = v.outer_saddr[3];
+	pkt->daddr = v.outer_daddr[3];
+	return reason;
+}
+
+/* ICMPv6 errors (destination unreachable, Packet Too Big, time exceeded) about tracked
+ * flows, as sl_icmp4_error. The ICMPv6 checksum covers the quoted packet directly and the
+ * outer addresses through its pseudo header: one difference each. */
+static __always_inline int sl_icmp6_error(struct __sk_buff *skb, struct sl_packet *pkt, int egress, int *is_error)
+{
+	__u32 icmp_csum = pkt->l4_off + offsetof(struct sl_icmp6_quote, checksum);
+	__u32 inner_off = pkt->l4_off + offsetof(struct sl_icmp6_quote, inner);
+	struct sl_icmp6_quote quote;
+	struct sl_icmp_view old, v;
+	__s64 outer_diff, inner_diff;
+	__u32 reason;
+
+	if (bpf_skb_load_bytes(skb, pkt->l4_off, &quote, sizeof(quote)) ||
+	    (quote.type != SL_ICMPV6_DEST_UNREACH && quote.type != SL_ICMPV6_PACKET_TOO_BIG &&
+	     quote.type != SL_ICMPV6_TIME_EXCEEDED) ||
+	    quote.inner.version != 6 || (quote.inner.nexthdr != IPPROTO_TCP && quote.inner.nexthdr != IPPROTO_UDP))
+		return 0;
+	*is_error = 1;
+	__builtin_memcpy(old.outer_saddr, pkt->saddr6, sizeof(old.outer_saddr));
+	__builtin_memcpy(old.outer_daddr, pkt->daddr6, sizeof(old.outer_daddr));
+	__builtin_memcpy(old.inner_saddr, &quote.inner.saddr, sizeof(old.inner_saddr));
+	__builtin_memcpy(old.inner_daddr, &quote.inner.daddr, sizeof(old.inner_daddr));
+	old.inner_sport = quote.sport;
+	old.inner_dport = quote.dport;
+	v = old;
+	reason = sl_icmp_translate_view(&v, quote.inner.nexthdr, egress);
+	if (!reason)
+		return 0;
+	outer_diff = bpf_csum_diff(old.outer_saddr, 32, v.outer_saddr, 32, 0);
+	inner_diff = bpf_csum_diff(old.inner_saddr, 36, v.inner_saddr, 36, 0);
+	if (outer_diff < 0 || inner_diff < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum, 0, (__u32)outer_diff, BPF_F_PSEUDO_HDR) ||
+	    bpf_l4_csum_replace(skb, icmp_csum, 0, (__u32)inner_diff, 0) ||
+	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct ipv6hdr, saddr), v.inner_saddr, 32, 0) ||
+	    bpf_skb_store_bytes(skb, pkt->l4_off + offsetof(struct sl_icmp6_quote, sport), &v.inner_sport, 4, 0) ||
+	    bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct ipv6hdr, saddr), v.outer_saddr, 32, 0)) {
+		sl_count(SL_REASON_NP_REWRITE_FAILED);
+		return -EFAULT;
+	}
+	__builtin_memcpy(pkt->saddr6, v.outer_saddr, sizeof(pkt->saddr6));
+	__builtin_memcpy(pkt->daddr6, v.outer_daddr, sizeof(pkt->daddr6));
+	return reason;
+}
+
+/* Ingress: an ICMP error about a tracked flow, translated and forwarded to the host whose
+ * packet it is about (sl_icmp_translate_view). Anything else passes to the stack. Returns
+ * SL_NP_PASS, 1 to forward, -errno to drop. */
+static __always_inline int sl_icmp_error_reply(struct __sk_buff *skb, struct sl_packet *pkt, struct sl_np_forward *fwd)
+{
+	int is_error = 0;
+	int reason = pkt->ipv6 ? sl_icmp6_error(skb, pkt, 0, &is_error) : sl_icmp4_error(skb, pkt, 0, &is_error);
+	int rc;
+
+	if (reason < 0)
+		return reason;
+	if (!reason) {
+		/* Neighbour Discovery, echo, errors about other traffic: the stack's. */
+		sl_count(is_error ? SL_REASON_NP_NOT_SERVICE : SL_REASON_NP_NOT_IPV4);
+		return SL_NP_PASS;
+	}
 	rc = sl_route(skb, SL_HOOK_TC, pkt, fwd);
 	if (rc >= 0)
-		sl_count(SL_REASON_NP_ICMP_ERROR_REPLY);
+		sl_count(reason);
 	return rc;
 }
 
@@ -1438,6 +1645,8 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 		return hook == SL_HOOK_XDP ? SL_NP_PASS : sl_icmp_error_reply(ctx, &pkt, fwd);
 	if (rc)
 		return rc > 0 ? SL_NP_PASS : rc;
+	if (hook == SL_HOOK_TC)
+		sl_gso_segment_len(ctx, &pkt);
 	/* DSR (dsr.h): a packet carrying its frontend from the node that received it. Removing
 	 * the option resizes the packet: XDP leaves every packet with IP options to tc. */
 	if (pkt.ipv6)
@@ -1495,7 +1704,7 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	if ((master->flags & SL_SVC_F_REJECT) || master->count == 0) {
 		if (hook == SL_HOOK_XDP)
 			return SL_NP_PASS;
-		return pkt.ipv6 ? sl_reject6(ctx, &pkt, fwd) : sl_reject(ctx, &pkt, fwd);
+		return sl_reject(ctx, &pkt, fwd);
 	}
 	created = bpf_map_lookup_elem(&sl_new_flow_scratch, &(__u32){ 0 });
 	if (!created)
@@ -1530,9 +1739,18 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	if (arrived_on && bpf_map_lookup_elem(&sl_devices_v2, &arrived_on))
 		return SL_NP_PASS;
 	rc = sl_parse(skb, SL_HOOK_TC, &pkt);
-	/* DSR (dsr.h): a backend's ICMP error about a flow another node received. */
-	if (rc == SL_PARSED_ICMP)
+	if (rc == SL_PARSED_ICMP) {
+		int is_error = 0;
+
+		/* A local backend's ICMP error about its flow (sl_icmp_translate_view). */
+		rc = pkt.ipv6 ? sl_icmp6_error(skb, &pkt, 1, &is_error) : sl_icmp4_error(skb, &pkt, 1, &is_error);
+		if (rc > 0)
+			sl_count(rc);
+		if (rc || pkt.ipv6)
+			return rc < 0 ? rc : SL_NP_PASS;
+		/* DSR (dsr.h): a backend's ICMP error about a flow another node received. */
 		return sl_dsr_icmp_error(skb, &pkt);
+	}
 	if (rc)
 		return SL_NP_PASS;
 	sl_nat_key_of(&key, &pkt, SL_NAT_DIR_REPLY);

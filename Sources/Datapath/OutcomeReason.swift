@@ -49,6 +49,9 @@ public enum OutcomeReason {
         "np_xdp_pass_to_tc",
         "np_xdp_redirect",
         "np_ipv6_ext_header",
+        "np_too_big",
+        "np_too_big_may_fragment",
+        "np_icmp_error_forward",
     ]
 
     /// Number of reasons the BPF side counts.

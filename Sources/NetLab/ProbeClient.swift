@@ -61,6 +61,23 @@ public struct UDPProbeReport: Codable, Equatable, Sendable {
     }
 }
 
+/// Outcome of a `bulkEcho` transfer: bytes sent and echoed back, and the first problem.
+public struct BulkEchoReport: Codable, Equatable, Sendable {
+    public var target: String
+    public var requested: Int
+    public var backend: String?
+    public var sent = 0
+    public var echoed = 0
+    public var seconds = 0.0
+    /// nil when every byte came back equal.
+    public var error: String?
+
+    public init(target: String, requested: Int) {
+        self.target = target
+        self.requested = requested
+    }
+}
+
 /// State of a `hold` run: what was established first, and what survived later.
 public struct HoldReport: Codable, Equatable, Sendable {
     public var target: String
@@ -271,6 +288,125 @@ public enum ProbeClient {
         report.seenClientAddresses = clients.sorted()
         report.roundTripLatency = LatencyStats(samples: samples)
         return report
+    }
+
+    /// One TCP connection to `target` that, after the greeting, sends `bytes` bytes (a
+    /// repeating pattern) while reading the echo, then checks the echo byte for byte. It
+    /// moves full-size segments, which the greeting probes never do: what path-MTU
+    /// discovery and segmentation offloads change shows here. Never blocks past
+    /// `timeoutMs` in all.
+    public static func bulkEcho(target: String, bytes: Int, timeoutMs: Int = 10_000) throws -> BulkEchoReport {
+        let endpoint = try LabEndpoint(target)
+        var report = BulkEchoReport(target: endpoint.description, requested: bytes)
+        let start = Clock.nowNs()
+        let deadline = start &+ UInt64(max(timeoutMs, 0)) &* 1_000_000
+        let fd: Int32
+        switch connectOnce(endpoint, timeoutMs: timeoutMs) {
+        case .failure(let error):
+            report.error = "connect: \(error.name)"
+            return report
+        case .success(let (connected, _)):
+            fd = connected
+        }
+        defer { close(fd) }
+        switch Sock.readLine(fd, timeoutMs: timeoutMs) {
+        case .failure(let error):
+            report.error = "greeting: \(error.name)"
+            return report
+        case .success(let line):
+            report.backend = parseGreeting(line).backend
+        }
+        let pattern = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        var mismatchAt: Int?
+        while report.echoed < bytes {
+            let remaining = Clock.remainingMs(until: deadline)
+            if remaining <= 0 {
+                report.error = "ETIMEDOUT after \(report.sent) sent, \(report.echoed) echoed"
+                break
+            }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN) | (report.sent < bytes ? Int16(POLLOUT) : 0), revents: 0)
+            if poll(&entry, 1, Int32(min(remaining, 100))) < 0 && errno != EINTR {
+                report.error = "poll: \(ErrnoName.name(errno))"
+                break
+            }
+            if report.sent < bytes && entry.revents & Int16(POLLOUT) != 0 {
+                let sent = pattern.withUnsafeBytes {
+                    send(fd, $0.baseAddress! + report.sent, bytes - report.sent, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                }
+                if sent > 0 { report.sent += sent }
+            }
+            let count = recv(fd, &chunk, chunk.count, Int32(MSG_DONTWAIT))
+            if count > 0 {
+                let end = min(report.echoed + count, bytes)
+                if mismatchAt == nil, !chunk[0..<(end - report.echoed)].elementsEqual(pattern[report.echoed..<end]) {
+                    mismatchAt = report.echoed
+                }
+                report.echoed += count
+            } else if count == 0 {
+                report.error = "EOF after \(report.echoed) echoed"
+                break
+            } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
+                report.error = "recv: \(ErrnoName.name(errno))"
+                break
+            }
+        }
+        if let mismatchAt { report.error = report.error ?? "echo differs from byte \(mismatchAt)" }
+        report.seconds = Double(Clock.nowNs() &- start) / 1e9
+        return report
+    }
+
+    /// Whether an ICMP error about a reply reaches the backend that sent it: a UDP
+    /// responder on `backendPort` in `backendNetns` takes one datagram that a client in
+    /// `clientNetns` sends to `target`, connects its socket to whoever it came from (the
+    /// client, or the node that source-NATed it), and once the client's socket is closed
+    /// sends one more datagram there. The client's host answers with port unreachable; the
+    /// responder's next recv() reports what came back: "ECONNREFUSED" when the error
+    /// reached it, "ETIMEDOUT" when nothing did within `timeoutMs`.
+    public static func udpLateReplyOutcome(clientNetns: String, target: String, backendNetns: String, backendPort: UInt16,
+                                           timeoutMs: Int = 1000) throws -> String {
+        let endpoint = try LabEndpoint(target)
+        let any = try LabEndpoint(ip: endpoint.isIPv6 ? "::" : "0.0.0.0", port: backendPort)
+        let bound = DispatchSemaphore(value: 0), clientClosed = DispatchSemaphore(value: 0)
+        let backend = NetworkNamespace.onThread(in: backendNetns) { () throws -> String in
+            let fd = socket(SockAddr(any).family, Sock.dgram | Sock.cloexec, 0)
+            if fd < 0 { throw NetLabError.system(what: "socket", errno: errno) }
+            defer { close(fd) }
+            if SockAddr(any).withSockaddr({ bind(fd, $0, $1) }) != 0 {
+                bound.signal()
+                throw NetLabError.system(what: "bind", errno: errno)
+            }
+            bound.signal()
+            guard Sock.wait(fd, events: Int16(POLLIN), timeoutMs: timeoutMs) > 0 else { return "NO_REQUEST" }
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let (count, peer) = SockAddr.fill { recvfrom(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT), $0, $1) }
+            if count < 0 { return ErrnoName.name(errno) }
+            if peer.withSockaddr({ connect(fd, $0, $1) }) != 0 { return "connect " + ErrnoName.name(errno) }
+            _ = clientClosed.wait(timeout: .now() + .milliseconds(timeoutMs))
+            let late = Array("late".utf8)
+            if late.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) < 0 {
+                return "send " + ErrnoName.name(errno)
+            }
+            guard Sock.wait(fd, events: Int16(POLLIN), timeoutMs: timeoutMs) > 0 else { return "ETIMEDOUT" }
+            return recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT)) < 0 ? ErrnoName.name(errno) : "DATA"
+        }
+        bound.wait()
+        let client = NetworkNamespace.onThread(in: clientNetns) { () throws -> Void in
+            let fd = socket(SockAddr(endpoint).family, Sock.dgram | Sock.cloexec, 0)
+            if fd < 0 { throw NetLabError.system(what: "socket", errno: errno) }
+            let hello = Array("hello".utf8)
+            _ = hello.withUnsafeBytes { bytes in
+                SockAddr(endpoint).withSockaddr { sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), $0, $1) }
+            }
+            // Long enough for the request to arrive; then nothing listens on the port.
+            Clock.sleepMs(100)
+            close(fd)
+        }
+        let clientResult = Result { try client() }
+        clientClosed.signal()
+        let outcome = Result { try backend() }
+        try clientResult.get()
+        return try outcome.get()
     }
 
     /// Opens `connections` TCP connections and records the backend each reached, calls

@@ -304,9 +304,11 @@ final class NodePortPacketTests: XCTestCase {
         try Shell.run(["ip", "netns", "add", name])
         defer { _ = try? Shell.run(["ip", "netns", "del", name], allowFailure: true) }
         for argv in [["ip", "link", "set", "lo", "up"], ["ip", "link", "add", "snd0", "type", "veth", "peer", "name", "snd1"],
-                     ["ip", "addr", "add", "198.51.100.1/24", "dev", "snd0"], ["ip", "link", "set", "snd1", "up"],
+                     ["ip", "addr", "add", "198.51.100.1/24", "dev", "snd0"],
+                     ["ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "snd0", "nodad"],
+                     ["ip", "-6", "addr", "add", "fd00::1/64", "dev", "snd1", "nodad"], ["ip", "link", "set", "snd1", "up"],
                      ["ip", "link", "set", "snd0", "up"],
-                     ["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]] {
+                     ["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"], ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]] {
             try Shell.run(["ip", "netns", "exec", name] + argv)
         }
         try body("/run/netns/" + name)
@@ -375,6 +377,106 @@ final class NodePortPacketTests: XCTestCase {
                                                           UInt8(frontendPort >> 8), UInt8(frontendPort & 0xff)], "quoted ports")
                     XCTAssertEqual(Array(icmp[0..<2]), [3, 4], "still fragmentation needed")
                 }
+            }
+        }
+    }
+
+    /// ICMPv6 Packet Too Big from a router about the node's packet to a backend of a
+    /// source-NATed IPv6 flow: for the client, quoting client -> frontend, with the
+    /// ICMPv6 checksum (pseudo header included) valid when recomputed from scratch.
+    func testAnICMPv6PacketTooBigAboutASourceNATedFlowGoesBackToTheClientTranslated() throws {
+        typealias F = TestFrame
+        let backend6: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]
+        let frontend6: [UInt8] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]
+        let router6: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        let (natPort, backendPort, clientPort, frontendPort): (UInt16, UInt16, UInt16, UInt16) = (61234, 8080, 40000, 30080)
+        var key = sl_nat_key()
+        key.saddr = NodePortDatapath.ipv6Words("fd00::5")!
+        key.daddr = NodePortDatapath.ipv6Words("2001:db8::1")!
+        key.sport = backendPort.bigEndian
+        key.dport = natPort.bigEndian
+        key.proto = UInt8(IPPROTO_TCP)
+        key.dir = UInt8(SL_NAT_DIR_REPLY.rawValue)
+        var entry = sl_nat_entry()
+        entry.to_addr = NodePortDatapath.ipv6Words("2001:db8::10")!
+        entry.to_port = frontendPort.bigEndian
+        entry.nat_addr = NodePortDatapath.ipv6Words("2001:db8::7")!
+        entry.nat_port = clientPort.bigEndian
+        entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
+        try datapath.nat.update(key, entry)
+
+        let quoted = Array(F.ipv6(nextHeader: UInt8(IPPROTO_TCP), src: F.node6, dst: backend6,
+                                  F.tcp(sport: natPort, dport: backendPort)).prefix(48))
+        let tooBig = F.withL4Checksum6([2, 0, 0, 0, 0, 0, 0x05, 0x00] + quoted, proto: 58, src: router6, dst: F.node6)
+        let frame = F.ethernet(type: 0x86dd, F.ipv6(nextHeader: 58, src: router6, dst: F.node6, tooBig))
+        try withRoutingNamespace { netns in
+            try NodePortDatapath.inNamespace(netns) {
+                try check([Row(name: "Packet Too Big from a router", frame: frame, verdict: Self.tcActRedirect,
+                               reason: "np_icmp_error_reply")])
+                let out = try datapath.testRun(.ingress, packet: frame).packet
+                XCTAssertEqual(out.count, frame.count)
+                guard out.count == frame.count else { return }
+                let outer = Array(out[14..<54]), icmp = Array(out[54...]), inner = Array(out[62..<102])
+                XCTAssertEqual(Array(outer[8..<24]), router6, "outer source: the router, as it was")
+                XCTAssertEqual(Array(outer[24..<40]), F.client6, "to the client")
+                XCTAssertEqual(outer[7], 63, "hop limit decremented")
+                XCTAssertEqual(F.withL4Checksum6(icmp, proto: 58, src: router6, dst: F.client6), icmp, "ICMPv6 checksum")
+                XCTAssertEqual(Array(inner[8..<24]), F.client6, "quoted source: the client")
+                XCTAssertEqual(Array(inner[24..<40]), frontend6, "quoted destination: the frontend")
+                XCTAssertEqual(Array(out[102..<106]), [UInt8(clientPort >> 8), UInt8(clientPort & 0xff),
+                                                        UInt8(frontendPort >> 8), UInt8(frontendPort & 0xff)], "quoted ports")
+                XCTAssertEqual(Array(icmp[0..<2]) + Array(icmp[4..<8]), [2, 0, 0, 0, 0x05, 0x00], "still Packet Too Big, MTU 1280")
+            }
+        }
+    }
+
+    /// The client's port unreachable about a reply of a source-NATed flow (frontend ->
+    /// client): for the backend, quoting backend -> node's SNAT address and port, from the
+    /// node's SNAT address.
+    func testAnICMPErrorAboutAReplyGoesToTheBackendTranslated() throws {
+        typealias F = TestFrame
+        let backend: [UInt8] = [10, 0, 0, 5], frontend: [UInt8] = [203, 0, 113, 10], snat: [UInt8] = [10, 0, 0, 9]
+        let (natPort, backendPort, clientPort, frontendPort): (UInt16, UInt16, UInt16, UInt16) = (61234, 8080, 40000, 30080)
+        var key = sl_nat_key()
+        key.saddr = NodePortDatapath.v4MappedWords("198.51.100.7")!
+        key.daddr = NodePortDatapath.v4MappedWords("203.0.113.10")!
+        key.sport = clientPort.bigEndian
+        key.dport = frontendPort.bigEndian
+        key.proto = UInt8(IPPROTO_UDP)
+        key.dir = UInt8(SL_NAT_DIR_FORWARD.rawValue)
+        var entry = sl_nat_entry()
+        entry.to_addr = NodePortDatapath.v4MappedWords("10.0.0.5")!
+        entry.to_port = backendPort.bigEndian
+        entry.nat_addr = NodePortDatapath.v4MappedWords("10.0.0.9")!
+        entry.nat_port = natPort.bigEndian
+        entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
+        try datapath.nat.update(key, entry)
+
+        let quoted = Array(F.ipv4(proto: UInt8(IPPROTO_UDP), src: frontend, dst: F.client, F.udp(sport: frontendPort, dport: clientPort)).prefix(28))
+        var icmp: [UInt8] = [3, 3, 0, 0, 0, 0, 0, 0] + quoted
+        let sum = F.checksum(icmp)
+        icmp[2] = UInt8(sum >> 8)
+        icmp[3] = UInt8(sum & 0xff)
+        let frame = F.ethernet(F.ipv4(proto: 1, src: F.client, dst: frontend, icmp))
+        try withRoutingNamespace { netns in
+            try Shell.run(["ip", "netns", "exec", URL(fileURLWithPath: netns).lastPathComponent, "ip", "route", "add", "10.0.0.0/24",
+                           "via", "198.51.100.2", "onlink", "dev", "snd0"])
+            try NodePortDatapath.inNamespace(netns) {
+                try check([Row(name: "port unreachable about a reply", frame: frame, verdict: Self.tcActRedirect,
+                               reason: "np_icmp_error_forward")])
+                let out = try datapath.testRun(.ingress, packet: frame).packet
+                XCTAssertEqual(out.count, frame.count)
+                guard out.count == frame.count else { return }
+                let outer = Array(out[14..<34]), icmpOut = Array(out[34...]), inner = Array(out[42..<62])
+                XCTAssertEqual(Array(outer[12..<16]), snat, "outer source: the SNAT address")
+                XCTAssertEqual(Array(outer[16..<20]), backend, "to the backend")
+                XCTAssertEqual(F.checksum(outer), 0, "outer header checksum")
+                XCTAssertEqual(F.checksum(icmpOut), 0, "ICMP checksum")
+                XCTAssertEqual(F.checksum(inner), 0, "quoted header checksum")
+                XCTAssertEqual(Array(inner[12..<16]), backend, "quoted source: the backend")
+                XCTAssertEqual(Array(inner[16..<20]), snat, "quoted destination: the SNAT address")
+                XCTAssertEqual(Array(out[62..<66]), [UInt8(backendPort >> 8), UInt8(backendPort & 0xff),
+                                                      UInt8(natPort >> 8), UInt8(natPort & 0xff)], "quoted ports")
             }
         }
     }

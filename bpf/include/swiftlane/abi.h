@@ -398,7 +398,7 @@ enum sl_reason {
 					     * Neighbour Discovery): passed to the stack */
 	SL_REASON_NP_AFFINITY_HIT = 28,     /* ClientIP affinity reused the client's backend */
 	SL_REASON_NP_AFFINITY_NEW = 29,     /* ClientIP affinity chose (afresh) and remembered */
-	SL_REASON_NP_ICMP_ERROR_REPLY = 30, /* ICMP error about a source-NATed flow translated back */
+	SL_REASON_NP_ICMP_ERROR_REPLY = 30, /* ICMP error about a packet to a backend translated for the client */
 	SL_REASON_NP_SNAT_PORT_RECLAIMED = 31, /* a closed flow's SNAT port given to a new flow */
 	SL_REASON_NP_TCP_UNTRACKED = 32,    /* TCP segment other than a SYN, of no tracked flow: passed */
 	/* Direct server return (bpf/include/swiftlane/dsr.h). */
@@ -415,7 +415,10 @@ enum sl_reason {
 	SL_REASON_NP_XDP_PASS_TO_TC = 42,   /* XDP left the packet to the tc program (see bpf/nodeport.c) */
 	SL_REASON_NP_XDP_REDIRECT = 43,     /* XDP translated the packet and redirected it to its device */
 	SL_REASON_NP_IPV6_EXT_HEADER = 44,  /* IPv6 with extension headers (a fragment header too): passed */
-	SL_REASON_MAX = 45,
+	SL_REASON_NP_TOO_BIG = 45,          /* longer than the route's MTU: ICMP frag. needed / Packet Too Big sent */
+	SL_REASON_NP_TOO_BIG_MAY_FRAGMENT = 46, /* dropped: longer than the route's MTU, DF clear (no fragmenting) */
+	SL_REASON_NP_ICMP_ERROR_FORWARD = 47, /* ICMP error about a reply to the client translated for the backend */
+	SL_REASON_MAX = 48,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 

@@ -56,8 +56,8 @@ static __always_inline __be32 sl_dsr_next_hop(void *ctx, int hook, const struct 
 	struct bpf_fib_lookup fib;
 	int rc;
 
-	rc = sl_fib(ctx, hook, pkt, pkt->daddr, daddr, &fib);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+	rc = sl_fib(ctx, hook, pkt, pkt->daddr, daddr, &fib, 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH && rc != BPF_FIB_LKUP_RET_FRAG_NEEDED)
 		return 0;
 	*ifindex = fib.ifindex;
 	return fib.ipv4_dst;
