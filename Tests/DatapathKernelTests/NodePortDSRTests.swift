@@ -287,6 +287,20 @@ final class NodePortDSRTests: XCTestCase {
         XCTAssertEqual(h.a.datapath.outcomeCounters()["np_icmp_error_reply"], 0, "the error did not pass node A")
     }
 
+    /// The other direction: the client's port unreachable about a DSR reply (which came
+    /// from node B with the NodePort as source) is addressed to the NodePort, so it
+    /// reaches node A, which hands it to the backend quoting the backend's own packet.
+    /// A router's Packet Too Big about replies takes the same way.
+    func testTheClientsICMPErrorAboutADSRReplyReachesTheBackendThroughNodeA() throws {
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        try h.apply(h.service(pods: h.lab.podsOnB, udpTargetPort: 8055))
+        let outcome = try ProbeClient.udpLateReplyOutcome(clientNetns: h.lab.clientNetns, target: h.udpTarget,
+                                                          backendNetns: h.lab.podsOnB[0].netns, backendPort: 8055)
+        XCTAssertEqual(outcome, "ECONNREFUSED", "\(h.a.datapath.outcomeCounters().filter { $0.value > 0 })")
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_icmp_error_forward"], 1)
+        XCTAssertGreaterThanOrEqual(h.b.datapath.outcomeCounters()["np_dsr_reply"] ?? 0, 1, "the replies bypassed node A")
+    }
+
     func testAPodBehindTheBackendsNodeIsSourceNATedNotServedByDSR() throws {
         let h = try makeHarness(podsOnA: 0, podsOnB: 1)
         let b1 = h.lab.podsOnB[0]
