@@ -314,25 +314,37 @@ final class NodePortPacketTests: XCTestCase {
         try body("/run/netns/" + name)
     }
 
+    /// Writes a conntrack entry of a source-NATed flow: the packet `from` -> `to` (of
+    /// direction `dir`) is translated to `translatedTo`, with `nat` the other end's
+    /// translation. Addresses of either family.
+    private func addSourceNATedEntry(_ dir: sl_nat_dir, proto: Int, from: (String, UInt16), to: (String, UInt16),
+                                     translatedTo: (String, UInt16), nat: (String, UInt16)) throws {
+        func words(_ address: String) -> (UInt32, UInt32, UInt32, UInt32) {
+            (address.contains(":") ? NodePortDatapath.ipv6Words(address) : NodePortDatapath.v4MappedWords(address))!
+        }
+        var key = sl_nat_key()
+        key.saddr = words(from.0)
+        key.daddr = words(to.0)
+        key.sport = from.1.bigEndian
+        key.dport = to.1.bigEndian
+        key.proto = UInt8(proto)
+        key.dir = UInt8(dir.rawValue)
+        var entry = sl_nat_entry()
+        entry.to_addr = words(translatedTo.0)
+        entry.to_port = translatedTo.1.bigEndian
+        entry.nat_addr = words(nat.0)
+        entry.nat_port = nat.1.bigEndian
+        entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
+        try datapath.nat.update(key, entry)
+    }
+
     func testAnICMPErrorAboutASourceNATedFlowGoesBackToTheClientTranslated() throws {
         typealias F = TestFrame
         let backend: [UInt8] = [10, 0, 0, 5], frontend: [UInt8] = [203, 0, 113, 10], router: [UInt8] = [10, 0, 0, 1]
         let (natPort, backendPort, clientPort, frontendPort): (UInt16, UInt16, UInt16, UInt16) = (61234, 8080, 40000, 30080)
         // The REPLY entry of a flow client:40000 -> frontend:30080 sent to backend:8080 as node:61234.
-        var key = sl_nat_key()
-        key.saddr = NodePortDatapath.v4MappedWords("10.0.0.5")!
-        key.daddr = NodePortDatapath.v4MappedWords("192.0.2.1")!
-        key.sport = backendPort.bigEndian
-        key.dport = natPort.bigEndian
-        key.proto = UInt8(IPPROTO_TCP)
-        key.dir = UInt8(SL_NAT_DIR_REPLY.rawValue)
-        var entry = sl_nat_entry()
-        entry.to_addr = NodePortDatapath.v4MappedWords("203.0.113.10")!
-        entry.to_port = frontendPort.bigEndian
-        entry.nat_addr = NodePortDatapath.v4MappedWords("198.51.100.7")!
-        entry.nat_port = clientPort.bigEndian
-        entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
-        try datapath.nat.update(key, entry)
+        try addSourceNATedEntry(SL_NAT_DIR_REPLY, proto: IPPROTO_TCP, from: ("10.0.0.5", backendPort), to: ("192.0.2.1", natPort),
+                                translatedTo: ("203.0.113.10", frontendPort), nat: ("198.51.100.7", clientPort))
 
         // "Fragmentation needed" about the node's packet to the backend.
         let quoted = Array(F.ipv4(proto: UInt8(IPPROTO_TCP), src: F.node, dst: backend, F.tcp(sport: natPort, dport: backendPort)).prefix(28))
@@ -390,20 +402,8 @@ final class NodePortPacketTests: XCTestCase {
         let frontend6: [UInt8] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]
         let router6: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
         let (natPort, backendPort, clientPort, frontendPort): (UInt16, UInt16, UInt16, UInt16) = (61234, 8080, 40000, 30080)
-        var key = sl_nat_key()
-        key.saddr = NodePortDatapath.ipv6Words("fd00::5")!
-        key.daddr = NodePortDatapath.ipv6Words("2001:db8::1")!
-        key.sport = backendPort.bigEndian
-        key.dport = natPort.bigEndian
-        key.proto = UInt8(IPPROTO_TCP)
-        key.dir = UInt8(SL_NAT_DIR_REPLY.rawValue)
-        var entry = sl_nat_entry()
-        entry.to_addr = NodePortDatapath.ipv6Words("2001:db8::10")!
-        entry.to_port = frontendPort.bigEndian
-        entry.nat_addr = NodePortDatapath.ipv6Words("2001:db8::7")!
-        entry.nat_port = clientPort.bigEndian
-        entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
-        try datapath.nat.update(key, entry)
+        try addSourceNATedEntry(SL_NAT_DIR_REPLY, proto: IPPROTO_TCP, from: ("fd00::5", backendPort), to: ("2001:db8::1", natPort),
+                                translatedTo: ("2001:db8::10", frontendPort), nat: ("2001:db8::7", clientPort))
 
         let quoted = Array(F.ipv6(nextHeader: UInt8(IPPROTO_TCP), src: F.node6, dst: backend6,
                                   F.tcp(sport: natPort, dport: backendPort)).prefix(48))
@@ -437,20 +437,8 @@ final class NodePortPacketTests: XCTestCase {
         typealias F = TestFrame
         let backend: [UInt8] = [10, 0, 0, 5], frontend: [UInt8] = [203, 0, 113, 10], snat: [UInt8] = [10, 0, 0, 9]
         let (natPort, backendPort, clientPort, frontendPort): (UInt16, UInt16, UInt16, UInt16) = (61234, 8080, 40000, 30080)
-        var key = sl_nat_key()
-        key.saddr = NodePortDatapath.v4MappedWords("198.51.100.7")!
-        key.daddr = NodePortDatapath.v4MappedWords("203.0.113.10")!
-        key.sport = clientPort.bigEndian
-        key.dport = frontendPort.bigEndian
-        key.proto = UInt8(IPPROTO_UDP)
-        key.dir = UInt8(SL_NAT_DIR_FORWARD.rawValue)
-        var entry = sl_nat_entry()
-        entry.to_addr = NodePortDatapath.v4MappedWords("10.0.0.5")!
-        entry.to_port = backendPort.bigEndian
-        entry.nat_addr = NodePortDatapath.v4MappedWords("10.0.0.9")!
-        entry.nat_port = natPort.bigEndian
-        entry.flags = UInt16(SL_NAT_F_SNAT.rawValue)
-        try datapath.nat.update(key, entry)
+        try addSourceNATedEntry(SL_NAT_DIR_FORWARD, proto: IPPROTO_UDP, from: ("198.51.100.7", clientPort), to: ("203.0.113.10", frontendPort),
+                                translatedTo: ("10.0.0.5", backendPort), nat: ("10.0.0.9", natPort))
 
         let quoted = Array(F.ipv4(proto: UInt8(IPPROTO_UDP), src: frontend, dst: F.client, F.udp(sport: frontendPort, dport: clientPort)).prefix(28))
         var icmp: [UInt8] = [3, 3, 0, 0, 0, 0, 0, 0] + quoted
