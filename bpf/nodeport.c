@@ -129,7 +129,6 @@ struct sl_packet {
 	 * offload: several segments in one skb, sent or received) its segments' length
 	 * (sl_gso_segment_len). */
 	__u16 mtu_len;
-	__u8 l4_hdr_len;
 	__u8 tcp_flags; /* FIN, SYN, RST, … (byte 13 of the TCP header); 0 for UDP */
 	__u8 dont_fragment; /* IPv4 DF; IPv6 packets are never fragmented on the way */
 	__u8 ipv6;
@@ -288,7 +287,6 @@ static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, s
 		pkt->sport = tcp->source;
 		pkt->dport = tcp->dest;
 		pkt->tcp_flags = ((__u8 *)tcp)[13];
-		pkt->l4_hdr_len = (__u8)(tcp->doff * 4);
 	} else {
 		struct udphdr *udp = l4;
 
@@ -302,7 +300,6 @@ static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, s
 		}
 		pkt->sport = udp->source;
 		pkt->dport = udp->dest;
-		pkt->l4_hdr_len = sizeof(*udp);
 	}
 	return 0;
 }
@@ -312,11 +309,18 @@ static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, s
  * and gso_size bytes of payload. */
 static __always_inline void sl_gso_segment_len(struct __sk_buff *skb, struct sl_packet *pkt)
 {
-	__u32 segment;
+	__u32 segment, l4_hdr_len = sizeof(struct udphdr);
+	__u8 data_offset;
 
 	if (!skb->gso_size)
 		return;
-	segment = pkt->l4_off - pkt->l3_off + pkt->l4_hdr_len + skb->gso_size;
+	/* The TCP header's length, read here: only GSO skbs need it. */
+	if (pkt->proto == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, pkt->l4_off + 12, &data_offset, sizeof(data_offset)))
+			return;
+		l4_hdr_len = (data_offset >> 4) * 4;
+	}
+	segment = pkt->l4_off - pkt->l3_off + l4_hdr_len + skb->gso_size;
 	if (segment < pkt->mtu_len)
 		pkt->mtu_len = (__u16)segment;
 }
@@ -1449,8 +1453,9 @@ struct sl_icmp_view {
  *  - ingress, the quoted packet is a reply this node sent to the client, frontend ->
  *    client (the flow's FORWARD entry, keyed the other way; SNAT, local backend or DSR):
  *    for the backend, quoting its own packet backend -> client (or -> SNAT address);
- *  - egress, a local backend's error about a packet client -> backend (REPLY entry of a
- *    flow without SNAT): for the client, quoting client -> frontend.
+ *  - egress, a backend's error about a packet client -> backend: for the client, quoting
+ *    client -> frontend. The frontend is the REPLY entry's (a local backend's flow,
+ *    without SNAT) or, for a flow another node sent here by DSR, sl_dsr_v1's (dsr.h).
  * An outer source equal to the quoted destination (the error came from the end host, not
  * a router) becomes what that host is to the error's new receiver. Returns the reason to
  * count, or 0 when the error is about no tracked flow. */
@@ -1469,13 +1474,31 @@ static __always_inline __u32 sl_icmp_translate_view(struct sl_icmp_view *v, __u8
 	key.pad = 0;
 	tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
 	if (egress) {
-		if (!tracked || (tracked->flags & SL_NAT_F_SNAT))
-			return 0;
-		__builtin_memcpy(v->inner_daddr, tracked->to_addr, sizeof(v->inner_daddr));
-		v->inner_dport = tracked->to_port;
+		const __be32 *frontend;
+		__be16 frontend_port;
+		__u32 reason = SL_REASON_NP_ICMP_ERROR_REPLY;
+
+		if (tracked && !(tracked->flags & SL_NAT_F_SNAT)) {
+			frontend = tracked->to_addr;
+			frontend_port = tracked->to_port;
+		} else {
+			struct sl_dsr_key dsr = { .backend_port = v->inner_dport, .client_port = v->inner_sport, .proto = proto };
+			struct sl_dsr_entry *recorded;
+
+			__builtin_memcpy(dsr.backend_addr, v->inner_daddr, sizeof(dsr.backend_addr));
+			__builtin_memcpy(dsr.client_addr, v->inner_saddr, sizeof(dsr.client_addr));
+			recorded = bpf_map_lookup_elem(&sl_dsr_v1, &dsr);
+			if (!recorded)
+				return 0;
+			frontend = recorded->frontend_addr;
+			frontend_port = recorded->frontend_port;
+			reason = SL_REASON_NP_DSR_ICMP_ERROR;
+		}
+		__builtin_memcpy(v->inner_daddr, frontend, sizeof(v->inner_daddr));
+		v->inner_dport = frontend_port;
 		if (from_end_host)
-			__builtin_memcpy(v->outer_saddr, tracked->to_addr, sizeof(v->outer_saddr));
-		return SL_REASON_NP_ICMP_ERROR_REPLY;
+			__builtin_memcpy(v->outer_saddr, frontend, sizeof(v->outer_saddr));
+		return reason;
 	}
 	if (tracked && (tracked->flags & SL_NAT_F_SNAT)) {
 		__builtin_memcpy(v->inner_saddr, tracked->nat_addr, sizeof(v->inner_saddr));
@@ -1742,14 +1765,11 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	if (rc == SL_PARSED_ICMP) {
 		int is_error = 0;
 
-		/* A local backend's ICMP error about its flow (sl_icmp_translate_view). */
+		/* A backend's ICMP error about its flow (sl_icmp_translate_view). */
 		rc = pkt.ipv6 ? sl_icmp6_error(skb, &pkt, 1, &is_error) : sl_icmp4_error(skb, &pkt, 1, &is_error);
 		if (rc > 0)
 			sl_count(rc);
-		if (rc || pkt.ipv6)
-			return rc < 0 ? rc : SL_NP_PASS;
-		/* DSR (dsr.h): a backend's ICMP error about a flow another node received. */
-		return sl_dsr_icmp_error(skb, &pkt);
+		return rc < 0 ? rc : SL_NP_PASS;
 	}
 	if (rc)
 		return SL_NP_PASS;

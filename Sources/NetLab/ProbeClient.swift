@@ -366,13 +366,13 @@ public enum ProbeClient {
     public static func udpLateReplyOutcome(clientNetns: String, target: String, backendNetns: String, backendPort: UInt16,
                                            timeoutMs: Int = 1000) throws -> String {
         let endpoint = try LabEndpoint(target)
-        let any = try LabEndpoint(ip: endpoint.isIPv6 ? "::" : "0.0.0.0", port: backendPort)
+        let any = SockAddr(try LabEndpoint(ip: endpoint.isIPv6 ? "::" : "0.0.0.0", port: backendPort))
         let bound = DispatchSemaphore(value: 0), clientClosed = DispatchSemaphore(value: 0)
         let backend = NetworkNamespace.onThread(in: backendNetns) { () throws -> String in
-            let fd = socket(SockAddr(any).family, Sock.dgram | Sock.cloexec, 0)
+            let fd = socket(any.family, Sock.dgram | Sock.cloexec, 0)
             if fd < 0 { throw NetLabError.system(what: "socket", errno: errno) }
             defer { close(fd) }
-            if SockAddr(any).withSockaddr({ bind(fd, $0, $1) }) != 0 {
+            if any.withSockaddr({ bind(fd, $0, $1) }) != 0 {
                 bound.signal()
                 throw NetLabError.system(what: "bind", errno: errno)
             }

@@ -241,66 +241,8 @@ static __always_inline int sl_dsr_reply(struct __sk_buff *skb, struct sl_packet 
 	return SL_NP_PASS;
 }
 
-#ifndef SL_ICMP_TIME_EXCEEDED
-#define SL_ICMP_TIME_EXCEEDED 11
-#endif
-/* An ICMP error: type, code, checksum, 4 unused bytes, then the quoted packet's IPv4
- * header (20 bytes when it has no options) and its ports. */
-#define SL_DSR_ICMP_CSUM_OFF 2
-#define SL_DSR_ICMP_INNER_OFF 8
-#define SL_DSR_ICMP_PORTS_OFF (SL_DSR_ICMP_INNER_OFF + 20)
-
-/* Node B, egress: an ICMP error (destination unreachable, time exceeded) that a backend
- * sends about a DSR flow quotes client -> backend, a packet the client never sent: it
- * sent client -> frontend. The quoted destination becomes the frontend again, and an
- * outer source equal to the backend the frontend (as node A does for source-NATed
- * flows), so the client's socket sees the error (a UDP port unreachable becomes
- * ECONNREFUSED). Checksums: the quoted address change is compensated in the quoted
- * header's checksum (the ICMP checksum then stays right), the quoted port change is
- * folded into the ICMP checksum. Returns SL_NP_PASS or -errno. */
-static __always_inline int sl_dsr_icmp_error(struct __sk_buff *skb, struct sl_packet *pkt)
-{
-	__u32 inner_off = pkt->l4_off + SL_DSR_ICMP_INNER_OFF;
-	__u32 ports_off = pkt->l4_off + SL_DSR_ICMP_PORTS_OFF;
-	__u32 outer_csum = pkt->l3_off + offsetof(struct iphdr, check);
-	struct sl_dsr_entry *entry;
-	struct sl_dsr_key key = {};
-	struct iphdr inner;
-	__be16 ports[2]; /* quoted source (client), destination (backend) */
-	__be32 frontend;
-	__be16 frontend_port;
-	__u8 type;
-
-	if (bpf_skb_load_bytes(skb, pkt->l4_off, &type, sizeof(type)) ||
-	    (type != SL_ICMP_DEST_UNREACH && type != SL_ICMP_TIME_EXCEEDED) ||
-	    bpf_skb_load_bytes(skb, inner_off, &inner, sizeof(inner)) || inner.version != 4 || inner.ihl != 5 ||
-	    (inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP) ||
-	    bpf_skb_load_bytes(skb, ports_off, ports, sizeof(ports)))
-		return SL_NP_PASS;
-	sl_v4_mapped(key.backend_addr, inner.daddr);
-	sl_v4_mapped(key.client_addr, inner.saddr);
-	key.backend_port = ports[1];
-	key.client_port = ports[0];
-	key.proto = inner.protocol;
-	entry = bpf_map_lookup_elem(&sl_dsr_v1, &key);
-	if (!entry)
-		return SL_NP_PASS;
-	frontend = entry->frontend_addr[3];
-	frontend_port = entry->frontend_port;
-	if (bpf_l3_csum_replace(skb, inner_off + offsetof(struct iphdr, check), inner.daddr, frontend, sizeof(frontend)) ||
-	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct iphdr, daddr), &frontend, sizeof(frontend), 0) ||
-	    bpf_l4_csum_replace(skb, pkt->l4_off + SL_DSR_ICMP_CSUM_OFF, ports[1], frontend_port, sizeof(frontend_port)) ||
-	    bpf_skb_store_bytes(skb, ports_off + sizeof(ports[0]), &frontend_port, sizeof(frontend_port), 0))
-		goto fail;
-	if (pkt->saddr == inner.daddr &&
-	    (bpf_l3_csum_replace(skb, outer_csum, pkt->saddr, frontend, sizeof(frontend)) ||
-	     bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct iphdr, saddr), &frontend, sizeof(frontend), 0)))
-		goto fail;
-	sl_count(SL_REASON_NP_DSR_ICMP_ERROR);
-	return SL_NP_PASS;
-fail:
-	sl_count(SL_REASON_NP_REWRITE_FAILED);
-	return -EFAULT;
-}
+/* Node B, egress: a backend's ICMP error about a DSR flow quotes client -> backend, a
+ * packet the client never sent; nodeport.c's sl_icmp_translate_view gives it the
+ * frontend recorded here, as for a local backend's flow. */
 
 #endif /* SWIFTLANE_DSR_H */
