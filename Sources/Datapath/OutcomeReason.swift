@@ -49,6 +49,8 @@ public enum OutcomeReason {
         "np_xdp_pass_to_tc",
         "np_xdp_redirect",
         "np_ipv6_ext_header",
+        "np_fragment_tracked",
+        "np_fragment_untracked",
     ]
 
     /// Number of reasons the BPF side counts.
