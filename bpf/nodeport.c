@@ -21,7 +21,20 @@
  *  - egress (sl_nodeport_egress): replies of local backends, routed by the node's stack
  *    towards the client, get the frontend as their source.
  * Everything else passes untouched (TC_ACT_OK), among it ICMPv6 (Neighbour Discovery) and
- * IPv6 packets with extension headers. Malformed packets are dropped; every outcome is
+ * IPv6 packets with extension headers other than a lone fragment header.
+ *
+ * IP fragments of TCP/UDP datagrams (IPv4; IPv6 with a fragment header as the first
+ * extension header): a first fragment carries the L4 header and meets the steps above like
+ * a whole packet (its L4 checksum covers the reassembled datagram, and the translation's
+ * change to it is the same). When it is translated, its ports are recorded in sl_frag_v1
+ * under (addresses, IP id, protocol), which every fragment of the datagram carries. A later
+ * fragment takes the ports from there and goes through the same decisions (reply, tracked
+ * flow; never a new flow), with only its addresses (and IPv4 header checksum) rewritten;
+ * without a record (first fragment not seen yet, or not ours) it passes to the stack,
+ * counted np_fragment_untracked. Egress records and translates reply fragments alike, DSR
+ * replies on the backend's node too. XDP hands every fragment to tc.
+ *
+ * Malformed packets are dropped; every outcome is
  * counted (enum sl_reason). Each family is its own dataplane (kube-proxy A.7): an IPv6
  * packet only ever meets IPv6 frontends, backends and node addresses.
  *
