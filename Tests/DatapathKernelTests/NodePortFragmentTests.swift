@@ -16,11 +16,14 @@ final class NodePortFragmentTests: XCTestCase {
     private static let datagrams = 40
 
     private var harness: NodePortHarness?
+    private var dsrHarness: DSRHarness?
     private var mode: NodePortOptions.Acceleration = .none
 
     override func tearDown() {
         harness?.tearDown()
         harness = nil
+        dsrHarness?.tearDown()
+        dsrHarness = nil
     }
 
     override func recordFailure(withDescription description: String, inFile filePath: String, atLine lineNumber: Int,
@@ -85,5 +88,51 @@ final class NodePortFragmentTests: XCTestCase {
             let report = try h.client.udp(target: h.udpTarget6, count: Self.datagrams, payloadBytes: Self.datagramBytes)
             assertServedWhole(report, h, clients: [h.lab.clientIPv6, h.lab.nodeAIPv6])
         }
+    }
+
+    /// DSR mode, remote pod on node B (shared fabric: node B answers the client directly).
+    /// At the client's MTU of 1500 a first fragment leaves no room for the frontend option:
+    /// such flows are source-NATed (np_dsr_snat_fallback) and served through node A. With
+    /// the client's route to the NodePort at MTU 1400 the first fragments fit it: node A
+    /// adds the option to each first fragment and DNATs the later ones, node B learns the
+    /// flow from the first fragment and gives every fragment of the pod's reply the frontend
+    /// as its source. Every reply arrives whole either way.
+    func testFragmentedUDPDatagramsInDSRModeComeBackWhole() throws {
+        try requireKernelBPF()
+        let h = try DSRHarness(podsOnA: 0, podsOnB: 1, label: "dsrfrag")
+        dsrHarness = h
+        try h.apply(h.service(pods: h.lab.podsOnB))
+        let count = 20
+
+        let fallback = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: Self.datagramBytes)
+        XCTAssertEqual(fallback.ok, count, "errors: \(fallback.errors) timeouts: \(fallback.timeouts)")
+        XCTAssertEqual(fallback.damagedReplies, 0)
+        XCTAssertEqual(fallback.replySourceMismatches, 0)
+        XCTAssertEqual(fallback.seenClientAddresses, [h.lab.nodeAIPv4], "source-NATed: no room for the option")
+        var a = h.a.datapath.outcomeCounters()
+        XCTAssertEqual(a["np_dsr_snat_fallback"], UInt64(count), "\(a)")
+        XCTAssertEqual(a["np_dsr_carried"], 0)
+        XCTAssertGreaterThanOrEqual(a["np_reply"] ?? 0, UInt64(3 * count), "replies back through node A")
+        XCTAssertGreaterThanOrEqual(a["np_fragment_tracked"] ?? 0, UInt64(4 * count), "\(a)")
+
+        try Shell.run(["ip", "netns", "exec", h.lab.clientNetns, "ip", "route", "add", "\(h.lab.externalIPv4)/32",
+                       "dev", h.lab.clientDevice, "mtu", "lock", "1400"])
+        let direct = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: Self.datagramBytes)
+        XCTAssertEqual(direct.ok, count, "errors: \(direct.errors) timeouts: \(direct.timeouts)")
+        XCTAssertEqual(direct.damagedReplies, 0)
+        XCTAssertEqual(direct.replySourceMismatches, 0, "replies from the NodePort, sent by node B")
+        XCTAssertEqual(direct.seenClientAddresses, [h.lab.clientIPv4], "DSR keeps the client's address")
+        let before = a
+        a = h.a.datapath.outcomeCounters()
+        let b = h.b.datapath.outcomeCounters()
+        XCTAssertEqual(a["np_dsr_carried"], UInt64(count), "one option per datagram, in its first fragment: \(a)")
+        XCTAssertEqual(a["np_dsr_no_room"], 0)
+        XCTAssertEqual(a["np_dsr_snat_fallback"], before["np_dsr_snat_fallback"], "no more fallbacks")
+        XCTAssertEqual(a["np_reply"], before["np_reply"], "no reply passed node A")
+        XCTAssertGreaterThanOrEqual((a["np_fragment_tracked"] ?? 0) - (before["np_fragment_tracked"] ?? 0), UInt64(3 * count),
+                                    "node A translated every fragment: \(a)")
+        XCTAssertEqual(b["np_dsr_received"], UInt64(count), "\(b)")
+        XCTAssertGreaterThanOrEqual(b["np_dsr_reply"] ?? 0, UInt64(3 * count), "every reply fragment given the frontend")
+        XCTAssertGreaterThanOrEqual(b["np_fragment_tracked"] ?? 0, UInt64(3 * count), "\(b)")
     }
 }
