@@ -26,7 +26,20 @@
  *    towards the client, get the frontend as their source, and their ICMP errors quote
  *    the frontend.
  * Everything else passes untouched (TC_ACT_OK), among it ICMPv6 Neighbour Discovery and
- * IPv6 packets with extension headers. Malformed packets are dropped; every outcome is
+ * IPv6 packets with extension headers other than a lone fragment header.
+ *
+ * IP fragments of TCP/UDP datagrams (IPv4; IPv6 with a fragment header as the first
+ * extension header): a first fragment carries the L4 header and meets the steps above like
+ * a whole packet (its L4 checksum covers the reassembled datagram, and the translation's
+ * change to it is the same). When it is translated, its ports are recorded in sl_frag_v1
+ * under (addresses, IP id, protocol), which every fragment of the datagram carries. A later
+ * fragment takes the ports from there and goes through the same decisions (reply, tracked
+ * flow; never a new flow), with only its addresses (and IPv4 header checksum) rewritten;
+ * without a record (first fragment not seen yet, or not ours) it passes to the stack,
+ * counted np_fragment_untracked. Egress records and translates reply fragments alike, DSR
+ * replies on the backend's node too. XDP hands every fragment to tc.
+ *
+ * Malformed packets are dropped; every outcome is
  * counted (enum sl_reason). Each family is its own dataplane (kube-proxy A.7): an IPv6
  * packet only ever meets IPv6 frontends, backends and node addresses.
  *
@@ -132,7 +145,15 @@ struct sl_packet {
 	__u8 tcp_flags; /* FIN, SYN, RST, … (byte 13 of the TCP header); 0 for UDP */
 	__u8 dont_fragment; /* IPv4 DF; IPv6 packets are never fragmented on the way */
 	__u8 ipv6;
+	__u8 frag;      /* SL_FRAG_* */
+	__be32 frag_id; /* fragments: the IPv4 identification (zero-extended) or IPv6 one */
 };
+
+/* sl_packet.frag. A later fragment has no L4 header: its ports are the ones its first
+ * fragment recorded in sl_frag_v1, and only its addresses are rewritten. */
+#define SL_FRAG_NONE 0
+#define SL_FRAG_FIRST 1 /* offset 0, more fragments follow: the L4 header is here */
+#define SL_FRAG_LATER 2 /* offset > 0 */
 
 #define SL_TCP_FIN 0x01
 #define SL_TCP_SYN 0x02
@@ -270,7 +291,9 @@ static __always_inline void sl_count_pass(int hook, __u32 reason)
 #define SL_PARSED_ICMP 2
 
 /* The TCP or UDP header at `l4` (pkt->proto says which), of which the IP header says
- * `l4_len` bytes follow it. Returns 0 or -errno (drop, counted). */
+ * `l4_len` bytes follow it. A first fragment must hold its whole L4 header, and its UDP
+ * length is the reassembled datagram's, longer than the fragment. Returns 0 or -errno
+ * (drop, counted). */
 static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, struct sl_packet *pkt)
 {
 	if (pkt->proto == IPPROTO_TCP) {
@@ -294,7 +317,8 @@ static __always_inline int sl_parse_l4(void *l4, void *data_end, __u32 l4_len, s
 			sl_count(SL_REASON_NP_TRUNCATED);
 			return -EINVAL;
 		}
-		if (bpf_ntohs(udp->len) < sizeof(*udp) || bpf_ntohs(udp->len) > l4_len) {
+		if (bpf_ntohs(udp->len) < sizeof(*udp) ||
+		    (pkt->frag ? l4_len < sizeof(*udp) : bpf_ntohs(udp->len) > l4_len)) {
 			sl_count(SL_REASON_NP_MALFORMED);
 			return -EINVAL;
 		}
@@ -325,9 +349,105 @@ static __always_inline void sl_gso_segment_len(struct __sk_buff *skb, struct sl_
 		pkt->mtu_len = (__u16)segment;
 }
 
+static __always_inline int sl_frag_ports(int hook, struct sl_packet *pkt);
+
+/* The L4 part of a fragment's parse (pkt->frag set, addresses and id filled): a first
+ * fragment's header is parsed as a whole packet's, a later fragment gets its ports from
+ * the first one's record. XDP validates a first fragment as tc would (the same drops)
+ * and passes every fragment on to tc: recording and translating fragments is tc's, so the
+ * fragment map is written and read by one hook only. Returns as sl_parse. */
+static __always_inline int sl_parse_fragment(int hook, void *l4, void *data_end, __u32 l4_len, struct sl_packet *pkt)
+{
+	int rc = 0;
+
+	if (pkt->frag == SL_FRAG_FIRST)
+		rc = sl_parse_l4(l4, data_end, l4_len, pkt);
+	if (rc || hook == SL_HOOK_XDP)
+		return rc ? rc : 1;
+	if (pkt->frag == SL_FRAG_LATER)
+		return sl_frag_ports(hook, pkt);
+	return 0;
+}
+
+/* An IPv6 fragment header (RFC 8200 section 4.5). */
+struct sl_ipv6_frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset in 8-byte units << 3, bit 0: more fragments */
+	__be32 id;
+};
+
+#define SL_IPV6_FRAG_OFFSET 0xfff8
+#define SL_IPV6_FRAG_MORE 0x0001
+
+/* The packet's IPv6 fields; the L4 header follows the fixed header (the fragment parse
+ * moves it past the fragment header). */
+static __always_inline void sl_fill6(struct sl_packet *pkt, const struct ipv6hdr *ip6, __u32 payload, __u8 proto)
+{
+	pkt->ipv6 = 1;
+	pkt->l3_off = ETH_HLEN;
+	pkt->l4_off = ETH_HLEN + sizeof(*ip6);
+	__builtin_memcpy(pkt->saddr6, &ip6->saddr, sizeof(pkt->saddr6));
+	__builtin_memcpy(pkt->daddr6, &ip6->daddr, sizeof(pkt->daddr6));
+	pkt->proto = proto;
+	pkt->ttl = ip6->hop_limit;
+	pkt->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+	pkt->ihl_bytes = sizeof(*ip6);
+	pkt->tot_len = (__u16)(sizeof(*ip6) + payload);
+	pkt->mtu_len = pkt->tot_len;
+}
+
+/* A fragment header right after the fixed header (sl_parse6 checked that header and the
+ * payload length): TCP or UDP behind it is parsed with the L4 header 8 bytes further; a
+ * fragment of anything else passes (np_fragment; another extension header:
+ * np_ipv6_ext_header). An atomic fragment (offset 0, no more fragments, RFC 6946) is a
+ * whole datagram. Returns as sl_parse. */
+static __always_inline int sl_parse6_fragment(int hook, struct ipv6hdr *ip6, void *data_end, __u32 payload,
+					      struct sl_packet *pkt)
+{
+	struct sl_ipv6_frag_hdr *fh = (void *)(ip6 + 1);
+	__u16 frag;
+
+	if ((void *)(fh + 1) > data_end) {
+		sl_count(SL_REASON_NP_TRUNCATED);
+		return -EINVAL;
+	}
+	if (payload < sizeof(*fh)) {
+		sl_count(SL_REASON_NP_MALFORMED);
+		return -EINVAL;
+	}
+	switch (fh->nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		break;
+	case 0:
+	case 43:
+	case 44:
+	case 51:
+	case 60:
+	case 135:
+	case 139:
+	case 140:
+		sl_count_pass(hook, SL_REASON_NP_IPV6_EXT_HEADER);
+		return 1;
+	default:
+		sl_count_pass(hook, SL_REASON_NP_FRAGMENT);
+		return 1;
+	}
+	sl_fill6(pkt, ip6, payload, fh->nexthdr);
+	pkt->l4_off += sizeof(*fh);
+	frag = bpf_ntohs(fh->frag_off);
+	if (!(frag & (SL_IPV6_FRAG_OFFSET | SL_IPV6_FRAG_MORE)))
+		return sl_parse_l4(fh + 1, data_end, payload - sizeof(*fh), pkt);
+	pkt->frag = (frag & SL_IPV6_FRAG_OFFSET) ? SL_FRAG_LATER : SL_FRAG_FIRST;
+	pkt->frag_id = fh->id;
+	return sl_parse_fragment(hook, fh + 1, data_end, payload - sizeof(*fh), pkt);
+}
+
 /* IPv6 after an Ethernet header at `ip6`. TCP, UDP and ICMPv6 directly after the fixed
- * header are ours; extension headers (a fragment header among them) and every other next
- * header pass to the stack, counted. Returns as sl_parse. */
+ * header are ours, and TCP and UDP after a fragment header that is the first extension
+ * header; other extension headers and every other next header pass to the stack,
+ * counted. Returns as sl_parse. */
 static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_end, __u32 len, struct sl_packet *pkt)
 {
 	__u32 payload;
@@ -350,9 +470,10 @@ static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_e
 	case IPPROTO_UDP:
 	case SL_IPPROTO_ICMPV6:
 		break;
+	case 44: /* fragment */
+		return sl_parse6_fragment(hook, ip6, data_end, payload, pkt);
 	case 0:   /* hop-by-hop options */
 	case 43:  /* routing */
-	case 44:  /* fragment */
 	case 51:  /* authentication header */
 	case 60:  /* destination options */
 	case 135: /* mobility */
@@ -364,17 +485,7 @@ static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_e
 		sl_count_pass(hook, SL_REASON_NP_NOT_IPV4);
 		return 1;
 	}
-	pkt->ipv6 = 1;
-	pkt->l3_off = ETH_HLEN;
-	pkt->l4_off = ETH_HLEN + sizeof(*ip6);
-	__builtin_memcpy(pkt->saddr6, &ip6->saddr, sizeof(pkt->saddr6));
-	__builtin_memcpy(pkt->daddr6, &ip6->daddr, sizeof(pkt->daddr6));
-	pkt->proto = ip6->nexthdr;
-	pkt->ttl = ip6->hop_limit;
-	pkt->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
-	pkt->ihl_bytes = sizeof(*ip6);
-	pkt->tot_len = (__u16)(sizeof(*ip6) + payload);
-	pkt->mtu_len = pkt->tot_len;
+	sl_fill6(pkt, ip6, payload, ip6->nexthdr);
 	/* ICMPv6: the caller looks at errors about tracked flows (and passes the rest,
 	 * Neighbour Discovery among it); not counted here. */
 	if (pkt->proto == SL_IPPROTO_ICMPV6)
@@ -382,9 +493,27 @@ static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_e
 	return sl_parse_l4(ip6 + 1, data_end, payload, pkt);
 }
 
+static __always_inline void sl_fill4(struct sl_packet *pkt, const struct iphdr *ip, __u32 ihl_bytes)
+{
+	pkt->l3_off = ETH_HLEN;
+	pkt->l4_off = ETH_HLEN + ihl_bytes;
+	pkt->saddr = ip->saddr;
+	pkt->daddr = ip->daddr;
+	pkt->proto = ip->protocol;
+	pkt->ttl = ip->ttl;
+	pkt->tos = ip->tos;
+	pkt->ihl_bytes = (__u8)ihl_bytes;
+	pkt->tot_len = bpf_ntohs(ip->tot_len);
+	pkt->mtu_len = pkt->tot_len;
+	pkt->dont_fragment = (bpf_ntohs(ip->frag_off) & SL_IP_DF) != 0;
+}
+
 /* Parses Ethernet / IPv4 / TCP|UDP with a bounds check before every read.
  * Returns 0 (parsed), 1 (not ours: pass, counted), SL_PARSED_ICMP (an ICMP message whose
- * IPv4 header was checked, not counted), or -errno (drop, counted). */
+ * IPv4 header was checked, not counted), or -errno (drop, counted). A fragment is parsed
+ * by sl_parse_fragment: 0 for a first fragment (pkt->frag says so) and for a later one
+ * whose ports were recorded, which then fill sport and dport. Whole packets never reach
+ * that code: the fragment test is the frag_off branch. */
 static __always_inline int sl_parse(void *ctx, int hook, struct sl_packet *pkt)
 {
 	void *data, *data_end;
@@ -447,21 +576,17 @@ static __always_inline int sl_parse(void *ctx, int hook, struct sl_packet *pkt)
 	}
 	frag = bpf_ntohs(ip->frag_off);
 	if (frag & (SL_IP_MF | SL_IP_OFFSET)) {
-		/* Fragments are not tracked yet: later fragments carry no ports. */
-		sl_count_pass(hook, SL_REASON_NP_FRAGMENT);
-		return 1;
+		/* ICMP fragments are the stack's (an ICMP error is never fragmented). */
+		if (ip->protocol == IPPROTO_ICMP) {
+			sl_count_pass(hook, SL_REASON_NP_FRAGMENT);
+			return 1;
+		}
+		pkt->frag = (frag & SL_IP_OFFSET) ? SL_FRAG_LATER : SL_FRAG_FIRST;
+		pkt->frag_id = ip->id;
+		sl_fill4(pkt, ip, ihl_bytes);
+		return sl_parse_fragment(hook, (void *)ip + ihl_bytes, data_end, pkt->tot_len - ihl_bytes, pkt);
 	}
-	pkt->l3_off = ETH_HLEN;
-	pkt->l4_off = ETH_HLEN + ihl_bytes;
-	pkt->saddr = ip->saddr;
-	pkt->daddr = ip->daddr;
-	pkt->proto = ip->protocol;
-	pkt->ttl = ip->ttl;
-	pkt->tos = ip->tos;
-	pkt->ihl_bytes = (__u8)ihl_bytes;
-	pkt->tot_len = bpf_ntohs(ip->tot_len);
-	pkt->mtu_len = pkt->tot_len;
-	pkt->dont_fragment = (frag & SL_IP_DF) != 0;
+	sl_fill4(pkt, ip, ihl_bytes);
 
 	/* ICMP: the caller looks at errors about tracked flows; not counted here. */
 	if (pkt->proto == IPPROTO_ICMP)
@@ -506,6 +631,50 @@ static __always_inline void sl_nat_key_of(struct sl_nat_key *key, const struct s
 	key->pad = 0;
 }
 
+// MARK: - Fragments
+
+static __always_inline void sl_frag_key_of(struct sl_frag_key *key, const struct sl_packet *pkt)
+{
+	sl_addr_of(key->saddr, pkt, 0);
+	sl_addr_of(key->daddr, pkt, 1);
+	key->id = pkt->frag_id;
+	key->proto = pkt->proto;
+	key->pad[0] = 0;
+	key->pad[1] = 0;
+	key->pad[2] = 0;
+}
+
+/* A later fragment's ports, from its first fragment's record. None (the first fragment
+ * came later or not through here, or was not translated): the stack gets it. */
+static __always_inline int sl_frag_ports(int hook, struct sl_packet *pkt)
+{
+	const struct sl_frag_entry *ports;
+	struct sl_frag_key key;
+
+	sl_frag_key_of(&key, pkt);
+	ports = bpf_map_lookup_elem(&sl_frag_v1, &key);
+	if (!ports) {
+		sl_count_pass(hook, SL_REASON_NP_FRAGMENT_UNTRACKED);
+		return 1;
+	}
+	pkt->sport = ports->sport;
+	pkt->dport = ports->dport;
+	return 0;
+}
+
+/* Called with a first fragment about to be translated, before the rewrite: its datagram's
+ * later fragments carry the same addresses, id and protocol, and find the ports here.
+ * Only translated datagrams are recorded, so the node's own fragmented traffic does not
+ * evict them. A failed write leaves the later fragments to the stack (counted there). */
+static __always_inline void sl_frag_record(const struct sl_packet *pkt)
+{
+	struct sl_frag_entry ports = { .sport = pkt->sport, .dport = pkt->dport };
+	struct sl_frag_key key;
+
+	sl_frag_key_of(&key, pkt);
+	bpf_map_update_elem(&sl_frag_v1, &key, &ports, BPF_ANY);
+}
+
 // MARK: - Rewriting
 
 static __always_inline __u32 sl_l4_csum_off(const struct sl_packet *pkt)
@@ -521,7 +690,9 @@ static __always_inline __u64 sl_l4_csum_flags(const struct sl_packet *pkt)
 
 /* Replaces the source (which = 0) or destination (which = 1) address and port, fixing
  * the IPv4 header checksum and the L4 checksum (whose pseudo header covers the address).
- * UDP and TCP keep their ports at the same offsets. */
+ * UDP and TCP keep their ports at the same offsets. A later fragment has no L4 header:
+ * only its address and header checksum change (the first fragment's L4 checksum update
+ * covers the whole datagram), and so in every rewrite below. */
 static __always_inline int sl_rewrite(void *ctx, int hook, struct sl_packet *pkt, int which, __be32 addr, __be16 port)
 {
 	__u32 addr_off = pkt->l3_off + (which ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
@@ -532,12 +703,13 @@ static __always_inline int sl_rewrite(void *ctx, int hook, struct sl_packet *pkt
 	__u64 l4_flags = sl_l4_csum_flags(pkt);
 
 	if (old_addr != addr) {
-		if (sl_csum_replace(ctx, hook, 1, csum_off, old_addr, addr, sizeof(addr), l4_flags | BPF_F_PSEUDO_HDR) ||
+		if ((pkt->frag != SL_FRAG_LATER &&
+		     sl_csum_replace(ctx, hook, 1, csum_off, old_addr, addr, sizeof(addr), l4_flags | BPF_F_PSEUDO_HDR)) ||
 		    sl_csum_replace(ctx, hook, 0, pkt->l3_off + offsetof(struct iphdr, check), old_addr, addr, sizeof(addr), 0) ||
 		    sl_store(ctx, hook, addr_off, &addr, sizeof(addr)))
 			goto fail;
 	}
-	if (old_port != port) {
+	if (old_port != port && pkt->frag != SL_FRAG_LATER) {
 		if (sl_csum_replace(ctx, hook, 1, csum_off, old_port, port, sizeof(port), l4_flags) ||
 		    sl_store(ctx, hook, port_off, &port, sizeof(port)))
 			goto fail;
@@ -596,13 +768,16 @@ static __always_inline int sl_rewrite6(void *ctx, int hook, struct sl_packet *pk
 
 	__builtin_memcpy(new_addr, addr, sizeof(new_addr));
 	if (!sl_addr_equal(old_addr, new_addr)) {
-		diff = bpf_csum_diff(old_addr, sizeof(new_addr), new_addr, sizeof(new_addr), 0);
-		if (diff < 0 || sl_csum_add(ctx, hook, csum_off, (__u32)diff, l4_flags) ||
-		    sl_store(ctx, hook, addr_off, new_addr, sizeof(new_addr)))
+		if (pkt->frag != SL_FRAG_LATER) {
+			diff = bpf_csum_diff(old_addr, sizeof(new_addr), new_addr, sizeof(new_addr), 0);
+			if (diff < 0 || sl_csum_add(ctx, hook, csum_off, (__u32)diff, l4_flags))
+				goto fail;
+		}
+		if (sl_store(ctx, hook, addr_off, new_addr, sizeof(new_addr)))
 			goto fail;
 		__builtin_memcpy(old_addr, new_addr, sizeof(new_addr));
 	}
-	if (old_port != port) {
+	if (old_port != port && pkt->frag != SL_FRAG_LATER) {
 		if (sl_csum_replace(ctx, hook, 1, csum_off, old_port, port, sizeof(port), l4_flags) ||
 		    sl_store(ctx, hook, port_off, &port, sizeof(port)))
 			goto fail;
@@ -648,7 +823,7 @@ static __always_inline int sl_rewrite4_both(void *ctx, int hook, struct sl_packe
 	__u16 check;
 
 	if (saddr != pkt->saddr || daddr != pkt->daddr) {
-		if (sl_csum_add(ctx, hook, csum_off, addr_diff, l4_flags) ||
+		if ((pkt->frag != SL_FRAG_LATER && sl_csum_add(ctx, hook, csum_off, addr_diff, l4_flags)) ||
 		    sl_load_check(ctx, hook, pkt->l3_off + offsetof(struct iphdr, check), &check))
 			goto fail;
 		check = sl_csum_fold((__u16)~check + (__u64)(addr_diff & 0xffff) + (addr_diff >> 16));
@@ -656,7 +831,7 @@ static __always_inline int sl_rewrite4_both(void *ctx, int hook, struct sl_packe
 		    sl_store(ctx, hook, pkt->l3_off + offsetof(struct iphdr, saddr), addrs, sizeof(addrs)))
 			goto fail;
 	}
-	if (sport != pkt->sport || dport != pkt->dport) {
+	if ((sport != pkt->sport || dport != pkt->dport) && pkt->frag != SL_FRAG_LATER) {
 		if (sl_csum_add_flags(ctx, hook, csum_off, port_diff, l4_flags) ||
 		    sl_store(ctx, hook, pkt->l4_off, ports, sizeof(ports)))
 			goto fail;
@@ -920,12 +1095,14 @@ fail:
 	return -EINVAL;
 }
 
-/* The ICMPv6 error as written after the Ethernet header, laid out as sl_icmp_error. */
+/* The ICMPv6 error as written after the Ethernet header, laid out as sl_icmp_error. What
+ * follows the quoted fixed header is quoted as it was: a fragment header (8 bytes), when
+ * the packet is a first fragment, then the L4 header's start (8 bytes UDP, 20 TCP). */
 struct sl_icmp6_error {
 	struct ipv6hdr ip;
 	struct sl_icmp_head icmp;
 	struct ipv6hdr quoted_ip;
-	__u8 quoted_l4[20];
+	__u8 quoted_rest[28];
 };
 
 /* sl_icmp_back for IPv6: ICMPv6 `type` and `code` (destination unreachable, port
@@ -936,14 +1113,17 @@ static __always_inline int sl_icmp6_back(struct __sk_buff *skb, struct sl_packet
 {
 	struct sl_icmp6_error msg = {};
 	__u8 macs[2 * ETH_ALEN];
-	__u32 quoted_l4 = pkt->proto == IPPROTO_TCP ? 20 : 8;
-	__u32 icmp_len = sizeof(msg.icmp) + sizeof(msg.quoted_ip) + quoted_l4;
+	/* The parser checked that the L4 header (20 bytes TCP, 8 UDP) is in the packet. */
+	__u32 quoted = pkt->l4_off - pkt->l3_off - sizeof(struct ipv6hdr) + (pkt->proto == IPPROTO_TCP ? 20 : 8);
+	__u32 icmp_len = sizeof(msg.icmp) + sizeof(msg.quoted_ip) + quoted;
 	__s64 sum;
 
-	if (bpf_skb_load_bytes(skb, pkt->l3_off, &msg.quoted_ip, sizeof(msg.quoted_ip)))
+	/* Helpers reading or writing the message take its length as a register: the
+	 * verifier wants it bounded, and never 0. */
+	if (quoted < 8 || quoted > sizeof(msg.quoted_rest))
 		goto fail;
-	if (quoted_l4 == 20 ? bpf_skb_load_bytes(skb, pkt->l4_off, msg.quoted_l4, 20)
-			    : bpf_skb_load_bytes(skb, pkt->l4_off, msg.quoted_l4, 8))
+	if (bpf_skb_load_bytes(skb, pkt->l3_off, &msg.quoted_ip, sizeof(msg.quoted_ip)) ||
+	    bpf_skb_load_bytes(skb, pkt->l3_off + sizeof(struct ipv6hdr), msg.quoted_rest, quoted))
 		goto fail;
 	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)))
 		goto fail;
@@ -965,19 +1145,14 @@ static __always_inline int sl_icmp6_back(struct __sk_buff *skb, struct sl_packet
 		goto fail;
 	sum += (__u16)bpf_htons((__u16)icmp_len) + (__u16)bpf_htons(SL_IPPROTO_ICMPV6);
 	sum = (sum & 0xffffffff) + (sum >> 32);
-	/* A constant size per call, as in sl_reject. */
-	if (quoted_l4 == 20)
-		sum = bpf_csum_diff(0, 0, (__be32 *)&msg.icmp, sizeof(msg.icmp) + sizeof(msg.quoted_ip) + 20, (__u32)sum);
-	else
-		sum = bpf_csum_diff(0, 0, (__be32 *)&msg.icmp, sizeof(msg.icmp) + sizeof(msg.quoted_ip) + 8, (__u32)sum);
+	sum = bpf_csum_diff(0, 0, (__be32 *)&msg.icmp, sizeof(msg.icmp) + sizeof(msg.quoted_ip) + quoted, (__u32)sum);
 	if (sum < 0)
 		goto fail;
 	msg.icmp.checksum = sl_csum_fold(((__u64)sum & 0xffff) + ((__u64)sum >> 16));
 
 	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(msg.ip) + icmp_len, 0))
 		goto fail;
-	if (quoted_l4 == 20 ? bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg), 0)
-			    : bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - 12, 0))
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &msg, sizeof(msg) - sizeof(msg.quoted_rest) + quoted, 0))
 		goto fail;
 	return sl_reject_back(skb, macs, fwd, reason);
 fail:
@@ -1379,12 +1554,18 @@ static __always_inline int sl_translate(void *ctx, int hook, struct sl_packet *p
 	/* XDP forwards only out of the devices it runs on, to a resolved neighbour. */
 	if (hook == SL_HOOK_XDP && (fib_rc != BPF_FIB_LKUP_RET_SUCCESS || !known_device))
 		return SL_NP_PASS;
+	/* Fragments reach tc only (sl_parse_fragment). */
+	if (pkt->frag == SL_FRAG_FIRST)
+		sl_frag_record(pkt);
 	rc = reply ? sl_apply_reply(ctx, hook, pkt, entry) : sl_apply_forward(ctx, hook, pkt, entry);
 	if (rc)
 		return rc;
 	rc = sl_forward(ctx, hook, pkt, &fib, fib_rc, fwd);
-	if (rc >= 0)
+	if (rc >= 0) {
 		sl_count(reason);
+		if (pkt->frag)
+			sl_count(SL_REASON_NP_FRAGMENT_TRACKED);
+	}
 	return rc;
 }
 
@@ -1699,6 +1880,12 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	if (tracked) {
 		return sl_translate(ctx, hook, &pkt, tracked, sl_touch(tracked, &pkt), 0, SL_REASON_NP_FORWARD, fwd);
 	}
+	/* A later fragment never opens a flow: without its first fragment's flow it is no
+	 * datagram of ours. */
+	if (pkt.frag == SL_FRAG_LATER) {
+		sl_count_pass(hook, SL_REASON_NP_FRAGMENT_UNTRACKED);
+		return SL_NP_PASS;
+	}
 
 	master = sl_lookup_frontend(&pkt, &frontend);
 	if (!master) {
@@ -1781,9 +1968,13 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	if (tracked->flags & SL_NAT_F_SNAT)
 		return SL_NP_PASS;
 	sl_touch(tracked, &pkt);
+	if (pkt.frag == SL_FRAG_FIRST)
+		sl_frag_record(&pkt);
 	if (sl_apply_reply(skb, SL_HOOK_TC, &pkt, tracked))
 		return -EFAULT;
 	sl_count(SL_REASON_NP_REPLY);
+	if (pkt.frag)
+		sl_count(SL_REASON_NP_FRAGMENT_TRACKED);
 	return SL_NP_PASS;
 }
 

@@ -255,6 +255,13 @@ static const struct clb_abi_field abi_fields[] = {
 	CLB_FIELD(sl_dsr_entry, flags),
 	CLB_FIELD(sl_dsr_entry, pad),
 	CLB_FIELD(sl_dsr_entry, last_seen_ns),
+	CLB_FIELD(sl_frag_key, saddr),
+	CLB_FIELD(sl_frag_key, daddr),
+	CLB_FIELD(sl_frag_key, id),
+	CLB_FIELD(sl_frag_key, proto),
+	CLB_FIELD(sl_frag_key, pad),
+	CLB_FIELD(sl_frag_entry, sport),
+	CLB_FIELD(sl_frag_entry, dport),
 };
 
 const struct clb_abi_field *clb_abi_field_at(size_t index)

@@ -125,6 +125,9 @@ public final class NodePortDatapath: @unchecked Sendable {
     let deviceMap: BPFMap<UInt32, sl_device>
     /// DSR flows whose backend lives on this node: (backend, client) → frontend.
     let dsr: BPFMap<sl_dsr_key, sl_dsr_entry>
+    /// Ports of fragmented datagrams being translated: (addresses, IP id, proto) → the
+    /// ports their first fragment carried, for the later fragments (LRU).
+    let fragments: BPFMap<sl_frag_key, sl_frag_entry>
     private let object: BPFObjectFile
     /// `nodePortAddresses` and the node that resolves its `primary`, as last followed.
     private let selectionLock = NSLock()
@@ -211,7 +214,8 @@ public final class NodePortDatapath: @unchecked Sendable {
                 nat: try BPFMap(pinnedAt: path(SL_MAP_NAME_NAT), name: SL_MAP_NAME_NAT),
                 nodeAddresses: try BPFMap(pinnedAt: path(SL_MAP_NAME_NODE_ADDRS), name: SL_MAP_NAME_NODE_ADDRS),
                 deviceMap: try BPFMap(pinnedAt: path(SL_MAP_NAME_DEVICES), name: SL_MAP_NAME_DEVICES),
-                dsr: try BPFMap(pinnedAt: path(SL_MAP_NAME_DSR), name: SL_MAP_NAME_DSR))
+                dsr: try BPFMap(pinnedAt: path(SL_MAP_NAME_DSR), name: SL_MAP_NAME_DSR),
+                fragments: try BPFMap(pinnedAt: path(SL_MAP_NAME_FRAG), name: SL_MAP_NAME_FRAG))
         } catch {
             object.close()
             throw error
@@ -222,7 +226,7 @@ public final class NodePortDatapath: @unchecked Sendable {
                  xdpPassFD: Int32, logger: Logger,
                  counters: BPFMap<UInt32, UInt64>, nat: BPFMap<sl_nat_key, sl_nat_entry>,
                  nodeAddresses: BPFMap<sl_node_addr_key, sl_node_addr>, deviceMap: BPFMap<UInt32, sl_device>,
-                 dsr: BPFMap<sl_dsr_key, sl_dsr_entry>) {
+                 dsr: BPFMap<sl_dsr_key, sl_dsr_entry>, fragments: BPFMap<sl_frag_key, sl_frag_entry>) {
         self.options = options
         self.nodePortSelection = (options.nodePortAddresses, ProxyNode(name: ""))
         self.object = object
@@ -236,6 +240,7 @@ public final class NodePortDatapath: @unchecked Sendable {
         self.nodeAddresses = nodeAddresses
         self.deviceMap = deviceMap
         self.dsr = dsr
+        self.fragments = fragments
     }
 
     deinit { object.close() }
@@ -461,6 +466,11 @@ public final class NodePortDatapath: @unchecked Sendable {
     /// Number of tracked flow entries (both directions) and the table's capacity.
     public func natPressure() -> (entries: Int, capacity: UInt32) {
         (nat.keys().count, nat.info.max_entries)
+    }
+
+    /// Number of fragmented datagrams whose ports are recorded, and the table's capacity.
+    public func fragmentPressure() -> (entries: Int, capacity: UInt32) {
+        (fragments.keys().count, fragments.info.max_entries)
     }
 
     /// Number of DSR flows recorded for this node's backends, and the table's capacity.

@@ -52,6 +52,8 @@ public enum OutcomeReason {
         "np_too_big",
         "np_too_big_may_fragment",
         "np_icmp_error_forward",
+        "np_fragment_tracked",
+        "np_fragment_untracked",
     ]
 
     /// Number of reasons the BPF side counts.

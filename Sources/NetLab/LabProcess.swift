@@ -310,11 +310,12 @@ public struct ProbeRunner: Sendable {
         return try run(args)
     }
 
-    public func udp(target: String, count: Int = 10, connected: Bool = false, timeoutMs: Int = 1000) throws
-        -> UDPProbeReport
+    public func udp(target: String, count: Int = 10, connected: Bool = false, timeoutMs: Int = 1000,
+                    payloadBytes: Int = 0) throws -> UDPProbeReport
     {
         var args = ["udp", "--target", target, "--count", "\(count)", "--timeout-ms", "\(timeoutMs)"]
         if connected { args.append("--connected") }
+        if payloadBytes > 0 { args += ["--payload-bytes", "\(payloadBytes)"] }
         return try run(args)
     }
 

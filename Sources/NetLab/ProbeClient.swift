@@ -47,6 +47,9 @@ public struct UDPProbeReport: Codable, Equatable, Sendable {
     public var replySourceMismatches: Int = 0
     /// Connected sockets only: getpeername() differed from the target.
     public var peerNameMismatches: Int = 0
+    /// With `payloadBytes` above `ProbeServer.fullSizeReplyThreshold`: replies that were not
+    /// the request's length or whose bytes after the greeting line differed from it.
+    public var damagedReplies: Int = 0
     public var seenClientAddresses: [String] = []
     /// Outcome of each attempt in order: the backend name, the errno name, or ETIMEDOUT
     /// for a missing reply (first `ProbeClient.sequenceLimit` attempts only).
@@ -223,14 +226,15 @@ public enum ProbeClient {
         count: Int = 10,
         connected: Bool = false,
         timeoutMs: Int = 1000,
-        intervalMs: Int = 0
+        intervalMs: Int = 0,
+        payloadBytes: Int = 0
     ) throws -> UDPProbeReport {
         let endpoint = try LabEndpoint(target)
         var report = UDPProbeReport(target: endpoint.description, connected: connected)
         var samples: [UInt64] = []
         var clients = Set<String>()
         let destination = SockAddr(endpoint)
-        var buffer = [UInt8](repeating: 0, count: 2048)
+        var buffer = [UInt8](repeating: 0, count: 65536)
         for attempt in 0..<max(count, 0) {
             if attempt > 0 { Clock.sleepMs(intervalMs) }
             report.attempts += 1
@@ -242,7 +246,11 @@ public enum ProbeClient {
                 append(&report.sequence, ErrnoName.name(code))
                 if report.firstError == nil { report.firstError = "\(step) \(endpoint): \(ErrnoName.name(code))" }
             }
-            let payload = Array("probe \(attempt)".utf8)
+            // "probe N", padded to payloadBytes with bytes that differ per attempt and offset.
+            var payload = Array("probe \(attempt)".utf8)
+            if payloadBytes > payload.count {
+                payload += (payload.count..<min(payloadBytes, 65507)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ attempt) }
+            }
             let start = Clock.nowNs()
             if connected {
                 if destination.withSockaddr({ connect(fd, $0, $1) }) != 0 {
@@ -278,7 +286,15 @@ public enum ProbeClient {
             }
             let elapsed = Clock.nowNs() &- start
             if source.endpoint != endpoint { report.replySourceMismatches += 1 }
-            let (backend, client) = parseGreeting(String(decoding: buffer[0..<received], as: UTF8.self))
+            // A full-size reply: the greeting line, then the request's bytes from there on.
+            let greetingEnd = buffer[0..<received].firstIndex(of: 0x0a) ?? received
+            if payload.count > ProbeServer.fullSizeReplyThreshold
+                && (received != payload.count || greetingEnd == received
+                    || buffer[(greetingEnd + 1)..<received] != payload[(greetingEnd + 1)...])
+            {
+                report.damagedReplies += 1
+            }
+            let (backend, client) = parseGreeting(String(decoding: buffer[0..<greetingEnd], as: UTF8.self))
             report.ok += 1
             record(&report.backends, backend)
             append(&report.sequence, backend)

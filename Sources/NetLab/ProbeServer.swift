@@ -5,11 +5,17 @@ import Glibc
 /// poll() loop.
 ///
 /// TCP: on accept it writes `"<name> <peer-ip>\n"`, then echoes everything it reads until
-/// the client closes. UDP: each datagram is answered with `"<name> <peer-ip>"`. `<peer-ip>`
+/// the client closes. UDP: each datagram is answered with `"<name> <peer-ip>"`; one longer
+/// than `fullSizeReplyThreshold` bytes with a reply of its own length, `"<name> <peer-ip>\n"`
+/// followed by the datagram's bytes from that offset on (so large replies fragment like
+/// large requests, and the client can check both arrived whole). `<peer-ip>`
 /// is the client address as the backend sees it (IPv4 clients of a dual-stack socket are
 /// shown as plain IPv4), which lets tests check that no address translation touched the
 /// client side.
 public enum ProbeServer {
+    /// UDP datagrams longer than this get a reply of the same length.
+    public static let fullSizeReplyThreshold = 512
+
     /// What the server actually bound, handed to `onReady`.
     public struct Listening: Codable, Sendable {
         public var name: String
@@ -137,7 +143,11 @@ public enum ProbeServer {
         while true {
             let (count, peer) = SockAddr.fill { recvfrom(udpFD, &buffer, buffer.count, 0, $0, $1) }
             if count < 0 { return }
-            let reply = Array("\(name) \(peer.endpoint?.ip ?? "?")".utf8)
+            var reply = Array("\(name) \(peer.endpoint?.ip ?? "?")".utf8)
+            if count > fullSizeReplyThreshold && count > reply.count + 1 {
+                reply.append(0x0a)
+                reply += buffer[reply.count..<count]
+            }
             _ = reply.withUnsafeBytes { bytes in
                 peer.withSockaddr { sendto(udpFD, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), $0, $1) }
             }

@@ -121,12 +121,18 @@ extension ProbeCommand {
         @Option(help: "Pause between exchanges, milliseconds.")
         var intervalMs: Int = 0
 
+        @Option(help: """
+            Pad each request to this many bytes; above 512 the server answers with a reply of the \
+            same length, checked byte for byte (damagedReplies).
+            """)
+        var payloadBytes: Int = 0
+
         func run() throws {
             try options.joinCgroup()
             try emit(
                 ProbeClient.udp(
                     target: options.target, count: count, connected: connected, timeoutMs: timeoutMs,
-                    intervalMs: intervalMs))
+                    intervalMs: intervalMs, payloadBytes: payloadBytes))
         }
     }
 

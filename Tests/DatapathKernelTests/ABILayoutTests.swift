@@ -104,6 +104,13 @@ final class ABILayoutTests: XCTestCase {
         "sl_dsr_entry.flags": (MemoryLayout<sl_dsr_entry>.offset(of: \.flags), 2),
         "sl_dsr_entry.pad": (MemoryLayout<sl_dsr_entry>.offset(of: \.pad), 4),
         "sl_dsr_entry.last_seen_ns": (MemoryLayout<sl_dsr_entry>.offset(of: \.last_seen_ns), 8),
+        "sl_frag_key.saddr": (MemoryLayout<sl_frag_key>.offset(of: \.saddr), 16),
+        "sl_frag_key.daddr": (MemoryLayout<sl_frag_key>.offset(of: \.daddr), 16),
+        "sl_frag_key.id": (MemoryLayout<sl_frag_key>.offset(of: \.id), 4),
+        "sl_frag_key.proto": (MemoryLayout<sl_frag_key>.offset(of: \.proto), 1),
+        "sl_frag_key.pad": (MemoryLayout<sl_frag_key>.offset(of: \.pad), 3),
+        "sl_frag_entry.sport": (MemoryLayout<sl_frag_entry>.offset(of: \.sport), 2),
+        "sl_frag_entry.dport": (MemoryLayout<sl_frag_entry>.offset(of: \.dport), 2),
     ]
 
     private let swiftSizes: [String: (size: Int, stride: Int)] = [
@@ -128,6 +135,8 @@ final class ABILayoutTests: XCTestCase {
         "sl_device": (MemoryLayout<sl_device>.size, MemoryLayout<sl_device>.stride),
         "sl_dsr_key": (MemoryLayout<sl_dsr_key>.size, MemoryLayout<sl_dsr_key>.stride),
         "sl_dsr_entry": (MemoryLayout<sl_dsr_entry>.size, MemoryLayout<sl_dsr_entry>.stride),
+        "sl_frag_key": (MemoryLayout<sl_frag_key>.size, MemoryLayout<sl_frag_key>.stride),
+        "sl_frag_entry": (MemoryLayout<sl_frag_entry>.size, MemoryLayout<sl_frag_entry>.stride),
     ]
 
     func testEverySharedStructHasTheSameLayoutInSwiftAndC() {
@@ -170,6 +179,8 @@ final class ABILayoutTests: XCTestCase {
         XCTAssertEqual(MemoryLayout<sl_device>.size, 40)
         XCTAssertEqual(MemoryLayout<sl_dsr_key>.size, 40)
         XCTAssertEqual(MemoryLayout<sl_dsr_entry>.size, 32)
+        XCTAssertEqual(MemoryLayout<sl_frag_key>.size, 40)
+        XCTAssertEqual(MemoryLayout<sl_frag_entry>.size, 4)
     }
 
     /// The metrics label each per-CPU counter with `OutcomeReason.names[reason]`: a name

@@ -18,12 +18,12 @@ enum TestFrame {
 
     static func ipv4(proto: UInt8, src: [UInt8] = client, dst: [UInt8] = node, options: [UInt8] = [], version: UInt8 = 4,
                      ihl: UInt8? = nil, totalLength: Int? = nil, fragment: UInt16 = 0, ttl: UInt8 = 64,
-                     _ payload: [UInt8]) -> [UInt8] {
+                     id: UInt16 = 0x1234, _ payload: [UInt8]) -> [UInt8] {
         let headerLength = 20 + options.count
         let total = totalLength ?? headerLength + payload.count
         let versionAndLength: UInt8 = version << 4 | (ihl ?? UInt8(headerLength / 4))
         var header: [UInt8] = [versionAndLength, 0, UInt8(total >> 8), UInt8(total & 0xff)]
-        header += [0x12, 0x34, UInt8(fragment >> 8), UInt8(fragment & 0xff), ttl, proto, 0, 0]
+        header += [UInt8(id >> 8), UInt8(id & 0xff), UInt8(fragment >> 8), UInt8(fragment & 0xff), ttl, proto, 0, 0]
         header += src
         header += dst
         header += options
@@ -239,10 +239,11 @@ final class NodePortPacketTests: XCTestCase {
                 nextHeader: 58, hopLimit: 255, F.withL4Checksum6([135, 0, 0, 0, 0, 0, 0, 0] + F.node6, proto: 58))),
                 verdict: Self.tcActOK, reason: "np_not_ipv4"),
             Row(name: "ICMP echo", frame: F.ethernet(F.ipv4(proto: 1, [8, 0, 0, 0, 0, 1, 0, 1])), verdict: Self.tcActOK, reason: "np_not_ipv4"),
-            Row(name: "first fragment", frame: F.ethernet(F.ipv4(proto: tcp, fragment: 0x2000, F.tcp(dport: Self.rejectingPort))),
+            Row(name: "ICMP fragment", frame: F.ethernet(F.ipv4(proto: 1, fragment: 0x2000, [8, 0, 0, 0, 0, 1, 0, 1])),
                 verdict: Self.tcActOK, reason: "np_fragment"),
-            Row(name: "later fragment", frame: F.ethernet(F.ipv4(proto: tcp, fragment: 100, Array(repeating: 0xee, count: 24))),
-                verdict: Self.tcActOK, reason: "np_fragment"),
+            Row(name: "later fragment, its first not seen", frame: F.ethernet(F.ipv4(proto: tcp, fragment: 100,
+                                                                                    Array(repeating: 0xee, count: 24))),
+                verdict: Self.tcActOK, reason: "np_fragment_untracked"),
             Row(name: "TCP with IP options to no frontend", frame: F.ethernet(F.ipv4(proto: tcp, options: nops, F.tcp(dport: 81))),
                 verdict: Self.tcActOK, reason: "np_not_service"),
             Row(name: "an ACK to a NodePort without a tracked flow",
@@ -555,7 +556,8 @@ final class NodePortPacketTests: XCTestCase {
     }
 
     /// tc drops truncated and malformed IPv6 frames with their reason, and passes frames with
-    /// extension headers (a fragment header too) byte-identical with a reason of their own.
+    /// extension headers other than a lone fragment header, and fragments that are not
+    /// ours, byte-identical with a reason of their own.
     /// XDP drops the same frames and hands the others to tc untouched.
     func testIPv6FramesAreParsedDroppedOrPassedWithTheirReason() throws {
         typealias F = TestFrame
@@ -565,10 +567,11 @@ final class NodePortPacketTests: XCTestCase {
         func v6(_ next: UInt8, payloadLength: Int? = nil, version: UInt8 = 6, _ payload: [UInt8]) -> [UInt8] {
             F.ethernet(type: 0x86dd, F.ipv6(nextHeader: next, version: version, payloadLength: payloadLength, payload))
         }
-        // A fragment header (next header TCP, offset 0, more fragments) before the SYN, and
-        // destination options (8 bytes of padding) before it.
-        let fragmentHeader: [UInt8] = [tcp, 0, 0, 1, 0, 0, 0, 9]
+        // Destination options (8 bytes of padding) before the SYN, and a fragment header
+        // before them.
         let destinationOptions: [UInt8] = [tcp, 0, 1, 4, 0, 0, 0, 0]
+        let fragmentOfOptions: [UInt8] = [60, 0, 0, 1, 0, 0, 0, 9]
+        let fragmentOfICMPv6: [UInt8] = [58, 0, 0, 1, 0, 0, 0, 9]
         // As for IPv4, BPF_PROG_TEST_RUN refuses a frame shorter than an IPv6 header: that
         // bounds check is covered by the verifier alone.
         let dropped = [
@@ -585,7 +588,12 @@ final class NodePortPacketTests: XCTestCase {
                 reason: "np_malformed"),
         ]
         let passed = [
-            Row(name: "fragment header", frame: v6(44, fragmentHeader + syn), verdict: Self.tcActOK, reason: "np_ipv6_ext_header"),
+            Row(name: "fragment header before destination options", frame: v6(44, fragmentOfOptions + destinationOptions + syn),
+                verdict: Self.tcActOK, reason: "np_ipv6_ext_header"),
+            Row(name: "fragment of an ICMPv6 message", frame: v6(44, fragmentOfICMPv6 + [128, 0, 0, 0, 0, 1, 0, 1]),
+                verdict: Self.tcActOK, reason: "np_fragment"),
+            Row(name: "IPv6 later fragment, its first not seen", frame: v6(44, [udp, 0, 0, 0x18, 0, 0, 0, 7] + Array(repeating: 0xee, count: 8)),
+                verdict: Self.tcActOK, reason: "np_fragment_untracked"),
             Row(name: "destination options", frame: v6(60, destinationOptions + syn), verdict: Self.tcActOK,
                 reason: "np_ipv6_ext_header"),
             Row(name: "hop-by-hop options", frame: v6(0, destinationOptions + syn), verdict: Self.tcActOK, reason: "np_ipv6_ext_header"),
@@ -603,18 +611,28 @@ final class NodePortPacketTests: XCTestCase {
 
     /// A frontend without endpoints answers an IPv6 client with ICMPv6 destination
     /// unreachable / port unreachable (type 1 code 4) from the address it asked for,
-    /// quoting the offending headers, its checksum valid over the pseudo header.
+    /// quoting the offending headers, its checksum valid over the pseudo header; a first
+    /// fragment's quote keeps its fragment header, so the client's stack finds the L4
+    /// header behind it.
     func testAnIPv6FrontendWithoutEndpointsAnswersWithICMPv6PortUnreachable() throws {
         typealias F = TestFrame
         try addIPv6RejectingNodePort()
-        for (proto, l4, quoted) in [(UInt8(IPPROTO_TCP), F.tcp(dport: Self.rejectingPort), 20),
-                                    (UInt8(IPPROTO_UDP), F.udp(dport: Self.rejectingPort), 8)] {
-            let ip = F.ipv6(nextHeader: proto, l4)
+        let tcp = UInt8(IPPROTO_TCP), udp = UInt8(IPPROTO_UDP)
+        // Offset 0, more fragments, identification 9.
+        func firstFragmentHeader(_ next: UInt8) -> [UInt8] { [next, 0, 0, 1, 0, 0, 0, 9] }
+        let cases: [(name: String, nextHeader: UInt8, payload: [UInt8], quoted: Int)] = [
+            ("TCP", tcp, F.tcp(dport: Self.rejectingPort), 20),
+            ("UDP", udp, F.udp(dport: Self.rejectingPort), 8),
+            ("first fragment of a TCP SYN", 44, firstFragmentHeader(tcp) + F.tcp(dport: Self.rejectingPort), 8 + 20),
+            ("first fragment of a UDP datagram", 44, firstFragmentHeader(udp) + F.udp(dport: Self.rejectingPort, length: 1200), 8 + 8),
+        ]
+        for (name, nextHeader, payload, quoted) in cases {
+            let ip = F.ipv6(nextHeader: nextHeader, payload)
             let frame = F.ethernet(type: 0x86dd, ip)
-            try check([Row(name: "IPv6 proto \(proto) to a rejecting NodePort", frame: frame, verdict: Self.tcActRedirect,
+            try check([Row(name: "IPv6 \(name) to a rejecting NodePort", frame: frame, verdict: Self.tcActRedirect,
                            reason: "np_reject")])
             let reply = try datapath.testRun(.ingress, packet: frame).packet
-            XCTAssertEqual(reply.count, 14 + 40 + 8 + 40 + quoted, "proto \(proto)")
+            XCTAssertEqual(reply.count, 14 + 40 + 8 + 40 + quoted, name)
             guard reply.count == 14 + 40 + 8 + 40 + quoted else { continue }
             XCTAssertEqual(Array(reply[0..<6]), F.clientMAC, "back to the previous hop")
             XCTAssertEqual(Array(reply[12..<14]), [0x86, 0xdd])
@@ -628,7 +646,7 @@ final class NodePortPacketTests: XCTestCase {
             XCTAssertEqual(icmp[0], 1, "destination unreachable")
             XCTAssertEqual(icmp[1], 4, "port unreachable")
             XCTAssertEqual(F.withL4Checksum6(icmp, proto: 58, src: F.node6, dst: F.client6), icmp, "ICMPv6 checksum")
-            XCTAssertEqual(Array(icmp[8...]), Array(ip.prefix(40 + quoted)), "quotes the offending headers")
+            XCTAssertEqual(Array(icmp[8...]), Array(ip.prefix(40 + quoted)), "\(name): quotes the offending headers")
         }
     }
 
@@ -691,5 +709,240 @@ final class NodePortPacketTests: XCTestCase {
                 }
             }
         }
+    }
+
+    // MARK: - Fragments
+
+    private static let fragmentNodePort: UInt16 = 30053
+    private static let fragmentBackendPort: UInt16 = 8053
+
+    /// A UDP NodePort `fragmentNodePort` (the family's `wildcard` entry) whose one backend
+    /// is `backend`:`fragmentBackendPort` (in `slot`), served on `nodeAddress`.
+    private func addServingNodePort(wildcard: (UInt32, UInt32, UInt32, UInt32), nodeAddress: (UInt32, UInt32, UInt32, UInt32),
+                                    backend: (UInt32, UInt32, UInt32, UInt32), slot: UInt32, revNat: UInt32) throws {
+        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
+        var slotValue = sl_backend_slot()
+        slotValue.addr = backend
+        slotValue.port = Self.fragmentBackendPort.bigEndian
+        slotValue.proto = UInt8(IPPROTO_UDP)
+        slotValue.backend_id = slot
+        try maps.slots.update(slot, slotValue)
+        var key = sl_service_key()
+        key.addr = wildcard
+        key.port = Self.fragmentNodePort.bigEndian
+        key.proto = UInt8(IPPROTO_UDP)
+        var value = sl_service_value()
+        value.slot_base = slot
+        value.count = 1
+        value.rev_nat_id = revNat
+        value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
+        try maps.services.update(key, value)
+        var nodeKey = sl_node_addr_key()
+        nodeKey.addr = nodeAddress
+        var nodeValue = sl_node_addr()
+        nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
+        try datapath.nodeAddresses.update(nodeKey, nodeValue)
+    }
+
+    /// Runs `frame` through tc ingress: the verdict, the packet out and the counters that moved.
+    private func run(_ frame: [UInt8]) throws -> (verdict: Int32, packet: [UInt8], counted: [String: UInt64]) {
+        let before = datapath.outcomeCounters()
+        let result = try datapath.testRun(.ingress, packet: frame)
+        var counted: [String: UInt64] = [:]
+        for (reason, count) in datapath.outcomeCounters() where before[reason] != count {
+            counted[reason] = count - (before[reason] ?? 0)
+        }
+        return (result.verdict, result.packet, counted)
+    }
+
+    private static func port(_ bytes: ArraySlice<UInt8>) -> UInt16 {
+        UInt16(bytes[bytes.startIndex]) << 8 | UInt16(bytes[bytes.startIndex + 1])
+    }
+
+    /// A UDP datagram to a NodePort in two IPv4 fragments. The first opens the flow (a
+    /// remote backend: source-NATed), is translated as the whole datagram would be (its
+    /// UDP checksum, which covers the reassembled datagram, valid for the new addresses
+    /// and ports) and records its ports; the later one gets the same translation of its
+    /// addresses only, its bytes after the IPv4 header untouched. A later fragment of a
+    /// datagram whose first fragment was not seen passes; first fragments without room for
+    /// their L4 header are dropped. XDP leaves every fragment to tc.
+    func testTheFragmentsOfAUDPDatagramToANodePortAreTranslatedLikeTheWholeDatagram() throws {
+        typealias F = TestFrame
+        let udp = UInt8(IPPROTO_UDP), tcp = UInt8(IPPROTO_TCP)
+        let backend: [UInt8] = [198, 51, 100, 9], snat: [UInt8] = [198, 51, 100, 1]
+        let clientPort: UInt16 = 40000, id: UInt16 = 0x4242
+        let datagram = F.withL4Checksum(F.udp(sport: clientPort, dport: Self.fragmentNodePort,
+                                              payload: (0..<24).map { UInt8(0xa0 + $0) }), proto: udp)
+        // The header and 16 bytes in the first fragment, the last 8 bytes at offset 24 (3 × 8).
+        let first = F.ethernet(F.ipv4(proto: udp, fragment: 0x2000, id: id, Array(datagram[0..<24])))
+        let last = F.ethernet(F.ipv4(proto: udp, fragment: 3, id: id, Array(datagram[24...])))
+        let lastOfAnother = F.ethernet(F.ipv4(proto: udp, fragment: 3, id: id + 1, Array(datagram[24...])))
+        try addServingNodePort(wildcard: NodePortDatapath.v4MappedWords("0.0.0.0")!,
+                               nodeAddress: NodePortDatapath.v4MappedWords("192.0.2.1")!,
+                               backend: NodePortDatapath.v4MappedWords("198.51.100.9")!, slot: 1, revNat: 3)
+
+        try withRoutingNamespace { netns in
+            try NodePortDatapath.inNamespace(netns) {
+                try Shell.run(["ip", "neigh", "add", "198.51.100.9", "lladdr", "02:00:00:00:00:09", "dev", "snd0", "nud", "permanent"])
+                var device = sl_device()
+                device.snat_addr = NodePortDatapath.v4MappedWords("198.51.100.1")!
+                try datapath.deviceMap.update(UInt32(if_nametoindex("snd0")), device)
+                // XDP hands both fragments to tc untouched.
+                try check([Row(name: "first fragment", frame: first, verdict: Self.tcActOK, reason: ""),
+                           Row(name: "later fragment", frame: last, verdict: Self.tcActOK, reason: "")], program: .xdp)
+                XCTAssertEqual(datapath.natPressure().entries, 0, "XDP opened no flow for a fragment")
+
+                let out1 = try run(first)
+                XCTAssertEqual(out1.verdict, Self.tcActRedirect)
+                XCTAssertEqual(out1.counted, ["np_forward_new": 1, "np_fragment_tracked": 1])
+                guard out1.packet.count == first.count else { return XCTFail("first fragment: \(out1.packet.count) bytes") }
+                let ip1 = Array(out1.packet[14..<34]), l4 = Array(out1.packet[34...])
+                XCTAssertEqual(Array(ip1[12..<16]), snat, "source-NATed")
+                XCTAssertEqual(Array(ip1[16..<20]), backend)
+                XCTAssertEqual(Array(ip1[4..<8]), [0x42, 0x42, 0x20, 0x00], "id and more-fragments kept")
+                XCTAssertEqual(F.checksum(ip1), 0, "IPv4 header checksum")
+                let natPort = Self.port(l4[0..<2])
+                XCTAssertTrue((61000...65535).contains(natPort), "SNAT port \(natPort)")
+                XCTAssertEqual(Self.port(l4[2..<4]), Self.fragmentBackendPort)
+                XCTAssertEqual(Array(l4[8...]), Array(datagram[8..<24]), "data untouched")
+                let reassembled = l4 + Array(datagram[24...])
+                XCTAssertEqual(F.withL4Checksum(reassembled, proto: udp, src: snat, dst: backend), reassembled,
+                               "the UDP checksum covers the translated datagram")
+
+                var key = sl_frag_key()
+                key.saddr = NodePortDatapath.v4MappedWords("198.51.100.7")!
+                key.daddr = NodePortDatapath.v4MappedWords("192.0.2.1")!
+                key.id = UInt32(id.bigEndian)
+                key.proto = udp
+                let recorded = datapath.fragments.lookup(key)
+                XCTAssertEqual(recorded.map { UInt16(bigEndian: $0.sport) }, clientPort, "the first fragment's ports are recorded")
+                XCTAssertEqual(recorded.map { UInt16(bigEndian: $0.dport) }, Self.fragmentNodePort)
+
+                let out2 = try run(last)
+                XCTAssertEqual(out2.verdict, Self.tcActRedirect)
+                XCTAssertEqual(out2.counted, ["np_forward": 1, "np_fragment_tracked": 1])
+                guard out2.packet.count == last.count else { return XCTFail("later fragment: \(out2.packet.count) bytes") }
+                let ip2 = Array(out2.packet[14..<34])
+                XCTAssertEqual(Array(out2.packet[0..<6]), [0x02, 0, 0, 0, 0, 0x09], "to the backend's MAC")
+                XCTAssertEqual(Array(ip2[12..<16]), snat, "the flow's translation")
+                XCTAssertEqual(Array(ip2[16..<20]), backend)
+                XCTAssertEqual(ip2[8], 63, "TTL decremented")
+                XCTAssertEqual(Array(ip2[4..<8]), [0x42, 0x42, 0x00, 0x03], "id and offset kept")
+                XCTAssertEqual(F.checksum(ip2), 0, "IPv4 header checksum")
+                XCTAssertEqual(Array(out2.packet[34...]), Array(datagram[24...]), "no L4 rewrite in a later fragment")
+
+                let out3 = try run(lastOfAnother)
+                XCTAssertEqual(out3.verdict, Self.tcActOK)
+                XCTAssertEqual(out3.counted, ["np_fragment_untracked": 1])
+                XCTAssertEqual(out3.packet, lastOfAnother, "passed untouched")
+                XCTAssertEqual(datapath.natPressure().entries, 2, "one flow: a later fragment opens none")
+            }
+        }
+
+        let dropped = [
+            Row(name: "first fragment with 6 bytes of UDP header",
+                frame: F.ethernet(F.ipv4(proto: udp, totalLength: 26, fragment: 0x2000, Array(datagram[0..<8]))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "first fragment with 8 bytes of TCP header",
+                frame: F.ethernet(F.ipv4(proto: tcp, totalLength: 28, fragment: 0x2000, F.tcp(dport: Self.rejectingPort))),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "first fragment whose UDP header the frame cuts",
+                frame: F.ethernet(F.ipv4(proto: udp, fragment: 0x2000, Array(datagram[0..<6]))),
+                verdict: Self.tcActShot, reason: "np_truncated"),
+        ]
+        try check(dropped)
+        try check(dropped, program: .xdp)
+    }
+
+    /// The same for IPv6: a UDP datagram to an IPv6 NodePort in two fragments behind a
+    /// fragment header (the L4 header 48 bytes into the IPv6 packet).
+    func testTheFragmentsOfAnIPv6UDPDatagramToANodePortAreTranslatedLikeTheWholeDatagram() throws {
+        typealias F = TestFrame
+        let udp = UInt8(IPPROTO_UDP)
+        func bytes(_ address: String) -> [UInt8] {
+            withUnsafeBytes(of: NodePortDatapath.ipv6Words(address)!) { Array($0) }
+        }
+        let backend6 = "2001:db8:1::9", snat6 = "2001:db8:1::1"
+        let clientPort: UInt16 = 40000
+        let id: [UInt8] = [0xde, 0xad, 0x00, 0x07]
+        let datagram = F.withL4Checksum6(F.udp(sport: clientPort, dport: Self.fragmentNodePort,
+                                               payload: (0..<24).map { UInt8(0xa0 + $0) }), proto: udp)
+        func v6(payloadLength: Int? = nil, _ payload: [UInt8]) -> [UInt8] {
+            F.ethernet(type: 0x86dd, F.ipv6(nextHeader: 44, payloadLength: payloadLength, payload))
+        }
+        let firstHeader: [UInt8] = [udp, 0, 0x00, 0x01] + id   // offset 0, more fragments
+        let lastHeader: [UInt8] = [udp, 0, 0x00, 0x18] + id    // offset 24, last
+        let first = v6(firstHeader + Array(datagram[0..<24]))
+        let last = v6(lastHeader + Array(datagram[24...]))
+        let lastOfAnother = v6([udp, 0, 0x00, 0x18, 0xde, 0xad, 0x00, 0x08] + Array(datagram[24...]))
+        try addServingNodePort(wildcard: (0, 0, 0, 0), nodeAddress: NodePortDatapath.ipv6Words("2001:db8::1")!,
+                               backend: NodePortDatapath.ipv6Words(backend6)!, slot: 2, revNat: 4)
+
+        try withRoutingNamespace { netns in
+            try NodePortDatapath.inNamespace(netns) {
+                try Shell.run(["ip", "addr", "add", "2001:db8:1::1/64", "dev", "snd0", "nodad"])
+                try Shell.run(["ip", "neigh", "add", backend6, "lladdr", "02:00:00:00:00:09", "dev", "snd0", "nud", "permanent"])
+                try Shell.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+                var device = sl_device()
+                device.snat_addr6 = NodePortDatapath.ipv6Words(snat6)!
+                try datapath.deviceMap.update(UInt32(if_nametoindex("snd0")), device)
+                try check([Row(name: "IPv6 first fragment", frame: first, verdict: Self.tcActOK, reason: ""),
+                           Row(name: "IPv6 later fragment", frame: last, verdict: Self.tcActOK, reason: "")], program: .xdp)
+
+                let out1 = try run(first)
+                XCTAssertEqual(out1.verdict, Self.tcActRedirect)
+                XCTAssertEqual(out1.counted, ["np_forward_new": 1, "np_fragment_tracked": 1])
+                guard out1.packet.count == first.count else { return XCTFail("first fragment: \(out1.packet.count) bytes") }
+                let ip1 = Array(out1.packet[14..<54]), l4 = Array(out1.packet[62...])
+                XCTAssertEqual(Array(ip1[8..<24]), bytes(snat6), "source-NATed")
+                XCTAssertEqual(Array(ip1[24..<40]), bytes(backend6))
+                XCTAssertEqual(ip1[7], 63, "hop limit decremented")
+                XCTAssertEqual(Array(out1.packet[54..<62]), firstHeader, "fragment header kept")
+                let natPort = Self.port(l4[0..<2])
+                XCTAssertTrue((61000...65535).contains(natPort), "SNAT port \(natPort)")
+                XCTAssertEqual(Self.port(l4[2..<4]), Self.fragmentBackendPort)
+                let reassembled = l4 + Array(datagram[24...])
+                XCTAssertEqual(F.withL4Checksum6(reassembled, proto: udp, src: bytes(snat6), dst: bytes(backend6)), reassembled,
+                               "the UDP checksum covers the translated datagram")
+
+                var key = sl_frag_key()
+                key.saddr = NodePortDatapath.ipv6Words("2001:db8::7")!
+                key.daddr = NodePortDatapath.ipv6Words("2001:db8::1")!
+                key.id = id.withUnsafeBytes { $0.load(as: UInt32.self) }
+                key.proto = udp
+                let recorded = datapath.fragments.lookup(key)
+                XCTAssertEqual(recorded.map { UInt16(bigEndian: $0.sport) }, clientPort, "the first fragment's ports are recorded")
+                XCTAssertEqual(recorded.map { UInt16(bigEndian: $0.dport) }, Self.fragmentNodePort)
+
+                let out2 = try run(last)
+                XCTAssertEqual(out2.verdict, Self.tcActRedirect)
+                XCTAssertEqual(out2.counted, ["np_forward": 1, "np_fragment_tracked": 1])
+                guard out2.packet.count == last.count else { return XCTFail("later fragment: \(out2.packet.count) bytes") }
+                let ip2 = Array(out2.packet[14..<54])
+                XCTAssertEqual(Array(ip2[8..<24]), bytes(snat6), "the flow's translation")
+                XCTAssertEqual(Array(ip2[24..<40]), bytes(backend6))
+                XCTAssertEqual(ip2[7], 63, "hop limit decremented")
+                XCTAssertEqual(Array(out2.packet[54...]), lastHeader + Array(datagram[24...]),
+                               "fragment header and data untouched: no L4 rewrite in a later fragment")
+
+                let out3 = try run(lastOfAnother)
+                XCTAssertEqual(out3.verdict, Self.tcActOK)
+                XCTAssertEqual(out3.counted, ["np_fragment_untracked": 1])
+                XCTAssertEqual(out3.packet, lastOfAnother, "passed untouched")
+            }
+        }
+
+        let dropped = [
+            Row(name: "IPv6 fragment header cut by the frame", frame: v6([udp, 0, 0, 1]), verdict: Self.tcActShot,
+                reason: "np_truncated"),
+            Row(name: "IPv6 fragment header beyond the payload length", frame: v6(payloadLength: 4, firstHeader + Array(datagram[0..<8])),
+                verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "IPv6 first fragment with 6 bytes of UDP header",
+                frame: v6(payloadLength: 14, firstHeader + Array(datagram[0..<8])), verdict: Self.tcActShot, reason: "np_malformed"),
+            Row(name: "IPv6 first fragment whose UDP header the frame cuts", frame: v6(firstHeader + Array(datagram[0..<6])),
+                verdict: Self.tcActShot, reason: "np_truncated"),
+        ]
+        try check(dropped)
+        try check(dropped, program: .xdp)
     }
 }

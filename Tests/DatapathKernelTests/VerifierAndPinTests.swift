@@ -43,7 +43,7 @@ final class VerifierAndPinTests: XCTestCase {
                                                   SL_MAP_NAME_SOCK_REVNAT, SL_MAP_NAME_COUNTERS, SL_MAP_NAME_SOCK_FRONTEND,
                                                   SL_MAP_NAME_AFFINITY, SL_MAP_NAME_FRONTEND_META, SL_MAP_NAME_SOURCE_RANGES,
                                                   SL_MAP_NAME_HEALTH_CHECKS, SL_MAP_NAME_NAT, SL_MAP_NAME_NODE_ADDRS,
-                                                  SL_MAP_NAME_DEVICES, SL_MAP_NAME_DSR])
+                                                  SL_MAP_NAME_DEVICES, SL_MAP_NAME_DSR, SL_MAP_NAME_FRAG])
     }
 
     func testSockLBObjectPassesTheVerifier() throws {

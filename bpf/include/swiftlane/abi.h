@@ -36,6 +36,7 @@
 #define SL_MAP_NAME_NODE_ADDRS "sl_node_addrs_v1"
 #define SL_MAP_NAME_DEVICES "sl_devices_v2"
 #define SL_MAP_NAME_DSR "sl_dsr_v1"
+#define SL_MAP_NAME_FRAG "sl_frag_v1"
 
 /* Default capacities (entries); the loader may override them from the config. Slot
  * index 0 is never used, so a frontend without backends has slot_base 0. The slot array
@@ -53,6 +54,7 @@
 #define SL_DEFAULT_NODE_ADDRS_MAX 256
 #define SL_DEFAULT_DEVICES_MAX 64
 #define SL_DEFAULT_DSR_MAX 65536
+#define SL_DEFAULT_FRAG_MAX 8192
 
 /* Entries of the per-CPU counter array: room for reasons added later, so that a new
  * reason does not change the map's layout (and its pinned name). */
@@ -362,6 +364,28 @@ struct sl_dsr_entry {
 };
 _Static_assert(sizeof(struct sl_dsr_entry) == 32, "sl_dsr_entry layout");
 
+/* IP fragments of translated datagrams (bpf/nodeport.c): a later fragment carries no
+ * L4 header, so the ports of its datagram are recorded from the first fragment, keyed by
+ * what every fragment of the datagram carries. Written when a first fragment is
+ * translated (ingress, and replies leaving on egress), read by the later fragments. LRU:
+ * an entry is needed only for the instant the datagram's fragments take to pass; one
+ * evicted early costs the rest of that datagram, passed to the stack. */
+struct sl_frag_key {
+	__be32 saddr[4]; /* source address, network order, IPv4 v4-mapped */
+	__be32 daddr[4]; /* destination address, network order, IPv4 v4-mapped */
+	__be32 id;       /* IPv4: the 16-bit identification as in the header, zero-extended;
+			  * IPv6: the fragment header's 32-bit identification. Network order */
+	__u8 proto;      /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct sl_frag_key) == 40, "sl_frag_key layout");
+
+struct sl_frag_entry {
+	__be16 sport; /* network order: the datagram's ports as the first fragment had them */
+	__be16 dport;
+};
+_Static_assert(sizeof(struct sl_frag_entry) == 4, "sl_frag_entry layout");
+
 /* Per-CPU outcome counters (array of __u64 indexed by this enum). Names are exported
  * as the "reason" label of swiftlane_datapath_outcomes_total; keep them in step with
  * Datapath/OutcomeReason.swift, which a test checks against SL_REASON_MAX. */
@@ -387,7 +411,7 @@ enum sl_reason {
 	SL_REASON_NP_DROP = 17,             /* frontend whose policy drops external traffic */
 	SL_REASON_NP_TRUNCATED = 18,        /* dropped: shorter than its headers claim */
 	SL_REASON_NP_MALFORMED = 19,        /* dropped: invalid IPv4 or L4 header */
-	SL_REASON_NP_FRAGMENT = 20,         /* IP fragment: not tracked, passed to the stack */
+	SL_REASON_NP_FRAGMENT = 20,         /* IP fragment of a datagram neither TCP nor UDP: passed */
 	SL_REASON_NP_PORTS_EXHAUSTED = 21,  /* dropped: no free source-NAT port found */
 	SL_REASON_NP_FIB_FAILED = 22,       /* dropped: no route to the translated destination */
 	SL_REASON_NP_TTL_EXCEEDED = 23,     /* dropped: TTL would reach 0 when forwarded */
@@ -414,11 +438,15 @@ enum sl_reason {
 	SL_REASON_NP_SOURCE_RANGE_DENIED = 41, /* dropped: client outside the LB VIP's loadBalancerSourceRanges */
 	SL_REASON_NP_XDP_PASS_TO_TC = 42,   /* XDP left the packet to the tc program (see bpf/nodeport.c) */
 	SL_REASON_NP_XDP_REDIRECT = 43,     /* XDP translated the packet and redirected it to its device */
-	SL_REASON_NP_IPV6_EXT_HEADER = 44,  /* IPv6 with extension headers (a fragment header too): passed */
+	SL_REASON_NP_IPV6_EXT_HEADER = 44,  /* IPv6 with extension headers other than one fragment header: passed */
 	SL_REASON_NP_TOO_BIG = 45,          /* longer than the route's MTU: ICMP frag. needed / Packet Too Big sent */
 	SL_REASON_NP_TOO_BIG_MAY_FRAGMENT = 46, /* dropped: longer than the route's MTU, DF clear (no fragmenting) */
 	SL_REASON_NP_ICMP_ERROR_FORWARD = 47, /* ICMP error about a reply to the client translated for the backend */
-	SL_REASON_MAX = 48,
+	SL_REASON_NP_FRAGMENT_TRACKED = 48, /* fragment (first or later) of a translated datagram translated; the
+					     * flow's own reason (np_forward, np_reply, ...) is counted too */
+	SL_REASON_NP_FRAGMENT_UNTRACKED = 49, /* later fragment of no recorded datagram (its first fragment not seen
+					       * or not ours), or of no tracked flow: passed to the stack */
+	SL_REASON_MAX = 50,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 

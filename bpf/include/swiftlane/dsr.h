@@ -63,6 +63,15 @@ static __always_inline __be32 sl_dsr_next_hop(void *ctx, int hook, const struct 
 	return fib.ipv4_dst;
 }
 
+/* Whether the packet (each of its segments, for a GSO skb) still fits the MTU of
+ * `ifindex` with the option added (tc only). */
+static __always_inline int sl_dsr_fits(struct __sk_buff *skb, const struct sl_packet *pkt, __u32 ifindex)
+{
+	__u32 mtu_len = pkt->mtu_len;
+
+	return !ifindex || bpf_check_mtu(skb, ifindex, &mtu_len, SL_DSR_OPT_LEN, 0) == BPF_MTU_CHK_RET_SUCCESS;
+}
+
 /* Node A, new flow to a remote backend: DSR, or SNAT when the option has no place (the
  * packet has IP options already) or the client lies behind the backend's next hop (a
  * pod or the node hosting the backend, even the backend itself): its replies would
@@ -79,6 +88,11 @@ static __always_inline int sl_dsr_wanted(void *ctx, int hook, const struct sl_pa
 		goto snat;
 	hop = sl_dsr_next_hop(ctx, hook, pkt, backend, &backend_dev);
 	if (hop && hop == sl_dsr_next_hop(ctx, hook, pkt, pkt->saddr, &client_dev) && backend_dev == client_dev)
+		goto snat;
+	/* A flow opened by a first fragment, which mostly fills the MTU already: without room
+	 * for the option node B would never learn the flow, as the option goes in first
+	 * fragments only. (Fragments reach tc only: sl_parse_fragment.) */
+	if (hook == SL_HOOK_TC && pkt->frag && !sl_dsr_fits(ctx, pkt, backend_dev))
 		goto snat;
 	return 1;
 snat:
@@ -119,10 +133,12 @@ static __always_inline int sl_dsr_fix_header(struct __sk_buff *skb, struct sl_pa
 	return 0;
 }
 
-/* Whether a DSR flow's packet carries the option: a TCP flow's SYNs, every UDP datagram. */
+/* Whether a DSR flow's packet carries the option: a TCP flow's SYNs, every UDP datagram
+ * (in its first fragment: node B learns the flow from the ports, which a later fragment
+ * does not carry; later fragments are a plain DNAT). */
 static __always_inline int sl_dsr_carries_option(const struct sl_packet *pkt)
 {
-	return pkt->proto != IPPROTO_TCP || (pkt->tcp_flags & SL_TCP_SYN);
+	return pkt->frag != SL_FRAG_LATER && (pkt->proto != IPPROTO_TCP || (pkt->tcp_flags & SL_TCP_SYN));
 }
 
 /* Node A, before the DNAT of a DSR flow's packet (tc only: it resizes the packet): adds
@@ -132,15 +148,12 @@ static __always_inline int sl_dsr_carries_option(const struct sl_packet *pkt)
 static __always_inline int sl_dsr_push(struct __sk_buff *skb, struct sl_packet *pkt, __be32 backend)
 {
 	struct sl_dsr_opt opt = { .type = SL_DSR_OPT_TYPE, .len = SL_DSR_OPT_LEN, .port = pkt->dport, .addr = pkt->daddr };
-	__u32 mtu_len = pkt->tot_len;
-	__u32 egress;
 
 	if (!sl_dsr_carries_option(pkt))
 		return 0;
 	if (pkt->ihl_bytes != sizeof(struct iphdr))
 		goto no_room;
-	egress = sl_egress_ifindex(skb, SL_HOOK_TC, pkt, backend);
-	if (egress && bpf_check_mtu(skb, egress, &mtu_len, SL_DSR_OPT_LEN, 0) != BPF_MTU_CHK_RET_SUCCESS)
+	if (!sl_dsr_fits(skb, pkt, sl_egress_ifindex(skb, SL_HOOK_TC, pkt, backend)))
 		goto no_room;
 	if (bpf_skb_adjust_room(skb, SL_DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) ||
 	    bpf_skb_store_bytes(skb, pkt->l3_off + sizeof(struct iphdr), &opt, sizeof(opt), 0) ||
@@ -235,9 +248,14 @@ static __always_inline int sl_dsr_reply(struct __sk_buff *skb, struct sl_packet 
 	entry->last_seen_ns = bpf_ktime_get_ns();
 	if ((pkt->tcp_flags & (SL_TCP_FIN | SL_TCP_RST)) && !(entry->flags & SL_NAT_F_CLOSING))
 		entry->flags |= SL_NAT_F_CLOSING;
+	/* A fragmented reply: its later fragments find the ports recorded here. */
+	if (pkt->frag == SL_FRAG_FIRST)
+		sl_frag_record(pkt);
 	if (sl_rewrite(skb, SL_HOOK_TC, pkt, 0, entry->frontend_addr[3], entry->frontend_port))
 		return -EFAULT;
 	sl_count(SL_REASON_NP_DSR_REPLY);
+	if (pkt->frag)
+		sl_count(SL_REASON_NP_FRAGMENT_TRACKED);
 	return SL_NP_PASS;
 }
 

@@ -145,6 +145,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_dsr_v1 SEC(".maps");
 
+/* Ports of fragmented datagrams being translated (struct sl_frag_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sl_frag_key);
+	__type(value, struct sl_frag_entry);
+	__uint(max_entries, SL_DEFAULT_FRAG_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_frag_v1 SEC(".maps");
+
 /* Outcome counters by enum sl_reason, per CPU so the hot path never contends. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

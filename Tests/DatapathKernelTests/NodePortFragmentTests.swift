@@ -1,0 +1,138 @@
+import CLibBPF
+@testable import Datapath
+import Foundation
+import NetLab
+import XCTest
+
+/// Fragmented UDP through node A's NodePort (`bpf/nodeport.c`, sl_frag_v1): datagrams of
+/// 4000 bytes, which the client's stack sends in three fragments at the lab's MTU of 1500,
+/// answered by the pods with replies of the same length (fragmented by the pods' stacks),
+/// to a local pod (replies translated on node A's egress) and to a remote pod (source-NATed,
+/// replies translated on node A's ingress), IPv4 and IPv6, with tc alone and with XDP
+/// generic and native in front (XDP hands every fragment to tc). Every datagram must come
+/// back whole, from the pod it reached, with the NodePort as its source.
+final class NodePortFragmentTests: XCTestCase {
+    private static let datagramBytes = 4000
+    private static let datagrams = 40
+
+    private var harness: NodePortHarness?
+    private var dsrHarness: DSRHarness?
+    private var mode: NodePortOptions.Acceleration = .none
+
+    override func tearDown() {
+        harness?.tearDown()
+        harness = nil
+        dsrHarness?.tearDown()
+        dsrHarness = nil
+    }
+
+    override func recordFailure(withDescription description: String, inFile filePath: String, atLine lineNumber: Int,
+                                expected: Bool) {
+        super.recordFailure(withDescription: "[acceleration \(mode.rawValue)] " + description, inFile: filePath,
+                            atLine: lineNumber, expected: expected)
+    }
+
+    /// `body` on a fresh lab with one pod on each node, for tc alone and XDP generic and native.
+    private func inEveryMode(_ body: (NodePortHarness) throws -> Void) throws {
+        try requireKernelBPF()
+        for acceleration in NodePortOptions.Acceleration.allCases {
+            mode = acceleration
+            let h = try NodePortHarness(podsOnA: 1, podsOnB: 1, label: "npfrag" + name.filter { $0.isLetter }.suffix(10),
+                                        acceleration: acceleration)
+            harness = h
+            defer {
+                h.tearDown()
+                harness = nil
+            }
+            try body(h)
+        }
+    }
+
+    /// What every run must show: each datagram answered whole by one of the two pods, from
+    /// the NodePort; the local pod saw the client, the remote one node A; fragments
+    /// translated both ways, none left untracked.
+    private func assertServedWhole(_ report: UDPProbeReport, _ h: NodePortHarness, clients: Set<String>,
+                                   file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(report.ok, Self.datagrams, "errors: \(report.errors) timeouts: \(report.timeouts) \(report.firstError ?? "")",
+                       file: file, line: line)
+        XCTAssertEqual(report.damagedReplies, 0, "every reply arrived whole", file: file, line: line)
+        XCTAssertEqual(report.replySourceMismatches, 0, "replies come from the NodePort", file: file, line: line)
+        XCTAssertEqual(Set(report.backends.keys), ["a1", "b1"], "\(report.backends)", file: file, line: line)
+        XCTAssertEqual(Set(report.seenClientAddresses), clients, file: file, line: line)
+        let counters = h.datapath.outcomeCounters()
+        // Per datagram, at least its two later fragments in and the reply's two out.
+        XCTAssertGreaterThanOrEqual(counters["np_fragment_tracked"] ?? 0, UInt64(4 * Self.datagrams), "\(counters)",
+                                    file: file, line: line)
+        XCTAssertEqual(counters["np_fragment_untracked"], 0, "\(counters)", file: file, line: line)
+        XCTAssertEqual(counters["np_forward_new"], UInt64(Self.datagrams), "one flow per datagram (a new socket each)",
+                       file: file, line: line)
+        XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, UInt64(3 * Self.datagrams), "every reply fragment translated",
+                                    file: file, line: line)
+        if h.datapath.options.acceleration != .none {
+            XCTAssertGreaterThan(counters["np_xdp_pass_to_tc"] ?? 0, 0, "XDP leaves fragments to tc", file: file, line: line)
+        }
+        XCTAssertLessThanOrEqual(h.datapath.fragmentPressure().entries, 4 * Self.datagrams, file: file, line: line)
+    }
+
+    func testFragmentedUDPDatagramsThroughANodePortComeBackWholeFromALocalAndARemotePod() throws {
+        try inEveryMode { h in
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB))
+            let report = try h.client.udp(target: h.udpTarget, count: Self.datagrams, payloadBytes: Self.datagramBytes)
+            assertServedWhole(report, h, clients: [h.lab.clientIPv4, h.lab.nodeAIPv4])
+        }
+    }
+
+    func testFragmentedUDPDatagramsThroughAnIPv6NodePortComeBackWholeFromALocalAndARemotePod() throws {
+        try inEveryMode { h in
+            try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, ipv6: true))
+            let report = try h.client.udp(target: h.udpTarget6, count: Self.datagrams, payloadBytes: Self.datagramBytes)
+            assertServedWhole(report, h, clients: [h.lab.clientIPv6, h.lab.nodeAIPv6])
+        }
+    }
+
+    /// DSR mode, remote pod on node B (shared fabric: node B answers the client directly).
+    /// At the client's MTU of 1500 a first fragment leaves no room for the frontend option:
+    /// such flows are source-NATed (np_dsr_snat_fallback) and served through node A. With
+    /// the client's route to the NodePort at MTU 1400 the first fragments fit it: node A
+    /// adds the option to each first fragment and DNATs the later ones, node B learns the
+    /// flow from the first fragment and gives every fragment of the pod's reply the frontend
+    /// as its source. Every reply arrives whole either way.
+    func testFragmentedUDPDatagramsInDSRModeComeBackWhole() throws {
+        try requireKernelBPF()
+        let h = try DSRHarness(podsOnA: 0, podsOnB: 1, label: "dsrfrag")
+        dsrHarness = h
+        try h.apply(h.service(pods: h.lab.podsOnB))
+        let count = 20
+
+        let fallback = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: Self.datagramBytes)
+        XCTAssertEqual(fallback.ok, count, "errors: \(fallback.errors) timeouts: \(fallback.timeouts)")
+        XCTAssertEqual(fallback.damagedReplies, 0)
+        XCTAssertEqual(fallback.replySourceMismatches, 0)
+        XCTAssertEqual(fallback.seenClientAddresses, [h.lab.nodeAIPv4], "source-NATed: no room for the option")
+        var a = h.a.datapath.outcomeCounters()
+        XCTAssertEqual(a["np_dsr_snat_fallback"], UInt64(count), "\(a)")
+        XCTAssertEqual(a["np_dsr_carried"], 0)
+        XCTAssertGreaterThanOrEqual(a["np_reply"] ?? 0, UInt64(3 * count), "replies back through node A")
+        XCTAssertGreaterThanOrEqual(a["np_fragment_tracked"] ?? 0, UInt64(4 * count), "\(a)")
+
+        try Shell.run(["ip", "netns", "exec", h.lab.clientNetns, "ip", "route", "add", "\(h.lab.externalIPv4)/32",
+                       "dev", h.lab.clientDevice, "mtu", "lock", "1400"])
+        let direct = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: Self.datagramBytes)
+        XCTAssertEqual(direct.ok, count, "errors: \(direct.errors) timeouts: \(direct.timeouts)")
+        XCTAssertEqual(direct.damagedReplies, 0)
+        XCTAssertEqual(direct.replySourceMismatches, 0, "replies from the NodePort, sent by node B")
+        XCTAssertEqual(direct.seenClientAddresses, [h.lab.clientIPv4], "DSR keeps the client's address")
+        let before = a
+        a = h.a.datapath.outcomeCounters()
+        let b = h.b.datapath.outcomeCounters()
+        XCTAssertEqual(a["np_dsr_carried"], UInt64(count), "one option per datagram, in its first fragment: \(a)")
+        XCTAssertEqual(a["np_dsr_no_room"], 0)
+        XCTAssertEqual(a["np_dsr_snat_fallback"], before["np_dsr_snat_fallback"], "no more fallbacks")
+        XCTAssertEqual(a["np_reply"], before["np_reply"], "no reply passed node A")
+        XCTAssertGreaterThanOrEqual((a["np_fragment_tracked"] ?? 0) - (before["np_fragment_tracked"] ?? 0), UInt64(3 * count),
+                                    "node A translated every fragment: \(a)")
+        XCTAssertEqual(b["np_dsr_received"], UInt64(count), "\(b)")
+        XCTAssertGreaterThanOrEqual(b["np_dsr_reply"] ?? 0, UInt64(3 * count), "every reply fragment given the frontend")
+        XCTAssertGreaterThanOrEqual(b["np_fragment_tracked"] ?? 0, UInt64(3 * count), "\(b)")
+    }
+}
