@@ -1005,6 +1005,67 @@ struct sl_icmp_head {
 	__be32 unused;
 };
 
+/* The ICMP and ICMPv6 errors this node builds (port unreachable, fragmentation needed,
+ * Packet Too Big) are rate limited node-wide, as the kernel limits its own
+ * (net.ipv4.icmp_msgs_per_sec / icmp_msgs_burst): a flood of packets to a frontend
+ * without endpoints, or of oversized ones, must not become a flood of errors, which
+ * spoofed sources would aim at a third party. A token bucket of sl_icmp_errors_burst
+ * tokens refilled at sl_icmp_errors_per_sec (0: no limit), set by the loader. One bucket
+ * for all CPUs, updated without a lock like the kernel's: under contention a few more
+ * errors than the rate may leave. An error over the limit is not sent and its packet is
+ * dropped (np_icmp_rate_limited). Errors about tracked flows that this node only
+ * translates are not its own and are not limited. */
+const volatile __u32 sl_icmp_errors_per_sec = 1000;
+const volatile __u32 sl_icmp_errors_burst = 50;
+
+struct sl_icmp_budget {
+	__u64 refilled_ns; /* the time the tokens were last counted up to */
+	__s64 tokens;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_icmp_budget);
+} sl_icmp_budget SEC(".maps");
+
+/* Whether one more error may be sent now; takes its token. */
+static __always_inline int sl_icmp_error_allowed(void)
+{
+	struct sl_icmp_budget *budget;
+	__u64 now, elapsed, earned;
+	__s64 tokens;
+
+	if (!sl_icmp_errors_per_sec)
+		return 1;
+	budget = bpf_map_lookup_elem(&sl_icmp_budget, &(__u32){ 0 });
+	if (!budget)
+		return 1;
+	now = bpf_ktime_get_ns();
+	elapsed = now - budget->refilled_ns;
+	/* Past the time the bucket takes to fill, it is full; below it, elapsed * rate stays
+	 * under burst * 1e9, far from overflowing. */
+	if (elapsed >= (__u64)sl_icmp_errors_burst * 1000000000ULL / sl_icmp_errors_per_sec)
+		earned = sl_icmp_errors_burst;
+	else
+		earned = elapsed * sl_icmp_errors_per_sec / 1000000000ULL;
+	if (earned) {
+		tokens = budget->tokens + (__s64)earned;
+		budget->tokens = tokens > sl_icmp_errors_burst ? sl_icmp_errors_burst : tokens;
+		/* Time for whole tokens only: the remainder counts towards the next one. */
+		budget->refilled_ns = earned >= sl_icmp_errors_burst
+					      ? now
+					      : budget->refilled_ns + earned * 1000000000ULL / sl_icmp_errors_per_sec;
+	}
+	if (budget->tokens <= 0) {
+		sl_count(SL_REASON_NP_ICMP_RATE_LIMITED);
+		return 0;
+	}
+	__sync_fetch_and_add(&budget->tokens, -1);
+	return 1;
+}
+
 /* Sends the error built in place of the packet back to the previous hop, out of the
  * device it came in on: the MACs (`macs`, as received) swapped; `reason` counted. */
 static __always_inline int sl_reject_back(struct __sk_buff *skb, const __u8 macs[2 * ETH_ALEN], struct sl_np_forward *fwd,
@@ -1048,6 +1109,8 @@ static __always_inline int sl_icmp_back(struct __sk_buff *skb, struct sl_packet 
 
 	if (pkt->ihl_bytes != sizeof(struct iphdr))
 		goto fail;
+	if (!sl_icmp_error_allowed())
+		return -EBUSY;
 	/* The parser checked that the L4 header (20 bytes TCP, 8 UDP) is in the packet. */
 	if (bpf_skb_load_bytes(skb, pkt->l3_off, &msg.quoted_ip, sizeof(msg.quoted_ip)))
 		goto fail;
@@ -1122,6 +1185,8 @@ static __always_inline int sl_icmp6_back(struct __sk_buff *skb, struct sl_packet
 	 * verifier wants it bounded, and never 0. */
 	if (quoted < 8 || quoted > sizeof(msg.quoted_rest))
 		goto fail;
+	if (!sl_icmp_error_allowed())
+		return -EBUSY;
 	if (bpf_skb_load_bytes(skb, pkt->l3_off, &msg.quoted_ip, sizeof(msg.quoted_ip)) ||
 	    bpf_skb_load_bytes(skb, pkt->l3_off + sizeof(struct ipv6hdr), msg.quoted_rest, quoted))
 		goto fail;
@@ -1172,17 +1237,21 @@ static __always_inline int sl_reject(struct __sk_buff *skb, struct sl_packet *pk
  * may not be fragmented (IPv4 DF, every IPv6 packet) with ICMP fragmentation needed /
  * Packet Too Big, which makes the sender's path-MTU discovery shrink its packets; the
  * error quotes the packet as the sender sent it (untranslated), so it matches the
- * sender's socket. A packet that may be fragmented cannot be here (no fragmenting in
- * BPF): dropped, counted. */
+ * sender's socket.
+ * An IPv4 packet without DF (a fragment, or a datagram of a socket that does not do
+ * path-MTU discovery) would be fragmented by a router. BPF cannot fragment, nor can the
+ * stack forward a packet source-NATed to one of the node's own addresses. Dropping it
+ * silently would lose every such datagram for good; it is answered the same way instead
+ * (counted apart): the sender's stack takes the MTU for the destination from any
+ * fragmentation needed that names its socket, whether DF was set or not (Linux does,
+ * IP_PMTUDISC_DONT sockets included), and fragments its next datagrams to fit. This
+ * packet is lost, as with the DF error. */
 static __always_inline int sl_too_big(struct __sk_buff *skb, struct sl_packet *pkt, __u16 mtu, struct sl_np_forward *fwd)
 {
 	if (pkt->ipv6)
 		return sl_icmp6_back(skb, pkt, SL_ICMPV6_PACKET_TOO_BIG, 0, mtu, SL_REASON_NP_TOO_BIG, fwd);
-	if (!pkt->dont_fragment) {
-		sl_count(SL_REASON_NP_TOO_BIG_MAY_FRAGMENT);
-		return -EMSGSIZE;
-	}
-	return sl_icmp_back(skb, pkt, SL_ICMP_FRAG_NEEDED, mtu, SL_REASON_NP_TOO_BIG, fwd);
+	return sl_icmp_back(skb, pkt, SL_ICMP_FRAG_NEEDED, mtu,
+			    pkt->dont_fragment ? SL_REASON_NP_TOO_BIG : SL_REASON_NP_TOO_BIG_MAY_FRAGMENT, fwd);
 }
 
 // MARK: - Frontends
@@ -1889,6 +1958,9 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 
 	master = sl_lookup_frontend(&pkt, &frontend);
 	if (!master) {
+		/* This node as a DSR backend's node (dsr.h); XDP passes the segment to tc. */
+		if (hook == SL_HOOK_TC && !pkt.ipv6 && (pkt.tcp_flags & (SL_TCP_FIN | SL_TCP_RST)))
+			sl_dsr_client_closing(&pkt);
 		sl_count_pass(hook, SL_REASON_NP_NOT_SERVICE);
 		return SL_NP_PASS;
 	}

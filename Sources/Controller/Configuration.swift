@@ -321,6 +321,15 @@ struct KeyReader {
         return value
     }
 
+    /// An integer that must lie in `range`.
+    mutating func int(_ key: String, in range: ClosedRange<Int>) throws -> Int? {
+        guard let value = try int(key) else { return nil }
+        guard range.contains(value) else {
+            throw SwiftlaneConfiguration.Invalid(key: prefix + key, message: "\(value) is outside \(range)")
+        }
+        return value
+    }
+
     mutating func bool(_ key: String) throws -> Bool? {
         guard let text = try string(key) else { return nil }
         switch text {

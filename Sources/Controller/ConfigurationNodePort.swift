@@ -18,14 +18,19 @@ public struct NodePortSettings: Equatable, Sendable {
     public var conntrack = NodePortDatapath.ConntrackTimeouts()
     /// How often idle flows are collected (`nodePort.conntrack.gcIntervalSeconds`).
     public var conntrackGCIntervalSeconds: Int = 10
+    /// The ICMP errors the datapath builds (`nodePort.icmpErrors.perSecond`, `.burst`).
+    public var icmpErrorLimit = NodePortOptions.ICMPErrorLimit()
 
     public init() {}
 
     /// The datapath's options for this configuration; `flowEntries`: `mapSizes.nodePortFlows`
     /// (nil: the default), which the socket load balancer gave the shared map already.
     public func options(pinPath: String, nodePortAddresses: [String], flowEntries: UInt32? = nil) -> NodePortOptions {
-        NodePortOptions(pinPath: pinPath, devices: devices, mode: mode, acceleration: acceleration,
-                        nodePortAddresses: nodePortAddresses, conntrackMaxEntries: flowEntries ?? UInt32(SL_DEFAULT_NAT_MAX))
+        var options = NodePortOptions(
+            pinPath: pinPath, devices: devices, mode: mode, acceleration: acceleration,
+            nodePortAddresses: nodePortAddresses, conntrackMaxEntries: flowEntries ?? UInt32(SL_DEFAULT_NAT_MAX))
+        options.icmpErrorLimit = icmpErrorLimit
+        return options
     }
 
     /// Reads `nodePort` out of the top-level mapping.
@@ -53,18 +58,17 @@ public struct NodePortSettings: Equatable, Sendable {
         }
         if let conntrackMapping = try keys.mapping("conntrack") {
             var ct = KeyReader(mapping: conntrackMapping, prefix: "nodePort.conntrack.")
-            func seconds(_ key: String, _ range: ClosedRange<Int>) throws -> Double? {
-                guard let value = try ct.int(key) else { return nil }
-                guard range.contains(value) else {
-                    throw SwiftlaneConfiguration.Invalid(key: "nodePort.conntrack.\(key)", message: "\(value) is outside \(range)")
-                }
-                return Double(value)
-            }
-            if let value = try seconds("tcpSeconds", 10...604_800) { conntrack.tcp = value }
-            if let value = try seconds("tcpClosingSeconds", 1...3600) { conntrack.tcpClosing = value }
-            if let value = try seconds("udpSeconds", 1...86_400) { conntrack.udp = value }
-            if let value = try seconds("gcIntervalSeconds", 1...3600) { conntrackGCIntervalSeconds = Int(value) }
+            if let value = try ct.int("tcpSeconds", in: 10...604_800) { conntrack.tcp = Double(value) }
+            if let value = try ct.int("tcpClosingSeconds", in: 1...3600) { conntrack.tcpClosing = Double(value) }
+            if let value = try ct.int("udpSeconds", in: 1...86_400) { conntrack.udp = Double(value) }
+            if let value = try ct.int("gcIntervalSeconds", in: 1...3600) { conntrackGCIntervalSeconds = value }
             try ct.rejectUnknown()
+        }
+        if let icmpMapping = try keys.mapping("icmpErrors") {
+            var icmp = KeyReader(mapping: icmpMapping, prefix: "nodePort.icmpErrors.")
+            if let value = try icmp.int("perSecond", in: 0...1_000_000) { icmpErrorLimit.perSecond = UInt32(value) }
+            if let value = try icmp.int("burst", in: 1...1_000_000) { icmpErrorLimit.burst = UInt32(value) }
+            try icmp.rejectUnknown()
         }
         try keys.rejectUnknown()
     }

@@ -58,6 +58,20 @@ public struct NodePortOptions: Sendable {
     /// Network namespace (a path such as /run/netns/NAME) whose devices are meant; nil =
     /// the caller's. Tests use it to attach inside a lab namespace.
     public var networkNamespace: String?
+    /// The ICMP/ICMPv6 errors the datapath builds itself (port unreachable, fragmentation
+    /// needed, Packet Too Big), node-wide: a token bucket of `burst` refilled at
+    /// `perSecond` (0: no limit); the kernel's own defaults (icmp_msgs_per_sec, _burst).
+    public var icmpErrorLimit: ICMPErrorLimit = ICMPErrorLimit()
+
+    public struct ICMPErrorLimit: Equatable, Sendable {
+        public var perSecond: UInt32
+        public var burst: UInt32
+
+        public init(perSecond: UInt32 = 1000, burst: UInt32 = 50) {
+            self.perSecond = perSecond
+            self.burst = burst
+        }
+    }
 
     public init(pinPath: String = DatapathOptions.defaultPinPath, devices: [String] = [], mode: Mode = .snat,
                 acceleration: Acceleration = .none, nodePortAddresses: [String] = [],
@@ -201,6 +215,11 @@ public final class NodePortDatapath: @unchecked Sendable {
             try checkBPF(clb_rodata_set(object.handle, "sl_snat_reclaim_ns", &reclaim, 8), "set rodata", target: "sl_snat_reclaim_ns")
             var dsrMode: UInt8 = options.mode == .dsr ? 1 : 0
             try checkBPF(clb_rodata_set(object.handle, "sl_dsr_mode", &dsrMode, 1), "set rodata", target: "sl_dsr_mode")
+            var icmpRate = options.icmpErrorLimit.perSecond, icmpBurst = max(1, options.icmpErrorLimit.burst)
+            try checkBPF(clb_rodata_set(object.handle, "sl_icmp_errors_per_sec", &icmpRate, 4), "set rodata",
+                         target: "sl_icmp_errors_per_sec")
+            try checkBPF(clb_rodata_set(object.handle, "sl_icmp_errors_burst", &icmpBurst, 4), "set rodata",
+                         target: "sl_icmp_errors_burst")
             try object.load()
             let ingress = bpf_program__fd(try object.program(named: ingressProgram))
             let egress = bpf_program__fd(try object.program(named: egressProgram))

@@ -54,6 +54,7 @@ public enum OutcomeReason {
         "np_icmp_error_forward",
         "np_fragment_tracked",
         "np_fragment_untracked",
+        "np_icmp_rate_limited",
     ]
 
     /// Number of reasons the BPF side counts.

@@ -10,6 +10,8 @@ final class NodePortConfigurationTests: XCTestCase {
         XCTAssertEqual(config.nodePort.mode, .snat)
         XCTAssertEqual(config.nodePort.acceleration, NodePortOptions.Acceleration.none)
         XCTAssertEqual(config.nodePort.conntrack, NodePortDatapath.ConntrackTimeouts(tcp: 21600, tcpClosing: 10, udp: 60))
+        XCTAssertEqual(config.nodePort.icmpErrorLimit, NodePortOptions.ICMPErrorLimit(perSecond: 1000, burst: 50),
+                       "the kernel's icmp_msgs_per_sec and icmp_msgs_burst")
     }
 
     func testEveryNodePortKeyParses() throws {
@@ -22,6 +24,7 @@ final class NodePortConfigurationTests: XCTestCase {
               mode: dsr
               acceleration: native
               conntrack: {tcpSeconds: 3600, tcpClosingSeconds: 5, udpSeconds: 30, gcIntervalSeconds: 2}
+              icmpErrors: {perSecond: 0, burst: 10}
             """, environment: [:])
         XCTAssertTrue(config.nodePort.enabled)
         XCTAssertEqual(config.nodePort.devices, ["eth1", "bond0"])
@@ -33,6 +36,7 @@ final class NodePortConfigurationTests: XCTestCase {
         XCTAssertEqual(options.pinPath, "/sys/fs/bpf/x")
         XCTAssertEqual(options.devices, ["eth1", "bond0"])
         XCTAssertEqual(options.nodePortAddresses, ["192.0.2.0/24"])
+        XCTAssertEqual(options.icmpErrorLimit, NodePortOptions.ICMPErrorLimit(perSecond: 0, burst: 10))
     }
 
     func testBadNodePortValuesNameTheirKey() {
@@ -44,6 +48,9 @@ final class NodePortConfigurationTests: XCTestCase {
             ("nodePort: {conntrack: {udpSeconds: 0}}", "nodePort.conntrack.udpSeconds"),
             ("nodePort: {conntrack: {tcp: 5}}", "nodePort.conntrack.tcp"),
             ("nodePort: {device: [eth0]}", "nodePort.device"),
+            ("nodePort: {icmpErrors: {burst: 0}}", "nodePort.icmpErrors.burst"),
+            ("nodePort: {icmpErrors: {perSecond: -1}}", "nodePort.icmpErrors.perSecond"),
+            ("nodePort: {icmpErrors: {rate: 5}}", "nodePort.icmpErrors.rate"),
         ]
         for (yaml, key) in cases {
             XCTAssertThrowsError(try SwiftlaneConfiguration.parse(yaml: yaml, environment: [:]), yaml) { error in

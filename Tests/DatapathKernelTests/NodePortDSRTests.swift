@@ -464,6 +464,35 @@ final class DSRPacketTests: XCTestCase {
         XCTAssertEqual(try run(other, .egress).1, other)
     }
 
+    /// The client's FIN or RST, DNATed by node A and so addressed to the backend, marks
+    /// node B's entry closing (short timeout), as the backend's own does: a client that
+    /// resets its connection leaves no entry for hours. Other clients' segments and
+    /// segments without FIN or RST change nothing.
+    func testTheClientsFINOrRSTMarksTheBackendNodesEntryClosing() throws {
+        typealias F = TestFrame
+        let tcp = UInt8(IPPROTO_TCP)
+        func closing() -> [Bool] { datapath.dsr.entries().map { $0.1.flags & UInt16(SL_NAT_F_CLOSING.rawValue) != 0 } }
+        func segment(flags: UInt8, from client: [UInt8] = F.client, port: UInt16 = 40000) -> [UInt8] {
+            F.ethernet(F.ipv4(proto: tcp, src: client, dst: Self.backend, F.tcp(sport: port, dport: 8080, flags: flags)))
+        }
+        for (name, flags) in [("FIN", UInt8(0x11)), ("RST", UInt8(0x04))] {
+            XCTAssertEqual(try run(Self.carrier(options: Self.option())).2, ["np_dsr_received": 1])
+            XCTAssertEqual(closing(), [false])
+            for other in [segment(flags: 0x10), segment(flags: flags, from: [198, 51, 100, 8]), segment(flags: flags, port: 40001)] {
+                let (verdict, out, changed) = try run(other)
+                XCTAssertEqual(verdict, Self.tcActOK)
+                XCTAssertEqual(out, other, "passed untouched")
+                XCTAssertEqual(changed, ["np_not_service": 1])
+            }
+            XCTAssertEqual(closing(), [false], "\(name): an ACK, another client's or another port's segment")
+            let (verdict, out, _) = try run(segment(flags: flags))
+            XCTAssertEqual(verdict, Self.tcActOK)
+            XCTAssertEqual(out, segment(flags: flags), "\(name) goes on to the backend untouched")
+            XCTAssertEqual(closing(), [true], "\(name) from the client")
+            try datapath.dsr.delete(datapath.dsr.entries()[0].0)
+        }
+    }
+
     func testABackendsICMPErrorAboutARecordedFlowQuotesTheFrontend() throws {
         typealias F = TestFrame
         let udp = UInt8(IPPROTO_UDP)

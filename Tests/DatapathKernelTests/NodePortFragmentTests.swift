@@ -64,8 +64,12 @@ final class NodePortFragmentTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(counters["np_fragment_tracked"] ?? 0, UInt64(4 * Self.datagrams), "\(counters)",
                                     file: file, line: line)
         XCTAssertEqual(counters["np_fragment_untracked"], 0, "\(counters)", file: file, line: line)
-        XCTAssertEqual(counters["np_forward_new"], UInt64(Self.datagrams), "one flow per datagram (a new socket each)",
-                       file: file, line: line)
+        // A new socket per datagram: one flow each, unless the client's stack gave a socket
+        // the port of an earlier one (then its flow is tracked already). Never more: a later
+        // fragment opens no flow.
+        let newFlows = counters["np_forward_new"] ?? 0
+        XCTAssertLessThanOrEqual(newFlows, UInt64(Self.datagrams), "\(counters)", file: file, line: line)
+        XCTAssertGreaterThanOrEqual(newFlows, UInt64(Self.datagrams / 2), "\(counters)", file: file, line: line)
         XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, UInt64(3 * Self.datagrams), "every reply fragment translated",
                                     file: file, line: line)
         if h.datapath.options.acceleration != .none {
@@ -90,6 +94,36 @@ final class NodePortFragmentTests: XCTestCase {
         }
     }
 
+    /// The link between the nodes at MTU 1,400 (as an overlay's would be): the client's
+    /// 1,500-byte first fragments do not fit it. The first datagram's first fragment is
+    /// answered with fragmentation needed (DF is clear on fragments:
+    /// np_too_big_may_fragment) or an ICMPv6 Packet Too Big that quotes its fragment header
+    /// (np_too_big); the client's stack takes the MTU and fragments the next datagrams to
+    /// fit, and they come back whole. (Node B's stack refragments the pod's IPv4 replies;
+    /// an IPv6 reply too long for the link teaches the pod the MTU, from node B, at the
+    /// cost of that reply.) Without the error every datagram would be lost.
+    func testFragmentedDatagramsOverANarrowerLinkGetThroughOnceTheClientLearnsItsMTU() throws {
+        try inEveryMode { h in
+            _ = try h.lab.exec(["ip", "link", "set", h.lab.interNodeDevice, "mtu", "1400"], netns: h.lab.nodeA.netns)
+            _ = try h.lab.exec(["ip", "link", "set", h.lab.nodeBDevice, "mtu", "1400"], netns: h.lab.nodeB.netns)
+            for (ipv6, lost, reason) in [(false, 1, "np_too_big_may_fragment"), (true, 2, "np_too_big")] {
+                try h.apply(h.webService(pods: h.lab.podsOnB, ipv6: ipv6))
+                let before = h.datapath.outcomeCounters()
+                let report = try h.client.udp(target: ipv6 ? h.udpTarget6 : h.udpTarget, count: Self.datagrams,
+                                              payloadBytes: Self.datagramBytes)
+                let counters = h.datapath.outcomeCounters()
+                XCTAssertGreaterThanOrEqual(report.ok, Self.datagrams - lost,
+                                            "ipv6 \(ipv6): errors \(report.errors) timeouts \(report.timeouts) \(counters)")
+                XCTAssertEqual(report.damagedReplies, 0, "ipv6 \(ipv6)")
+                XCTAssertEqual(report.backends.keys.sorted(), ["b1"], "ipv6 \(ipv6)")
+                XCTAssertEqual((counters[reason] ?? 0) - (before[reason] ?? 0), 1,
+                               "ipv6 \(ipv6): one error, for the first datagram's first fragment: \(counters)")
+                XCTAssertGreaterThanOrEqual((counters["np_fragment_tracked"] ?? 0) - (before["np_fragment_tracked"] ?? 0),
+                                            UInt64(4 * (Self.datagrams - lost)), "ipv6 \(ipv6): \(counters)")
+            }
+        }
+    }
+
     /// DSR mode, remote pod on node B (shared fabric: node B answers the client directly).
     /// At the client's MTU of 1500 a first fragment leaves no room for the frontend option:
     /// such flows are source-NATed (np_dsr_snat_fallback) and served through node A. With
@@ -110,11 +144,17 @@ final class NodePortFragmentTests: XCTestCase {
         XCTAssertEqual(fallback.replySourceMismatches, 0)
         XCTAssertEqual(fallback.seenClientAddresses, [h.lab.nodeAIPv4], "source-NATed: no room for the option")
         var a = h.a.datapath.outcomeCounters()
-        XCTAssertEqual(a["np_dsr_snat_fallback"], UInt64(count), "\(a)")
+        // One new flow per datagram (a socket each), fewer if a port came twice.
+        XCTAssertLessThanOrEqual(a["np_dsr_snat_fallback"] ?? 0, UInt64(count), "\(a)")
+        XCTAssertGreaterThanOrEqual(a["np_dsr_snat_fallback"] ?? 0, UInt64(count / 2), "\(a)")
         XCTAssertEqual(a["np_dsr_carried"], 0)
         XCTAssertGreaterThanOrEqual(a["np_reply"] ?? 0, UInt64(3 * count), "replies back through node A")
         XCTAssertGreaterThanOrEqual(a["np_fragment_tracked"] ?? 0, UInt64(4 * count), "\(a)")
 
+        // Forget the source-NATed flows, so that a port the client uses again opens a new
+        // (DSR) flow rather than taking the old one's translation.
+        _ = h.a.datapath.collectGarbage(timeouts: NodePortDatapath.ConntrackTimeouts(tcp: 10, tcpClosing: 1, udp: 1),
+                                        now: NodePortDatapath.monotonicNanoseconds() + 10_000_000_000)
         try Shell.run(["ip", "netns", "exec", h.lab.clientNetns, "ip", "route", "add", "\(h.lab.externalIPv4)/32",
                        "dev", h.lab.clientDevice, "mtu", "lock", "1400"])
         let direct = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: Self.datagramBytes)

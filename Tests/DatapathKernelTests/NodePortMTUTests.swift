@@ -89,22 +89,27 @@ extension NodePortTests {
         }
     }
 
-    /// UDP: a datagram that may not be fragmented (IP_PMTUDISC_DO) and does not fit the
-    /// nodes' link teaches the client's socket the path MTU; one that may be fragmented
-    /// cannot be (BPF does not fragment) and is dropped, counted.
-    func testAnOversizedUDPDatagramTeachesTheClientThePathMTUOrIsDroppedWhenItMayBeFragmented() throws {
+    /// UDP: a datagram longer than the nodes' link is answered with fragmentation needed
+    /// whether it may be fragmented (IP_PMTUDISC_DONT, DF clear) or not (IP_PMTUDISC_DO):
+    /// BPF cannot fragment it, and a silent drop would lose every datagram of a DONT
+    /// socket. The client's socket learns the path MTU either way (its stack then fragments
+    /// what it sends: NodePortFragmentTests).
+    func testAnOversizedUDPDatagramTeachesTheClientThePathMTUWithOrWithoutDF() throws {
         let h = try makeHarness(podsOnA: 0, podsOnB: 1)
         _ = try h.lab.exec(["ip", "link", "set", h.lab.interNodeDevice, "mtu", "1400"], netns: h.lab.nodeA.netns)
         _ = try h.lab.exec(["ip", "link", "set", h.lab.nodeBDevice, "mtu", "1400"], netns: h.lab.nodeB.netns)
         try h.apply(h.webService(pods: h.lab.podsOnB))
         let target = try LabEndpoint(h.udpTarget)
-        // DONT first: the path MTU DO learns is kept for the destination, and would make the
-        // DONT socket's stack fragment its datagram itself.
-        let pathMTU = try NetworkNamespace.onThread(in: h.lab.clientNetns) { () throws -> (Int32, Int32) in
-            (try Self.udpPathMTU(to: target, discovery: IP_PMTUDISC_DONT), try Self.udpPathMTU(to: target, discovery: IP_PMTUDISC_DO))
+        let dont = try NetworkNamespace.onThread(in: h.lab.clientNetns) {
+            try Self.udpPathMTU(to: target, discovery: IP_PMTUDISC_DONT)
         }()
-        XCTAssertEqual(pathMTU.0, 1500, "nothing to learn from a dropped datagram")
-        XCTAssertEqual(pathMTU.1, 1400, "the error's MTU, learnt by the socket")
+        XCTAssertEqual(dont, 1400, "the error's MTU, learnt without DF")
+        // Forget the learnt MTU, so that DO's datagram leaves at full size too.
+        _ = try h.lab.exec(["ip", "route", "flush", "cache"], netns: h.lab.clientNetns)
+        let dontFragment = try NetworkNamespace.onThread(in: h.lab.clientNetns) {
+            try Self.udpPathMTU(to: target, discovery: IP_PMTUDISC_DO)
+        }()
+        XCTAssertEqual(dontFragment, 1400, "the error's MTU, learnt with DF")
         let counters = h.datapath.outcomeCounters()
         XCTAssertEqual(counters["np_too_big"], 1, "\(counters)")
         XCTAssertEqual(counters["np_too_big_may_fragment"], 1, "\(counters)")

@@ -290,6 +290,42 @@ final class NodePortPacketTests: XCTestCase {
         }
     }
 
+    /// The errors the datapath builds share one token bucket, IPv4 and IPv6 alike
+    /// (`nodePort.icmpErrors`): `burst` errors, then drops counted np_icmp_rate_limited
+    /// until time earns a token back; `perSecond: 0` means no limit.
+    func testTheICMPErrorsItBuildsAreRateLimited() throws {
+        typealias F = TestFrame
+        try addIPv6RejectingNodePort()
+        let v4 = F.ethernet(F.ipv4(proto: UInt8(IPPROTO_UDP), F.udp(dport: Self.rejectingPort)))
+        let v6 = F.ethernet(type: 0x86dd, F.ipv6(nextHeader: UInt8(IPPROTO_UDP), F.udp(dport: Self.rejectingPort)))
+        func reload(_ limit: NodePortOptions.ICMPErrorLimit) throws {
+            datapath = nil
+            var options = NodePortOptions(pinPath: pinPath)
+            options.icmpErrorLimit = limit
+            datapath = try NodePortDatapath.load(options, logger: testLogger)
+        }
+        func answered(_ name: String) -> Row {
+            Row(name: name, frame: name.hasPrefix("v6") ? v6 : v4, verdict: Self.tcActRedirect, reason: "np_reject")
+        }
+        func limited(_ name: String) -> Row {
+            Row(name: name, frame: name.hasPrefix("v6") ? v6 : v4, verdict: Self.tcActShot, reason: "np_icmp_rate_limited")
+        }
+
+        try reload(.init(perSecond: 1, burst: 3))
+        try check([answered("v4 1"), answered("v6 2"), answered("v4 3"), limited("v6 4"), limited("v4 5"), limited("v4 6")])
+        // One second earns one token at this rate.
+        Thread.sleep(forTimeInterval: 1.1)
+        let results = try (0..<3).map { _ in try datapath.testRun(.ingress, packet: v4).verdict }
+        XCTAssertEqual(results.first, Self.tcActRedirect, "a token earned back after a second")
+        XCTAssertEqual(results.filter { $0 == Self.tcActRedirect }.count, 1, "only one: \(results)")
+
+        try reload(.init(perSecond: 0, burst: 1))
+        let limitedBefore = datapath.outcomeCounters()["np_icmp_rate_limited"]
+        let unlimited = try (0..<200).map { i in try datapath.testRun(.ingress, packet: i % 2 == 0 ? v4 : v6).verdict }
+        XCTAssertEqual(Set(unlimited), [Self.tcActRedirect], "no limit")
+        XCTAssertEqual(datapath.outcomeCounters()["np_icmp_rate_limited"], limitedBefore)
+    }
+
     func testARejectedPacketWithIPOptionsIsDroppedNotAnsweredWrongly() throws {
         typealias F = TestFrame
         let frame = F.ethernet(F.ipv4(proto: UInt8(IPPROTO_TCP), options: [1, 1, 1, 0], F.tcp(dport: Self.rejectingPort)))

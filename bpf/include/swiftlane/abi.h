@@ -440,13 +440,14 @@ enum sl_reason {
 	SL_REASON_NP_XDP_REDIRECT = 43,     /* XDP translated the packet and redirected it to its device */
 	SL_REASON_NP_IPV6_EXT_HEADER = 44,  /* IPv6 with extension headers other than one fragment header: passed */
 	SL_REASON_NP_TOO_BIG = 45,          /* longer than the route's MTU: ICMP frag. needed / Packet Too Big sent */
-	SL_REASON_NP_TOO_BIG_MAY_FRAGMENT = 46, /* dropped: longer than the route's MTU, DF clear (no fragmenting) */
+	SL_REASON_NP_TOO_BIG_MAY_FRAGMENT = 46, /* the same, DF clear: BPF cannot fragment, so the error is sent too */
 	SL_REASON_NP_ICMP_ERROR_FORWARD = 47, /* ICMP error about a reply to the client translated for the backend */
 	SL_REASON_NP_FRAGMENT_TRACKED = 48, /* fragment (first or later) of a translated datagram translated; the
 					     * flow's own reason (np_forward, np_reply, ...) is counted too */
 	SL_REASON_NP_FRAGMENT_UNTRACKED = 49, /* later fragment of no recorded datagram (its first fragment not seen
 					       * or not ours), or of no tracked flow: passed to the stack */
-	SL_REASON_MAX = 50,
+	SL_REASON_NP_ICMP_RATE_LIMITED = 50, /* dropped: an ICMP error to send, over nodePort.icmpErrors' rate */
+	SL_REASON_MAX = 51,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
 

@@ -187,6 +187,16 @@ static __always_inline int sl_dsr_known_frontend(__be32 addr, __be16 port, __u8 
 	return master && master->kind == SL_KIND_NODE_PORT;
 }
 
+/* The key of a packet from the client to the backend (node B's ingress). */
+static __always_inline void sl_dsr_key_of_inbound(struct sl_dsr_key *key, const struct sl_packet *pkt)
+{
+	sl_v4_mapped(key->backend_addr, pkt->daddr);
+	sl_v4_mapped(key->client_addr, pkt->saddr);
+	key->backend_port = pkt->dport;
+	key->client_port = pkt->sport;
+	key->proto = pkt->proto;
+}
+
 /* Node B, ingress: a packet whose first IP option is the frontend option is recorded and
  * stripped. Returns 0 (no such option: carry on), 1 (handled: pass to the stack) or
  * -errno (drop, counted). */
@@ -209,11 +219,7 @@ static __always_inline int sl_dsr_receive(struct __sk_buff *skb, struct sl_packe
 		sl_count(SL_REASON_NP_DSR_UNKNOWN_FRONTEND);
 		return -EPERM;
 	}
-	sl_v4_mapped(key.backend_addr, pkt->daddr);
-	sl_v4_mapped(key.client_addr, pkt->saddr);
-	key.backend_port = pkt->dport;
-	key.client_port = pkt->sport;
-	key.proto = pkt->proto;
+	sl_dsr_key_of_inbound(&key, pkt);
 	sl_v4_mapped(entry.frontend_addr, opt.addr);
 	entry.frontend_port = opt.port;
 	entry.last_seen_ns = bpf_ktime_get_ns();
@@ -257,6 +263,22 @@ static __always_inline int sl_dsr_reply(struct __sk_buff *skb, struct sl_packet 
 	if (pkt->frag)
 		sl_count(SL_REASON_NP_FRAGMENT_TRACKED);
 	return SL_NP_PASS;
+}
+
+/* Node B, ingress: a TCP FIN or RST from the client of a recorded flow (node A forwards
+ * every segment after the SYN as a plain DNAT, addressed to the backend) marks the flow
+ * closing, as the backend's own FIN or RST does on egress: the controller's collection
+ * then gives it the short timeout whichever side closed, also when the backend never
+ * answers (a client's RST). Called for such segments only, which no frontend claimed. */
+static __always_inline void sl_dsr_client_closing(const struct sl_packet *pkt)
+{
+	struct sl_dsr_entry *entry;
+	struct sl_dsr_key key = {};
+
+	sl_dsr_key_of_inbound(&key, pkt);
+	entry = bpf_map_lookup_elem(&sl_dsr_v1, &key);
+	if (entry && !(entry->flags & SL_NAT_F_CLOSING))
+		entry->flags |= SL_NAT_F_CLOSING;
 }
 
 /* Node B, egress: a backend's ICMP error about a DSR flow quotes client -> backend, a
