@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * External traffic: NodePort, externalIPs and LoadBalancer VIPs on tc (clsact), IPv4 and
- * IPv6, SNAT mode, or DSR mode for remote backends (swiftlane/dsr.h, IPv4 only: an IPv6
- * flow to a remote backend is source-NATed in DSR mode too).
+ * IPv6, SNAT mode, or DSR mode for remote backends (swiftlane/dsr.h).
  *
  * Attached to the node's external devices (those carrying its addresses):
  *  - ingress (sl_nodeport_ingress): a packet that is
@@ -89,6 +88,7 @@ const volatile __u64 sl_snat_reclaim_ns = 1000000000ULL;
 #define SL_IP_MF 0x2000
 #define SL_IP_OFFSET 0x1fff
 #define SL_IPPROTO_ICMPV6 58
+#define SL_IPPROTO_DSTOPTS 60
 #define SL_ICMPV6_DEST_UNREACH 1
 #define SL_ICMPV6_PORT_UNREACH 4
 #define SL_ICMPV6_PACKET_TOO_BIG 2
@@ -444,6 +444,57 @@ static __always_inline int sl_parse6_fragment(int hook, struct ipv6hdr *ip6, voi
 	return sl_parse_fragment(hook, fh + 1, data_end, payload - sizeof(*fh), pkt);
 }
 
+/* The IPv6 DSR carrier (dsr.h): a Destination Options header right after the fixed
+ * header, holding one option with the frontend. Option type 0x1e is one of RFC 4727's
+ * experimental types; its top bits 00 tell a host that does not know it to skip it, and
+ * bit 3 clear that it does not change on the way. Its data: address, port, 2 zero bytes,
+ * which pad the header to 24 bytes (3 units of 8). */
+#define SL_DSR_OPT6_TYPE 0x1e
+#define SL_DSR_OPT6_LEN 24
+
+struct sl_dsr_opt6 {
+	__u8 nexthdr;
+	__u8 hdrlen; /* in 8-byte units after the first: 2 */
+	__u8 type;
+	__u8 len;    /* 20 */
+	__be32 addr[4];
+	__be16 port;
+	__u16 pad;
+};
+
+/* Whether a parsed IPv6 packet has a DSR carrier: the only header the parser accepts
+ * that puts the L4 header 24 bytes past the fixed one (a fragment header: 8). A field of
+ * its own in struct sl_packet would cost stack the ingress path does not have. */
+static __always_inline int sl_dsr_carrier6(const struct sl_packet *pkt)
+{
+	return pkt->ipv6 && pkt->l4_off == pkt->l3_off + sizeof(struct ipv6hdr) + SL_DSR_OPT6_LEN;
+}
+
+/* Destination options first after the fixed header: a DSR carrier before TCP or UDP is
+ * parsed (tc only: taking it out resizes the packet; XDP passes it), with the L4 header
+ * 24 bytes further (sl_dsr_carrier6 tells it by that offset). A carrier whose lengths are wrong is
+ * dropped (np_dsr_malformed); other destination options pass as extension headers. */
+static __always_inline int sl_parse6_dstopts(int hook, struct ipv6hdr *ip6, void *data_end, __u32 payload,
+					     struct sl_packet *pkt)
+{
+	struct sl_dsr_opt6 *opt = (void *)(ip6 + 1);
+
+	if ((void *)opt + 4 > data_end || opt->type != SL_DSR_OPT6_TYPE) {
+		sl_count_pass(hook, SL_REASON_NP_IPV6_EXT_HEADER);
+		return 1;
+	}
+	if ((void *)(opt + 1) > data_end || payload < sizeof(*opt) || opt->hdrlen != SL_DSR_OPT6_LEN / 8 - 1 ||
+	    opt->len != SL_DSR_OPT6_LEN - 4 || (opt->nexthdr != IPPROTO_TCP && opt->nexthdr != IPPROTO_UDP)) {
+		sl_count(SL_REASON_NP_DSR_MALFORMED);
+		return -EINVAL;
+	}
+	if (hook == SL_HOOK_XDP)
+		return 1;
+	sl_fill6(pkt, ip6, payload, opt->nexthdr);
+	pkt->l4_off += sizeof(*opt);
+	return sl_parse_l4(opt + 1, data_end, payload - sizeof(*opt), pkt);
+}
+
 /* IPv6 after an Ethernet header at `ip6`. TCP, UDP and ICMPv6 directly after the fixed
  * header are ours, and TCP and UDP after a fragment header that is the first extension
  * header; other extension headers and every other next header pass to the stack,
@@ -472,10 +523,11 @@ static __always_inline int sl_parse6(int hook, struct ipv6hdr *ip6, void *data_e
 		break;
 	case 44: /* fragment */
 		return sl_parse6_fragment(hook, ip6, data_end, payload, pkt);
+	case SL_IPPROTO_DSTOPTS:
+		return sl_parse6_dstopts(hook, ip6, data_end, payload, pkt);
 	case 0:   /* hop-by-hop options */
 	case 43:  /* routing */
 	case 51:  /* authentication header */
-	case 60:  /* destination options */
 	case 135: /* mobility */
 	case 139: /* host identity protocol */
 	case 140: /* shim6 */
@@ -961,23 +1013,6 @@ static __always_inline int sl_route(void *ctx, int hook, struct sl_packet *pkt, 
 	return sl_forward(ctx, hook, pkt, &fib, rc, fwd);
 }
 
-/* The egress device of `daddr`, as the FIB sees it (0 when local or unroutable). */
-static __always_inline __u32 sl_egress_ifindex(void *ctx, int hook, const struct sl_packet *pkt, __be32 daddr)
-{
-	struct bpf_fib_lookup fib;
-
-	/* Only the egress device matters here; BPF_FIB_LOOKUP_SKIP_NEIGH would save the
-	 * neighbour lookup but needs 6.5. */
-	switch (sl_fib(ctx, hook, pkt, pkt->saddr, daddr, &fib, 0)) {
-	case BPF_FIB_LKUP_RET_SUCCESS:
-	case BPF_FIB_LKUP_RET_NO_NEIGH:
-	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		return fib.ifindex;
-	default:
-		return 0;
-	}
-}
-
 /* The egress device of a backend (a map-stored address), in the packet's family. */
 static __always_inline __u32 sl_backend_egress(void *ctx, int hook, const struct sl_packet *pkt, const __be32 addr[4])
 {
@@ -1458,11 +1493,7 @@ static __always_inline int sl_new_flow(void *ctx, int hook, const struct sl_pack
 	/* The device's address of the packet's family (none: the backend is not remote). */
 	snat_addr = !device ? NULL : pkt->ipv6 ? (device->snat_addr6[0] ? device->snat_addr6 : NULL)
 					   : (device->snat_addr[3] ? device->snat_addr : NULL);
-	if (snat_addr && pkt->ipv6 && sl_dsr_mode) {
-		/* DSR carries the frontend in an IPv4 option: IPv6 flows are source-NATed. */
-		sl_count(SL_REASON_NP_DSR_SNAT_FALLBACK);
-	}
-	if (snat_addr && !pkt->ipv6 && sl_dsr_wanted(ctx, hook, pkt, slot->addr[3])) {
+	if (snat_addr && sl_dsr_wanted(ctx, hook, pkt, slot->addr)) {
 		/* DSR (dsr.h): the backend's node replies to the client itself; no REPLY entry. */
 		fwd_entry->flags = SL_NAT_F_DSR;
 	} else if (snat_addr) {
@@ -1506,7 +1537,7 @@ static __always_inline int sl_apply_forward(void *ctx, int hook, struct sl_packe
 
 	/* DSR (dsr.h): the frontend option goes in while the destination still names it. XDP
 	 * never gets here with a packet that needs it (sl_translate passes those to tc). */
-	if (hook == SL_HOOK_TC && (flags & SL_NAT_F_DSR) && sl_dsr_push(ctx, pkt, entry->to_addr[3]))
+	if (hook == SL_HOOK_TC && (flags & SL_NAT_F_DSR) && sl_dsr_push(ctx, pkt, entry->to_addr))
 		return -EFAULT;
 	if (!pkt->ipv6)
 		return sl_rewrite4_both(ctx, hook, pkt, (flags & SL_NAT_F_SNAT) ? entry->nat_addr[3] : pkt->saddr,
@@ -1923,7 +1954,7 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	/* DSR (dsr.h): a packet carrying its frontend from the node that received it. Removing
 	 * the option resizes the packet: XDP leaves every packet with IP options to tc. */
 	if (pkt.ipv6)
-		rc = 0;
+		rc = hook == SL_HOOK_TC && sl_dsr_carrier6(&pkt) ? sl_dsr_receive6(ctx, &pkt) : 0;
 	else
 		rc = hook == SL_HOOK_TC ? sl_dsr_receive(ctx, &pkt) : pkt.ihl_bytes != sizeof(struct iphdr);
 	if (rc)
@@ -1959,7 +1990,7 @@ static __always_inline int sl_from_netdev(void *ctx, int hook, struct sl_np_forw
 	master = sl_lookup_frontend(&pkt, &frontend);
 	if (!master) {
 		/* This node as a DSR backend's node (dsr.h); XDP passes the segment to tc. */
-		if (hook == SL_HOOK_TC && !pkt.ipv6 && (pkt.tcp_flags & (SL_TCP_FIN | SL_TCP_RST)))
+		if (hook == SL_HOOK_TC && (pkt.tcp_flags & (SL_TCP_FIN | SL_TCP_RST)))
 			sl_dsr_client_closing(&pkt);
 		sl_count_pass(hook, SL_REASON_NP_NOT_SERVICE);
 		return SL_NP_PASS;
@@ -2036,7 +2067,7 @@ static __always_inline int sl_to_netdev(struct __sk_buff *skb)
 	tracked = bpf_map_lookup_elem(&sl_nat_v2, &key);
 	/* DSR (dsr.h): a backend's reply to a client another node received the flow from. */
 	if (!tracked)
-		return pkt.ipv6 ? SL_NP_PASS : sl_dsr_reply(skb, &pkt);
+		return sl_dsr_reply(skb, &pkt);
 	if (tracked->flags & SL_NAT_F_SNAT)
 		return SL_NP_PASS;
 	sl_touch(tracked, &pkt);

@@ -12,7 +12,8 @@ public struct NodePortOptions: Sendable {
         /// Source NAT to the node's address: replies come back through this node.
         case snat
         /// Direct server return: a remote backend gets the client's packet DNATed only, with
-        /// the frontend in an IPv4 option; its node replies to the client directly
+        /// the frontend in an IPv4 option or IPv6 destination options header; its node
+        /// replies to the client directly
         /// (`bpf/include/swiftlane/dsr.h`, docs/external-traffic.md).
         case dsr
     }
@@ -92,7 +93,7 @@ public struct NodePortOptions: Sendable {
 /// The external-traffic datapath: `bpf/nodeport.c` on tc ingress and egress (clsact) of
 /// the node's devices, serving NodePorts, externalIPs and LoadBalancer VIPs from the
 /// service maps the controller programs (shared through their pins with the socket load
-/// balancer), IPv4 and IPv6, SNAT or DSR mode (DSR for IPv4 only); optionally
+/// balancer), IPv4 and IPv6, SNAT or DSR mode; optionally
 /// accelerated by XDP on the same devices.
 ///
 /// Attachment is by netlink tc filters under a fixed handle and priority: they outlive

@@ -95,10 +95,42 @@ final class DSRHarness {
             """
     }
 
+    /// `service` for IPv6: `web6`, the same ports, an IPv6 externalIP and VIP.
+    func ipv6Service(pods: [NodeLabPod], udpTargetPort: Int = 8053) -> String {
+        let endpoints = pods.map { pod in
+            "{addresses: [\"\(pod.ipv6)\"], conditions: {ready: true}, nodeName: node-\(pod.name.prefix(1))}"
+        }
+        return """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web6, namespace: default}
+            spec:
+              type: LoadBalancer
+              clusterIP: fd00:96::10
+              clusterIPs: [fd00:96::10]
+              ipFamilies: [IPv6]
+              externalIPs: ["\(lab.serviceIPv6(10))"]
+              ports:
+              - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
+              - {name: dns, port: 53, protocol: UDP, nodePort: \(Self.udpNodePort)}
+            status: {loadBalancer: {ingress: [{ip: "\(loadBalancerIPv6)"}]}}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: web6-1, namespace: default, labels: {kubernetes.io/service-name: web6}}
+            addressType: IPv6
+            endpoints: [\(endpoints.joined(separator: ", "))]
+            ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: \(udpTargetPort), protocol: UDP}]
+            """
+    }
+
     var externalIP: String { lab.serviceIPv4(10) }
     var loadBalancerIP: String { lab.serviceIPv4(20) }
+    var loadBalancerIPv6: String { lab.serviceIPv6(20) }
     var tcpTarget: String { "\(lab.externalIPv4):\(Self.tcpNodePort)" }
     var udpTarget: String { "\(lab.externalIPv4):\(Self.udpNodePort)" }
+    var tcpTarget6: String { "[\(lab.externalIPv6)]:\(Self.tcpNodePort)" }
+    var udpTarget6: String { "[\(lab.externalIPv6)]:\(Self.udpNodePort)" }
 }
 
 /// NodePort, externalIP and LoadBalancer VIP in DSR mode between real namespaces: node A
@@ -191,39 +223,52 @@ final class NodePortDSRTests: XCTestCase {
             XCTAssertEqual(vip.ok, 10, "[\(acceleration)] \(vip.failures)")
             XCTAssertEqual(vip.peerNameMismatches, 0, "[\(acceleration)]")
             XCTAssertEqual(h.a.datapath.outcomeCounters()["np_reply"], 0, "[\(acceleration)] no reply passed node A")
+
+            try h.apply(h.ipv6Service(pods: h.lab.podsOnB))
+            let tcp6 = try h.client.tcp(target: h.tcpTarget6, count: 10)
+            XCTAssertEqual(tcp6.ok, 10, "[\(acceleration)] IPv6: \(tcp6.failures) \(tcp6.firstError ?? "")")
+            XCTAssertEqual(tcp6.peerNameMismatches, 0, "[\(acceleration)] IPv6")
+            XCTAssertEqual(tcp6.seenClientAddresses, [h.lab.clientIPv6], "[\(acceleration)] IPv6")
+            let udp6 = try h.client.udp(target: h.udpTarget6, count: 10)
+            XCTAssertEqual(udp6.ok, 10, "[\(acceleration)] IPv6: \(udp6.errors) timeouts \(udp6.timeouts)")
+            XCTAssertEqual(udp6.replySourceMismatches, 0, "[\(acceleration)] IPv6")
+            XCTAssertEqual(h.a.datapath.outcomeCounters()["np_reply"], 0, "[\(acceleration)] IPv6: no reply passed node A")
         }
     }
 
-    /// DSR carries the frontend in an IPv4 option: an IPv6 flow to a remote backend is
-    /// source-NATed to node A's IPv6 address instead, counted as a fallback.
-    func testAnIPv6FlowInDSRModeIsSourceNATedInstead() throws {
+    /// IPv6 in DSR mode: node A puts the frontend in a destination options header, node B
+    /// takes it out, records the flow and sends the pod's replies to the client with the
+    /// NodePort as source. TCP and UDP, the client's address kept, no reply through node A.
+    func testAnIPv6NodePortInDSRModeRepliesFromTheNodePortWithTheClientAddressKept() throws {
         let h = try makeHarness(podsOnA: 0, podsOnB: 1)
         let b1 = h.lab.podsOnB[0]
-        try h.apply("""
-            apiVersion: v1
-            kind: Service
-            metadata: {name: web6, namespace: default}
-            spec:
-              type: NodePort
-              clusterIP: fd00:96::10
-              clusterIPs: [fd00:96::10]
-              ipFamilies: [IPv6]
-              ports: [{name: http, port: 80, protocol: TCP, nodePort: \(DSRHarness.tcpNodePort)}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata: {name: web6-1, namespace: default, labels: {kubernetes.io/service-name: web6}}
-            addressType: IPv6
-            endpoints: [{addresses: ["\(b1.ipv6)"], conditions: {ready: true}, nodeName: node-b}]
-            ports: [{name: http, port: 8080, protocol: TCP}]
-            """)
-        let report = try h.client.tcp(target: "[\(h.lab.externalIPv6)]:\(DSRHarness.tcpNodePort)", count: 10)
-        XCTAssertEqual(report.ok, 10, "failures: \(report.failures) \(report.firstError ?? "")")
-        XCTAssertEqual(report.seenClientAddresses, [h.lab.nodeAIPv6], "source-NATed, not DSR")
-        let counters = h.a.datapath.outcomeCounters()
-        XCTAssertEqual(counters["np_dsr_snat_fallback"], 10)
-        XCTAssertEqual(counters["np_dsr_carried"], 0)
-        XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, 10, "replies come back through node A")
+        try h.apply(h.ipv6Service(pods: h.lab.podsOnB))
+        let tcp = try h.client.tcp(target: h.tcpTarget6, count: 10)
+        XCTAssertEqual(tcp.ok, 10, "failures: \(tcp.failures) \(tcp.firstError ?? "")")
+        XCTAssertEqual(tcp.peerNameMismatches, 0, "getpeername() must show the NodePort")
+        XCTAssertEqual(tcp.seenClientAddresses, [h.lab.clientIPv6], "DSR keeps the client's address")
+        let udp = try h.client.udp(target: h.udpTarget6, count: 10)
+        XCTAssertEqual(udp.ok, 10, "errors: \(udp.errors) timeouts: \(udp.timeouts)")
+        XCTAssertEqual(udp.replySourceMismatches, 0, "replies from the NodePort")
+        XCTAssertEqual(udp.seenClientAddresses, [h.lab.clientIPv6])
+        let a = h.a.datapath.outcomeCounters(), b = h.b.datapath.outcomeCounters()
+        XCTAssertEqual(a["np_dsr_carried"], 20, "10 SYNs and 10 datagrams: \(a)")
+        XCTAssertEqual(a["np_dsr_snat_fallback"], 0)
+        XCTAssertEqual(a["np_reply"], 0, "no reply passed node A")
+        XCTAssertEqual(b["np_dsr_received"], 20, "\(b)")
+        XCTAssertGreaterThanOrEqual(b["np_dsr_reply"] ?? 0, 20, "every reply given the frontend on node B")
+        let views = try KernelLoadBalancerMaps.dsrFlowViews(pinPath: h.b.pinPath)
+        XCTAssertEqual(Set(views.map(\.backend)), ["[\(b1.ipv6)]:8080", "[\(b1.ipv6)]:8053"], "\(views)")
+        XCTAssertEqual(Set(views.map(\.frontend)), [h.tcpTarget6, h.udpTarget6])
+        // The LoadBalancer VIP and the externalIP, by DSR too.
+        for target in ["[\(h.loadBalancerIPv6)]:80", "[\(h.lab.serviceIPv6(10))]:80"] {
+            let report = try h.client.tcp(target: target, count: 5)
+            XCTAssertEqual(report.ok, 5, "\(target): \(report.failures)")
+            XCTAssertEqual(report.peerNameMismatches, 0, target)
+            XCTAssertEqual(report.seenClientAddresses, [h.lab.clientIPv6], target)
+        }
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_reply"], 0, "no reply passed node A")
+        XCTAssertEqual(h.b.datapath.outcomeCounters()["np_dsr_received"], 30)
     }
 
     func testSNATModeOnTheSameFabricStillSendsRepliesBackThroughNodeA() throws {
@@ -284,6 +329,13 @@ final class NodePortDSRTests: XCTestCase {
         let report = try h.client.udp(target: h.udpTarget, count: 3, connected: true)
         XCTAssertEqual(report.errors, ["ECONNREFUSED": 3], "timeouts: \(report.timeouts)")
         XCTAssertEqual(h.b.datapath.outcomeCounters()["np_dsr_icmp_error"], 3)
+        XCTAssertEqual(h.a.datapath.outcomeCounters()["np_icmp_error_reply"], 0, "the error did not pass node A")
+
+        // IPv6: the pod's ICMPv6 port unreachable, the same way.
+        try h.apply(h.ipv6Service(pods: h.lab.podsOnB, udpTargetPort: 8054))
+        let report6 = try h.client.udp(target: h.udpTarget6, count: 3, connected: true)
+        XCTAssertEqual(report6.errors, ["ECONNREFUSED": 3], "IPv6, timeouts: \(report6.timeouts)")
+        XCTAssertEqual(h.b.datapath.outcomeCounters()["np_dsr_icmp_error"], 6)
         XCTAssertEqual(h.a.datapath.outcomeCounters()["np_icmp_error_reply"], 0, "the error did not pass node A")
     }
 
@@ -385,14 +437,18 @@ final class DSRPacketTests: XCTestCase {
         try requireKernelBPF()
         pinPath = uniquePinPath("dsrpkt")
         datapath = try NodePortDatapath.load(NodePortOptions(pinPath: pinPath, mode: .dsr), logger: testLogger)
-        // A NodePort without backends, for carriers to name.
-        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] { try addNodePort(Self.nodePort, proto: proto, slot: 0, revNat: 1) }
+        // A NodePort without backends, for carriers to name, in each family.
+        for proto in [UInt8(IPPROTO_TCP), UInt8(IPPROTO_UDP)] {
+            try addNodePort(Self.nodePort, proto: proto, slot: 0, revNat: 1)
+            try addNodePort(Self.nodePort, proto: proto, slot: 0, revNat: 2, ipv6: true)
+        }
     }
 
     /// The NodePort wildcard entry of `port` whose active set is `slot` alone (0: none).
-    private func addNodePort(_ port: UInt16, proto: UInt8, slot: UInt32, revNat: UInt32) throws {
+    private func addNodePort(_ port: UInt16, proto: UInt8, slot: UInt32, revNat: UInt32, ipv6: Bool = false) throws {
         var key = sl_service_key()
-        (key.addr, key.port, key.proto) = (NodePortDatapath.v4MappedWords("0.0.0.0")!, port.bigEndian, proto)
+        let wildcard = ipv6 ? NodePortDatapath.ipv6Words("::")! : NodePortDatapath.v4MappedWords("0.0.0.0")!
+        (key.addr, key.port, key.proto) = (wildcard, port.bigEndian, proto)
         var value = sl_service_value()
         (value.slot_base, value.count, value.rev_nat_id) = (slot, slot == 0 ? 0 : 1, revNat)
         value.kind = UInt8(SL_KIND_NODE_PORT.rawValue)
@@ -491,6 +547,66 @@ final class DSRPacketTests: XCTestCase {
             XCTAssertEqual(closing(), [true], "\(name) from the client")
             try datapath.dsr.delete(datapath.dsr.entries()[0].0)
         }
+    }
+
+    // MARK: - IPv6 carriers
+
+    private static let frontend6: [UInt8] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    private static let backend6: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]
+
+    /// The IPv6 carrier: a destination options header (next header, length 2, option
+    /// 0x1e of 20 bytes: address, port, 2 zero bytes).
+    private static func option6(next: UInt8 = UInt8(IPPROTO_TCP), hdrlen: UInt8 = 2, type: UInt8 = 0x1e, length: UInt8 = 20,
+                                port: UInt16 = nodePort, address: [UInt8] = frontend6) -> [UInt8] {
+        [next, hdrlen, type, length] + address + [UInt8(port >> 8), UInt8(port & 0xff), 0, 0]
+    }
+
+    private static func carrier6(_ option: [UInt8], l4: [UInt8] = TestFrame.tcp(dport: 8080)) -> [UInt8] {
+        TestFrame.ethernet(type: 0x86dd, TestFrame.ipv6(nextHeader: 60, dst: backend6, option + l4))
+    }
+
+    /// Node B's side for IPv6: a well-formed carrier is recorded and taken out (the packet
+    /// as if sent to the backend directly), the flow's replies leave from the frontend with
+    /// a valid checksum; malformed carriers and carriers naming no frontend are dropped,
+    /// destination options of another kind pass as before.
+    func testAnIPv6CarrierIsRecordedAndStrippedAndItsFlowsRepliesGetTheFrontend() throws {
+        typealias F = TestFrame
+        let tcp = UInt8(IPPROTO_TCP)
+        let rows: [(String, [UInt8], Int32, String)] = [
+            ("header length 1", Self.carrier6(Array(Self.option6(hdrlen: 1).prefix(16))), Self.tcActShot, "np_dsr_malformed"),
+            ("option length 18", Self.carrier6(Self.option6(length: 18)), Self.tcActShot, "np_dsr_malformed"),
+            ("ICMPv6 behind it", Self.carrier6(Self.option6(next: 58), l4: [128, 0, 0, 0, 0, 1, 0, 1]), Self.tcActShot,
+             "np_dsr_malformed"),
+            ("naming no frontend", Self.carrier6(Self.option6(port: 31111)), Self.tcActShot, "np_dsr_unknown_frontend"),
+            ("other destination options", Self.carrier6([tcp, 0, 1, 4, 0, 0, 0, 0]), Self.tcActOK, "np_ipv6_ext_header"),
+        ]
+        for (name, frame, verdict, reason) in rows {
+            let (got, _, changed) = try run(frame)
+            XCTAssertEqual(got, verdict, "verdict of \(name)")
+            XCTAssertEqual(changed, [reason: 1], "counters of \(name)")
+        }
+        XCTAssertEqual(datapath.dsrPressure().entries, 0)
+
+        let (verdict, out, changed) = try run(Self.carrier6(Self.option6()))
+        XCTAssertEqual(verdict, Self.tcActOK)
+        XCTAssertEqual(changed, ["np_dsr_received": 1])
+        XCTAssertEqual(out, F.ethernet(type: 0x86dd, F.ipv6(nextHeader: tcp, dst: Self.backend6, F.tcp(dport: 8080))),
+                       "next header and payload length restored")
+        XCTAssertEqual(datapath.dsrPressure().entries, 1)
+
+        let synAck = F.withL4Checksum6(F.tcp(sport: 8080, dport: 40000, flags: 0x12), proto: tcp, src: Self.backend6, dst: F.client6)
+        let reply = F.ethernet(type: 0x86dd, F.ipv6(nextHeader: tcp, src: Self.backend6, dst: F.client6, synAck))
+        let (replyVerdict, rewritten, replyChanged) = try run(reply, .egress)
+        XCTAssertEqual(replyVerdict, Self.tcActOK)
+        XCTAssertEqual(replyChanged, ["np_dsr_reply": 1])
+        XCTAssertEqual(Array(rewritten[22..<38]), Self.frontend6, "source is the frontend")
+        let segment = Array(rewritten[54...])
+        XCTAssertEqual(Array(segment[0..<2]), [UInt8(Self.nodePort >> 8), UInt8(Self.nodePort & 0xff)], "source port")
+        XCTAssertEqual(F.withL4Checksum6(segment, proto: tcp, src: Self.frontend6, dst: F.client6), segment, "TCP checksum")
+        // The client's FIN marks it closing, as for IPv4.
+        let fin = F.ethernet(type: 0x86dd, F.ipv6(nextHeader: tcp, dst: Self.backend6, F.tcp(dport: 8080, flags: 0x11)))
+        XCTAssertEqual(try run(fin).0, Self.tcActOK)
+        XCTAssertEqual(datapath.dsr.entries().map { $0.1.flags & UInt16(SL_NAT_F_CLOSING.rawValue) != 0 }, [true])
     }
 
     func testABackendsICMPErrorAboutARecordedFlowQuotesTheFrontend() throws {
