@@ -669,7 +669,37 @@ final class DSRPacketTests: XCTestCase {
         try NodePortDatapath.inNamespace("/run/netns/" + netns) {
             var device = sl_device()
             device.snat_addr = NodePortDatapath.v4MappedWords("198.51.100.1")!
+            device.snat_addr6 = NodePortDatapath.ipv6Words("2001:db8:1::1")!
             try datapath.deviceMap.update(if_nametoindex("snd0"), device)
+            try body()
+        }
+    }
+
+    /// `withRemoteBackend` for IPv6: NodePorts 30080/TCP and 30053/UDP on TestFrame.node6
+    /// with backend fd00::5, routed out of snd0 via 2001:db8:1::2.
+    private func withRemoteIPv6Backend(_ body: () throws -> Void) throws {
+        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
+        for (index, proto, port, target) in [(UInt32(3), UInt8(IPPROTO_TCP), UInt16(30080), UInt16(8080)),
+                                             (4, UInt8(IPPROTO_UDP), 30053, 8053)] {
+            var slot = sl_backend_slot()
+            slot.addr = NodePortDatapath.ipv6Words("fd00::5")!
+            slot.port = target.bigEndian
+            slot.proto = proto
+            slot.backend_id = index
+            try maps.slots.update(index, slot)
+            try addNodePort(port, proto: proto, slot: index, revNat: 10 + index, ipv6: true)
+        }
+        var nodeKey = sl_node_addr_key()
+        nodeKey.addr = NodePortDatapath.ipv6Words("2001:db8::1")!
+        var nodeValue = sl_node_addr()
+        nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
+        try datapath.nodeAddresses.update(nodeKey, nodeValue)
+        try withRemoteBackend {
+            for argv in [["ip", "addr", "add", "2001:db8:1::1/64", "dev", "snd0", "nodad"],
+                         ["ip", "-6", "route", "add", "fd00::/64", "via", "2001:db8:1::2"],
+                         ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]] {
+                try Shell.run(argv)
+            }
             try body()
         }
     }
@@ -723,5 +753,65 @@ final class DSRPacketTests: XCTestCase {
             }
         }
         XCTAssertEqual(datapath.natPressure().entries, 3 + 2 * 2, "DSR flows keep a FORWARD entry only, SNAT flows both")
+    }
+
+    /// The sending side for IPv6: the destination options header goes in after the fixed
+    /// header of SYNs and datagrams (next header 60, payload length 24 more, the option
+    /// naming the frontend), the packet DNATed with its TCP/UDP checksum still valid; an
+    /// ACK goes without, a datagram that would exceed the MTU goes without
+    /// (np_dsr_no_room), and a new flow opened by a fragment is source-NATed.
+    func testTheSendingNodeAddsTheIPv6CarrierToSYNsAndDatagramsThatFit() throws {
+        typealias F = TestFrame
+        let tcp = UInt8(IPPROTO_TCP), udp = UInt8(IPPROTO_UDP)
+        func v6(_ next: UInt8, _ l4: [UInt8]) -> [UInt8] {
+            F.ethernet(type: 0x86dd, F.ipv6(nextHeader: next, next == 44 ? l4 : F.withL4Checksum6(l4, proto: next)))
+        }
+        let syn = v6(tcp, F.tcp(dport: 30080))
+        let ack = v6(tcp, F.tcp(dport: 30080, flags: 0x10))
+        let small = v6(udp, F.udp(sport: 41000, dport: 30053))
+        // 1500 bytes of IPv6: fits the MTU, but not with 24 more.
+        let large = v6(udp, F.udp(sport: 41001, dport: 30053, payload: Array(repeating: 7, count: 1452)))
+        let firstFragment = v6(44, [udp, 0, 0, 1, 0, 0, 0, 9] + F.udp(sport: 41002, dport: 30053, length: 3000))
+        let backend6: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]
+        try withRemoteIPv6Backend {
+            let rows: [(String, [UInt8], [String: UInt64], Bool)] = [
+                ("SYN of a new flow", syn, ["np_forward_new": 1, "np_dsr_carried": 1], true),
+                ("ACK of the flow", ack, ["np_forward": 1], false),
+                ("first datagram", small, ["np_forward_new": 1, "np_dsr_carried": 1], true),
+                ("next datagram", small, ["np_forward": 1, "np_dsr_carried": 1], true),
+                ("datagram too large for the carrier", large, ["np_forward_new": 1, "np_dsr_no_room": 1], false),
+                ("first fragment of a new flow", firstFragment,
+                 ["np_forward_new": 1, "np_dsr_snat_fallback": 1, "np_fragment_tracked": 1], false),
+            ]
+            for (name, frame, counters, carries) in rows {
+                let (verdict, out, changed) = try run(frame)
+                XCTAssertEqual(verdict, Self.tcActRedirect, "verdict of \(name)")
+                XCTAssertEqual(changed, counters, "counters of \(name)")
+                guard out.count == frame.count + (carries ? 24 : 0) else {
+                    XCTFail("length of \(name): \(out.count), sent \(frame.count)")
+                    continue
+                }
+                let header = Array(out[14..<54]), input = Array(frame[14..<54])
+                XCTAssertEqual(Int(header[4]) << 8 | Int(header[5]), (Int(input[4]) << 8 | Int(input[5])) + (carries ? 24 : 0),
+                               "payload length of \(name)")
+                XCTAssertEqual(header[7], 63, "hop limit of \(name)")
+                XCTAssertEqual(Array(header[24..<40]), backend6, "DNAT of \(name)")
+                if carries {
+                    XCTAssertEqual(header[6], 60, "next header of \(name)")
+                    let port = UInt16(frame[54 + 2]) << 8 | UInt16(frame[54 + 3])
+                    XCTAssertEqual(Array(out[54..<78]), Self.option6(next: frame[20], port: port, address: F.node6), name)
+                    XCTAssertEqual(Array(header[8..<24]), F.client6, "no SNAT in \(name)")
+                    let l4 = Array(out[78...])
+                    XCTAssertEqual(F.withL4Checksum6(l4, proto: frame[20], src: F.client6, dst: backend6), l4, "checksum of \(name)")
+                } else if counters["np_dsr_snat_fallback"] != nil {
+                    XCTAssertEqual(Array(header[8..<24]), NodePortDatapath.ipv6Words("2001:db8:1::1").map { words in
+                        withUnsafeBytes(of: words) { Array($0) }
+                    }, "SNAT in \(name)")
+                } else {
+                    XCTAssertEqual(header[6], frame[20], "next header of \(name)")
+                    XCTAssertEqual(Array(header[8..<24]), F.client6, "no SNAT in \(name)")
+                }
+            }
+        }
     }
 }
