@@ -1040,16 +1040,18 @@ struct sl_icmp_head {
 	__be32 unused;
 };
 
-/* The ICMP and ICMPv6 errors this node builds (port unreachable, fragmentation needed,
- * Packet Too Big) are rate limited node-wide, as the kernel limits its own
- * (net.ipv4.icmp_msgs_per_sec / icmp_msgs_burst): a flood of packets to a frontend
- * without endpoints, or of oversized ones, must not become a flood of errors, which
+/* The port unreachables this node builds are rate limited node-wide, as the kernel
+ * limits its own errors (net.ipv4.icmp_msgs_per_sec / icmp_msgs_burst): a flood of
+ * packets to a frontend without endpoints must not become a flood of errors, which
  * spoofed sources would aim at a third party. A token bucket of sl_icmp_errors_burst
  * tokens refilled at sl_icmp_errors_per_sec (0: no limit), set by the loader. One bucket
  * for all CPUs, updated without a lock like the kernel's: under contention a few more
  * errors than the rate may leave. An error over the limit is not sent and its packet is
- * dropped (np_icmp_rate_limited). Errors about tracked flows that this node only
- * translates are not its own and are not limited. */
+ * dropped (np_icmp_rate_limited). Fragmentation needed and Packet Too Big are not
+ * limited, as the kernel does not limit them ("don't limit PMTU discovery"): each
+ * answers one oversized packet and is smaller than it, and a sender kept from learning
+ * the path MTU would retransmit into the same black hole. Errors about tracked flows that
+ * this node only translates are not its own and are not limited either. */
 const volatile __u32 sl_icmp_errors_per_sec = 1000;
 const volatile __u32 sl_icmp_errors_burst = 50;
 
@@ -1144,7 +1146,7 @@ static __always_inline int sl_icmp_back(struct __sk_buff *skb, struct sl_packet 
 
 	if (pkt->ihl_bytes != sizeof(struct iphdr))
 		goto fail;
-	if (!sl_icmp_error_allowed())
+	if (reason == SL_REASON_NP_REJECT && !sl_icmp_error_allowed())
 		return -EBUSY;
 	/* The parser checked that the L4 header (20 bytes TCP, 8 UDP) is in the packet. */
 	if (bpf_skb_load_bytes(skb, pkt->l3_off, &msg.quoted_ip, sizeof(msg.quoted_ip)))
@@ -1220,7 +1222,7 @@ static __always_inline int sl_icmp6_back(struct __sk_buff *skb, struct sl_packet
 	 * verifier wants it bounded, and never 0. */
 	if (quoted < 8 || quoted > sizeof(msg.quoted_rest))
 		goto fail;
-	if (!sl_icmp_error_allowed())
+	if (reason == SL_REASON_NP_REJECT && !sl_icmp_error_allowed())
 		return -EBUSY;
 	if (bpf_skb_load_bytes(skb, pkt->l3_off, &msg.quoted_ip, sizeof(msg.quoted_ip)) ||
 	    bpf_skb_load_bytes(skb, pkt->l3_off + sizeof(struct ipv6hdr), msg.quoted_rest, quoted))

@@ -18,7 +18,7 @@ public struct NodePortSettings: Equatable, Sendable {
     public var conntrack = NodePortDatapath.ConntrackTimeouts()
     /// How often idle flows are collected (`nodePort.conntrack.gcIntervalSeconds`).
     public var conntrackGCIntervalSeconds: Int = 10
-    /// The ICMP errors the datapath builds (`nodePort.icmpErrors.perSecond`, `.burst`).
+    /// The port unreachables the datapath sends (`nodePort.icmpErrors.perSecond`, `.burst`).
     public var icmpErrorLimit = NodePortOptions.ICMPErrorLimit()
 
     public init() {}

@@ -59,9 +59,9 @@ public struct NodePortOptions: Sendable {
     /// Network namespace (a path such as /run/netns/NAME) whose devices are meant; nil =
     /// the caller's. Tests use it to attach inside a lab namespace.
     public var networkNamespace: String?
-    /// The ICMP/ICMPv6 errors the datapath builds itself (port unreachable, fragmentation
-    /// needed, Packet Too Big), node-wide: a token bucket of `burst` refilled at
-    /// `perSecond` (0: no limit); the kernel's own defaults (icmp_msgs_per_sec, _burst).
+    /// The ICMP/ICMPv6 port unreachables the datapath sends itself, node-wide: a token
+    /// bucket of `burst` refilled at `perSecond` (0: no limit); the kernel's own defaults
+    /// (icmp_msgs_per_sec, _burst). Path-MTU errors are never limited.
     public var icmpErrorLimit: ICMPErrorLimit = ICMPErrorLimit()
 
     public struct ICMPErrorLimit: Equatable, Sendable {

@@ -93,9 +93,10 @@ extension NodePortTests {
     /// whether it may be fragmented (IP_PMTUDISC_DONT, DF clear) or not (IP_PMTUDISC_DO):
     /// BPF cannot fragment it, and a silent drop would lose every datagram of a DONT
     /// socket. The client's socket learns the path MTU either way (its stack then fragments
-    /// what it sends: NodePortFragmentTests).
+    /// what it sends: NodePortFragmentTests). The error rate limit (a bucket of one here)
+    /// does not hold back path-MTU errors.
     func testAnOversizedUDPDatagramTeachesTheClientThePathMTUWithOrWithoutDF() throws {
-        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1, icmpErrorLimit: .init(perSecond: 1, burst: 1))
         _ = try h.lab.exec(["ip", "link", "set", h.lab.interNodeDevice, "mtu", "1400"], netns: h.lab.nodeA.netns)
         _ = try h.lab.exec(["ip", "link", "set", h.lab.nodeBDevice, "mtu", "1400"], netns: h.lab.nodeB.netns)
         try h.apply(h.webService(pods: h.lab.podsOnB))
@@ -113,6 +114,7 @@ extension NodePortTests {
         let counters = h.datapath.outcomeCounters()
         XCTAssertEqual(counters["np_too_big"], 1, "\(counters)")
         XCTAssertEqual(counters["np_too_big_may_fragment"], 1, "\(counters)")
+        XCTAssertEqual(counters["np_icmp_rate_limited"], 0, "\(counters)")
     }
 
     /// Sends one 1,472-byte datagram (a 1,500-byte packet) on a connected socket with the

@@ -25,18 +25,20 @@ final class NodePortHarness {
     let client: ProbeRunner
 
     init(podsOnA: Int, podsOnB: Int, label: String, snatPorts: ClosedRange<UInt16> = 61000...65535,
-         snatReclaimAfterSeconds: Double = 1, acceleration: NodePortOptions.Acceleration = .none) throws {
+         snatReclaimAfterSeconds: Double = 1, acceleration: NodePortOptions.Acceleration = .none,
+         icmpErrorLimit: NodePortOptions.ICMPErrorLimit = .init()) throws {
         lab = try NodeLab(podsOnA: podsOnA, podsOnB: podsOnB)
         pinPath = uniquePinPath(label)
         do {
             for pod in lab.podsOnA + lab.podsOnB {
                 try lab.startProbeServer(on: pod, tcpPort: Self.tcpPort, udpPort: Self.udpPort)
             }
-            datapath = try NodePortDatapath.install(
-                NodePortOptions(pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice], acceleration: acceleration,
-                                snatPorts: snatPorts, snatReclaimAfterSeconds: snatReclaimAfterSeconds,
-                                networkNamespace: "/run/netns/" + lab.nodeA.netns),
-                logger: testLogger)
+            var options = NodePortOptions(
+                pinPath: pinPath, devices: [lab.externalDevice, lab.interNodeDevice], acceleration: acceleration,
+                snatPorts: snatPorts, snatReclaimAfterSeconds: snatReclaimAfterSeconds,
+                networkNamespace: "/run/netns/" + lab.nodeA.netns)
+            options.icmpErrorLimit = icmpErrorLimit
+            datapath = try NodePortDatapath.install(options, logger: testLogger)
             if acceleration != .none {
                 // The veth peers stand for the client's and node B's NICs, which deliver
                 // complete checksums (NodeLab.sendCompleteChecksums).
@@ -141,12 +143,13 @@ final class NodePortTests: XCTestCase {
 
     func makeHarness(podsOnA: Int, podsOnB: Int, snatPorts: ClosedRange<UInt16> = 61000...65535,
                              snatReclaimAfterSeconds: Double = 1,
-                             acceleration: NodePortOptions.Acceleration = .none) throws -> NodePortHarness {
+                             acceleration: NodePortOptions.Acceleration = .none,
+                             icmpErrorLimit: NodePortOptions.ICMPErrorLimit = .init()) throws -> NodePortHarness {
         try requireKernelBPF()
         mode = acceleration
         harness = try NodePortHarness(podsOnA: podsOnA, podsOnB: podsOnB, label: "np" + name.filter { $0.isLetter }.suffix(14),
                                       snatPorts: snatPorts, snatReclaimAfterSeconds: snatReclaimAfterSeconds,
-                                      acceleration: acceleration)
+                                      acceleration: acceleration, icmpErrorLimit: icmpErrorLimit)
         return harness
     }
 

@@ -446,7 +446,7 @@ enum sl_reason {
 					     * flow's own reason (np_forward, np_reply, ...) is counted too */
 	SL_REASON_NP_FRAGMENT_UNTRACKED = 49, /* later fragment of no recorded datagram (its first fragment not seen
 					       * or not ours), or of no tracked flow: passed to the stack */
-	SL_REASON_NP_ICMP_RATE_LIMITED = 50, /* dropped: an ICMP error to send, over nodePort.icmpErrors' rate */
+	SL_REASON_NP_ICMP_RATE_LIMITED = 50, /* dropped: its port unreachable over nodePort.icmpErrors' rate */
 	SL_REASON_MAX = 51,
 };
 _Static_assert(SL_REASON_MAX <= SL_REASON_CAPACITY, "counter array too small");
