@@ -25,7 +25,8 @@
  *    towards the client, get the frontend as their source, and their ICMP errors quote
  *    the frontend.
  * Everything else passes untouched (TC_ACT_OK), among it ICMPv6 Neighbour Discovery and
- * IPv6 packets with extension headers other than a lone fragment header.
+ * IPv6 packets with extension headers other than a lone fragment header or a DSR
+ * carrier's destination options (dsr.h).
  *
  * IP fragments of TCP/UDP datagrams (IPv4; IPv6 with a fragment header as the first
  * extension header): a first fragment carries the L4 header and meets the steps above like
@@ -472,8 +473,9 @@ static __always_inline int sl_dsr_carrier6(const struct sl_packet *pkt)
 
 /* Destination options first after the fixed header: a DSR carrier before TCP or UDP is
  * parsed (tc only: taking it out resizes the packet; XDP passes it), with the L4 header
- * 24 bytes further (sl_dsr_carrier6 tells it by that offset). A carrier whose lengths are wrong is
- * dropped (np_dsr_malformed); other destination options pass as extension headers. */
+ * 24 bytes further (sl_dsr_carrier6 tells it by that offset). A carrier whose lengths
+ * are wrong is dropped (np_dsr_malformed); other destination options pass as extension
+ * headers. */
 static __always_inline int sl_parse6_dstopts(int hook, struct ipv6hdr *ip6, void *data_end, __u32 payload,
 					     struct sl_packet *pkt)
 {

@@ -636,26 +636,34 @@ final class DSRPacketTests: XCTestCase {
         XCTAssertEqual(try run(unrelated, .egress).1, unrelated)
     }
 
-    /// NodePort 30080/TCP and 30053/UDP on 192.0.2.1 with the one backend 10.0.0.5, which a
-    /// scratch namespace routes via 198.51.100.2 on device snd0 (MTU 1500), an external
-    /// device whose SNAT address is 198.51.100.1. The client 198.51.100.7 is on-link there.
-    private func withRemoteBackend(_ body: () throws -> Void) throws {
+    /// NodePorts 30080/TCP → 8080 and 30053/UDP → 8053 of one family, each served by
+    /// `backend` alone (slots `firstSlot` and the next), and `nodeAddress` serving NodePorts.
+    private func addRemoteNodePorts(backend: (UInt32, UInt32, UInt32, UInt32), nodeAddress: (UInt32, UInt32, UInt32, UInt32),
+                                    firstSlot: UInt32, ipv6: Bool) throws {
         let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
-        for (index, proto, port, target) in [(UInt32(1), UInt8(IPPROTO_TCP), UInt16(30080), UInt16(8080)),
-                                             (2, UInt8(IPPROTO_UDP), 30053, 8053)] {
+        for (index, proto, port, target) in [(firstSlot, UInt8(IPPROTO_TCP), UInt16(30080), UInt16(8080)),
+                                             (firstSlot + 1, UInt8(IPPROTO_UDP), 30053, 8053)] {
             var slot = sl_backend_slot()
-            slot.addr = NodePortDatapath.v4MappedWords("10.0.0.5")!
+            slot.addr = backend
             slot.port = target.bigEndian
             slot.proto = proto
             slot.backend_id = index
             try maps.slots.update(index, slot)
-            try addNodePort(port, proto: proto, slot: index, revNat: 10 + index)
+            try addNodePort(port, proto: proto, slot: index, revNat: 10 + index, ipv6: ipv6)
         }
         var nodeKey = sl_node_addr_key()
-        nodeKey.addr = NodePortDatapath.v4MappedWords("192.0.2.1")!
+        nodeKey.addr = nodeAddress
         var nodeValue = sl_node_addr()
         nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
         try datapath.nodeAddresses.update(nodeKey, nodeValue)
+    }
+
+    /// NodePort 30080/TCP and 30053/UDP on 192.0.2.1 with the one backend 10.0.0.5, which a
+    /// scratch namespace routes via 198.51.100.2 on device snd0 (MTU 1500), an external
+    /// device whose SNAT address is 198.51.100.1. The client 198.51.100.7 is on-link there.
+    private func withRemoteBackend(_ body: () throws -> Void) throws {
+        try addRemoteNodePorts(backend: NodePortDatapath.v4MappedWords("10.0.0.5")!,
+                               nodeAddress: NodePortDatapath.v4MappedWords("192.0.2.1")!, firstSlot: 1, ipv6: false)
 
         let netns = "sndsr\(UInt32.random(in: 0...UInt32.max))"
         try Shell.run(["ip", "netns", "add", netns])
@@ -678,22 +686,8 @@ final class DSRPacketTests: XCTestCase {
     /// `withRemoteBackend` for IPv6: NodePorts 30080/TCP and 30053/UDP on TestFrame.node6
     /// with backend fd00::5, routed out of snd0 via 2001:db8:1::2.
     private func withRemoteIPv6Backend(_ body: () throws -> Void) throws {
-        let maps = try KernelLoadBalancerMaps(pinPath: pinPath)
-        for (index, proto, port, target) in [(UInt32(3), UInt8(IPPROTO_TCP), UInt16(30080), UInt16(8080)),
-                                             (4, UInt8(IPPROTO_UDP), 30053, 8053)] {
-            var slot = sl_backend_slot()
-            slot.addr = NodePortDatapath.ipv6Words("fd00::5")!
-            slot.port = target.bigEndian
-            slot.proto = proto
-            slot.backend_id = index
-            try maps.slots.update(index, slot)
-            try addNodePort(port, proto: proto, slot: index, revNat: 10 + index, ipv6: true)
-        }
-        var nodeKey = sl_node_addr_key()
-        nodeKey.addr = NodePortDatapath.ipv6Words("2001:db8::1")!
-        var nodeValue = sl_node_addr()
-        nodeValue.flags = UInt32(SL_NODE_ADDR_F_NODE_PORT.rawValue)
-        try datapath.nodeAddresses.update(nodeKey, nodeValue)
+        try addRemoteNodePorts(backend: NodePortDatapath.ipv6Words("fd00::5")!,
+                               nodeAddress: NodePortDatapath.ipv6Words("2001:db8::1")!, firstSlot: 3, ipv6: true)
         try withRemoteBackend {
             for argv in [["ip", "addr", "add", "2001:db8:1::1/64", "dev", "snd0", "nodad"],
                          ["ip", "-6", "route", "add", "fd00::/64", "via", "2001:db8:1::2"],
