@@ -65,66 +65,41 @@ final class DSRHarness {
     }
 
     /// A LoadBalancer Service `web` (TCP 80 → 8080 on node port 30080, UDP 53 → 8053 on
-    /// 30053) with `pods` as ready endpoints, an externalIP and a VIP of the service range.
-    func service(pods: [NodeLabPod], udpTargetPort: Int = 8053, extra: String = "") -> String {
+    /// 30053) with `pods` as ready endpoints, an externalIP and a VIP of the service range;
+    /// with `ipv6`, `web6`: the same in IPv6.
+    func service(pods: [NodeLabPod], udpTargetPort: Int = 8053, extra: String = "", ipv6: Bool = false) -> String {
+        let name = ipv6 ? "web6" : "web"
         let endpoints = pods.map { pod in
-            "{addresses: [\(pod.ipv4)], conditions: {ready: true}, nodeName: node-\(pod.name.prefix(1))}"
+            "{addresses: [\"\(ipv6 ? pod.ipv6 : pod.ipv4)\"], conditions: {ready: true}, nodeName: node-\(pod.name.prefix(1))}"
         }
+        let clusterIP = ipv6 ? "fd00:96::10" : "10.96.0.10"
         return """
             apiVersion: v1
             kind: Service
-            metadata: {name: web, namespace: default}
+            metadata: {name: \(name), namespace: default}
             spec:
               type: LoadBalancer
-              clusterIP: 10.96.0.10
-              clusterIPs: [10.96.0.10]
-              ipFamilies: [IPv4]
-              externalIPs: [\(externalIP)]
+              clusterIP: \(clusterIP)
+              clusterIPs: [\(clusterIP)]
+              ipFamilies: [\(ipv6 ? "IPv6" : "IPv4")]
+              externalIPs: ["\(ipv6 ? externalIPv6 : externalIP)"]
             \(extra)
               ports:
               - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
               - {name: dns, port: 53, protocol: UDP, nodePort: \(Self.udpNodePort)}
-            status: {loadBalancer: {ingress: [{ip: \(loadBalancerIP)}]}}
+            status: {loadBalancer: {ingress: [{ip: "\(ipv6 ? loadBalancerIPv6 : loadBalancerIP)"}]}}
             ---
             apiVersion: discovery.k8s.io/v1
             kind: EndpointSlice
-            metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
-            addressType: IPv4
-            endpoints: [\(endpoints.joined(separator: ", "))]
-            ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: \(udpTargetPort), protocol: UDP}]
-            """
-    }
-
-    /// `service` for IPv6: `web6`, the same ports, an IPv6 externalIP and VIP.
-    func ipv6Service(pods: [NodeLabPod], udpTargetPort: Int = 8053) -> String {
-        let endpoints = pods.map { pod in
-            "{addresses: [\"\(pod.ipv6)\"], conditions: {ready: true}, nodeName: node-\(pod.name.prefix(1))}"
-        }
-        return """
-            apiVersion: v1
-            kind: Service
-            metadata: {name: web6, namespace: default}
-            spec:
-              type: LoadBalancer
-              clusterIP: fd00:96::10
-              clusterIPs: [fd00:96::10]
-              ipFamilies: [IPv6]
-              externalIPs: ["\(lab.serviceIPv6(10))"]
-              ports:
-              - {name: http, port: 80, protocol: TCP, nodePort: \(Self.tcpNodePort)}
-              - {name: dns, port: 53, protocol: UDP, nodePort: \(Self.udpNodePort)}
-            status: {loadBalancer: {ingress: [{ip: "\(loadBalancerIPv6)"}]}}
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata: {name: web6-1, namespace: default, labels: {kubernetes.io/service-name: web6}}
-            addressType: IPv6
+            metadata: {name: \(name)-1, namespace: default, labels: {kubernetes.io/service-name: \(name)}}
+            addressType: \(ipv6 ? "IPv6" : "IPv4")
             endpoints: [\(endpoints.joined(separator: ", "))]
             ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: \(udpTargetPort), protocol: UDP}]
             """
     }
 
     var externalIP: String { lab.serviceIPv4(10) }
+    var externalIPv6: String { lab.serviceIPv6(10) }
     var loadBalancerIP: String { lab.serviceIPv4(20) }
     var loadBalancerIPv6: String { lab.serviceIPv6(20) }
     var tcpTarget: String { "\(lab.externalIPv4):\(Self.tcpNodePort)" }
@@ -144,7 +119,7 @@ final class NodePortDSRTests: XCTestCase {
         harness = nil
     }
 
-    private func makeHarness(podsOnA: Int, podsOnB: Int) throws -> DSRHarness {
+    func makeHarness(podsOnA: Int, podsOnB: Int) throws -> DSRHarness {
         try requireKernelBPF()
         harness = try DSRHarness(podsOnA: podsOnA, podsOnB: podsOnB, label: "dsr" + name.filter { $0.isLetter }.suffix(12))
         return harness
@@ -224,7 +199,7 @@ final class NodePortDSRTests: XCTestCase {
             XCTAssertEqual(vip.peerNameMismatches, 0, "[\(acceleration)]")
             XCTAssertEqual(h.a.datapath.outcomeCounters()["np_reply"], 0, "[\(acceleration)] no reply passed node A")
 
-            try h.apply(h.ipv6Service(pods: h.lab.podsOnB))
+            try h.apply(h.service(pods: h.lab.podsOnB, ipv6: true))
             let tcp6 = try h.client.tcp(target: h.tcpTarget6, count: 10)
             XCTAssertEqual(tcp6.ok, 10, "[\(acceleration)] IPv6: \(tcp6.failures) \(tcp6.firstError ?? "")")
             XCTAssertEqual(tcp6.peerNameMismatches, 0, "[\(acceleration)] IPv6")
@@ -242,7 +217,7 @@ final class NodePortDSRTests: XCTestCase {
     func testAnIPv6NodePortInDSRModeRepliesFromTheNodePortWithTheClientAddressKept() throws {
         let h = try makeHarness(podsOnA: 0, podsOnB: 1)
         let b1 = h.lab.podsOnB[0]
-        try h.apply(h.ipv6Service(pods: h.lab.podsOnB))
+        try h.apply(h.service(pods: h.lab.podsOnB, ipv6: true))
         let tcp = try h.client.tcp(target: h.tcpTarget6, count: 10)
         XCTAssertEqual(tcp.ok, 10, "failures: \(tcp.failures) \(tcp.firstError ?? "")")
         XCTAssertEqual(tcp.peerNameMismatches, 0, "getpeername() must show the NodePort")
@@ -261,7 +236,7 @@ final class NodePortDSRTests: XCTestCase {
         XCTAssertEqual(Set(views.map(\.backend)), ["[\(b1.ipv6)]:8080", "[\(b1.ipv6)]:8053"], "\(views)")
         XCTAssertEqual(Set(views.map(\.frontend)), [h.tcpTarget6, h.udpTarget6])
         // The LoadBalancer VIP and the externalIP, by DSR too.
-        for target in ["[\(h.loadBalancerIPv6)]:80", "[\(h.lab.serviceIPv6(10))]:80"] {
+        for target in ["[\(h.loadBalancerIPv6)]:80", "[\(h.externalIPv6)]:80"] {
             let report = try h.client.tcp(target: target, count: 5)
             XCTAssertEqual(report.ok, 5, "\(target): \(report.failures)")
             XCTAssertEqual(report.peerNameMismatches, 0, target)
@@ -332,7 +307,7 @@ final class NodePortDSRTests: XCTestCase {
         XCTAssertEqual(h.a.datapath.outcomeCounters()["np_icmp_error_reply"], 0, "the error did not pass node A")
 
         // IPv6: the pod's ICMPv6 port unreachable, the same way.
-        try h.apply(h.ipv6Service(pods: h.lab.podsOnB, udpTargetPort: 8054))
+        try h.apply(h.service(pods: h.lab.podsOnB, udpTargetPort: 8054, ipv6: true))
         let report6 = try h.client.udp(target: h.udpTarget6, count: 3, connected: true)
         XCTAssertEqual(report6.errors, ["ECONNREFUSED": 3], "IPv6, timeouts: \(report6.timeouts)")
         XCTAssertEqual(h.b.datapath.outcomeCounters()["np_dsr_icmp_error"], 6)

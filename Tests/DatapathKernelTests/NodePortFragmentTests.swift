@@ -10,50 +10,21 @@ import XCTest
 /// to a local pod (replies translated on node A's egress) and to a remote pod (source-NATed,
 /// replies translated on node A's ingress), IPv4 and IPv6, with tc alone and with XDP
 /// generic and native in front (XDP hands every fragment to tc). Every datagram must come
-/// back whole, from the pod it reached, with the NodePort as its source.
-final class NodePortFragmentTests: XCTestCase {
-    private static let datagramBytes = 4000
-    private static let datagrams = 40
+/// back whole, from the pod it reached, with the NodePort as its source. Extensions of
+/// NodePortTests (whose `inEveryMode` runs tc, XDP generic and native) and of
+/// NodePortDSRTests, whose harnesses they use.
+private enum FragmentedLoad {
+    static let datagramBytes = 4000
+    static let datagrams = 40
+}
 
-    private var harness: NodePortHarness?
-    private var dsrHarness: DSRHarness?
-    private var mode: NodePortOptions.Acceleration = .none
-
-    override func tearDown() {
-        harness?.tearDown()
-        harness = nil
-        dsrHarness?.tearDown()
-        dsrHarness = nil
-    }
-
-    override func recordFailure(withDescription description: String, inFile filePath: String, atLine lineNumber: Int,
-                                expected: Bool) {
-        super.recordFailure(withDescription: "[acceleration \(mode.rawValue)] " + description, inFile: filePath,
-                            atLine: lineNumber, expected: expected)
-    }
-
-    /// `body` on a fresh lab with one pod on each node, for tc alone and XDP generic and native.
-    private func inEveryMode(_ body: (NodePortHarness) throws -> Void) throws {
-        try requireKernelBPF()
-        for acceleration in NodePortOptions.Acceleration.allCases {
-            mode = acceleration
-            let h = try NodePortHarness(podsOnA: 1, podsOnB: 1, label: "npfrag" + name.filter { $0.isLetter }.suffix(10),
-                                        acceleration: acceleration)
-            harness = h
-            defer {
-                h.tearDown()
-                harness = nil
-            }
-            try body(h)
-        }
-    }
-
+extension NodePortTests {
     /// What every run must show: each datagram answered whole by one of the two pods, from
     /// the NodePort; the local pod saw the client, the remote one node A; fragments
     /// translated both ways, none left untracked.
     private func assertServedWhole(_ report: UDPProbeReport, _ h: NodePortHarness, clients: Set<String>,
                                    file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertEqual(report.ok, Self.datagrams, "errors: \(report.errors) timeouts: \(report.timeouts) \(report.firstError ?? "")",
+        XCTAssertEqual(report.ok, FragmentedLoad.datagrams, "errors: \(report.errors) timeouts: \(report.timeouts) \(report.firstError ?? "")",
                        file: file, line: line)
         XCTAssertEqual(report.damagedReplies, 0, "every reply arrived whole", file: file, line: line)
         XCTAssertEqual(report.replySourceMismatches, 0, "replies come from the NodePort", file: file, line: line)
@@ -61,35 +32,35 @@ final class NodePortFragmentTests: XCTestCase {
         XCTAssertEqual(Set(report.seenClientAddresses), clients, file: file, line: line)
         let counters = h.datapath.outcomeCounters()
         // Per datagram, at least its two later fragments in and the reply's two out.
-        XCTAssertGreaterThanOrEqual(counters["np_fragment_tracked"] ?? 0, UInt64(4 * Self.datagrams), "\(counters)",
+        XCTAssertGreaterThanOrEqual(counters["np_fragment_tracked"] ?? 0, UInt64(4 * FragmentedLoad.datagrams), "\(counters)",
                                     file: file, line: line)
         XCTAssertEqual(counters["np_fragment_untracked"], 0, "\(counters)", file: file, line: line)
         // A new socket per datagram: one flow each, unless the client's stack gave a socket
         // the port of an earlier one (then its flow is tracked already). Never more: a later
         // fragment opens no flow.
         let newFlows = counters["np_forward_new"] ?? 0
-        XCTAssertLessThanOrEqual(newFlows, UInt64(Self.datagrams), "\(counters)", file: file, line: line)
-        XCTAssertGreaterThanOrEqual(newFlows, UInt64(Self.datagrams / 2), "\(counters)", file: file, line: line)
-        XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, UInt64(3 * Self.datagrams), "every reply fragment translated",
+        XCTAssertLessThanOrEqual(newFlows, UInt64(FragmentedLoad.datagrams), "\(counters)", file: file, line: line)
+        XCTAssertGreaterThanOrEqual(newFlows, UInt64(FragmentedLoad.datagrams / 2), "\(counters)", file: file, line: line)
+        XCTAssertGreaterThanOrEqual(counters["np_reply"] ?? 0, UInt64(3 * FragmentedLoad.datagrams), "every reply fragment translated",
                                     file: file, line: line)
         if h.datapath.options.acceleration != .none {
             XCTAssertGreaterThan(counters["np_xdp_pass_to_tc"] ?? 0, 0, "XDP leaves fragments to tc", file: file, line: line)
         }
-        XCTAssertLessThanOrEqual(h.datapath.fragmentPressure().entries, 4 * Self.datagrams, file: file, line: line)
+        XCTAssertLessThanOrEqual(h.datapath.fragmentPressure().entries, 4 * FragmentedLoad.datagrams, file: file, line: line)
     }
 
     func testFragmentedUDPDatagramsThroughANodePortComeBackWholeFromALocalAndARemotePod() throws {
-        try inEveryMode { h in
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
             try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB))
-            let report = try h.client.udp(target: h.udpTarget, count: Self.datagrams, payloadBytes: Self.datagramBytes)
+            let report = try h.client.udp(target: h.udpTarget, count: FragmentedLoad.datagrams, payloadBytes: FragmentedLoad.datagramBytes)
             assertServedWhole(report, h, clients: [h.lab.clientIPv4, h.lab.nodeAIPv4])
         }
     }
 
     func testFragmentedUDPDatagramsThroughAnIPv6NodePortComeBackWholeFromALocalAndARemotePod() throws {
-        try inEveryMode { h in
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
             try h.apply(h.webService(pods: h.lab.podsOnA + h.lab.podsOnB, ipv6: true))
-            let report = try h.client.udp(target: h.udpTarget6, count: Self.datagrams, payloadBytes: Self.datagramBytes)
+            let report = try h.client.udp(target: h.udpTarget6, count: FragmentedLoad.datagrams, payloadBytes: FragmentedLoad.datagramBytes)
             assertServedWhole(report, h, clients: [h.lab.clientIPv6, h.lab.nodeAIPv6])
         }
     }
@@ -103,27 +74,29 @@ final class NodePortFragmentTests: XCTestCase {
     /// an IPv6 reply too long for the link teaches the pod the MTU, from node B, at the
     /// cost of that reply.) Without the error every datagram would be lost.
     func testFragmentedDatagramsOverANarrowerLinkGetThroughOnceTheClientLearnsItsMTU() throws {
-        try inEveryMode { h in
+        try inEveryMode(podsOnA: 1, podsOnB: 1) { h in
             _ = try h.lab.exec(["ip", "link", "set", h.lab.interNodeDevice, "mtu", "1400"], netns: h.lab.nodeA.netns)
             _ = try h.lab.exec(["ip", "link", "set", h.lab.nodeBDevice, "mtu", "1400"], netns: h.lab.nodeB.netns)
             for (ipv6, lost, reason) in [(false, 1, "np_too_big_may_fragment"), (true, 2, "np_too_big")] {
                 try h.apply(h.webService(pods: h.lab.podsOnB, ipv6: ipv6))
                 let before = h.datapath.outcomeCounters()
-                let report = try h.client.udp(target: ipv6 ? h.udpTarget6 : h.udpTarget, count: Self.datagrams,
-                                              payloadBytes: Self.datagramBytes)
+                let report = try h.client.udp(target: ipv6 ? h.udpTarget6 : h.udpTarget, count: FragmentedLoad.datagrams,
+                                              payloadBytes: FragmentedLoad.datagramBytes)
                 let counters = h.datapath.outcomeCounters()
-                XCTAssertGreaterThanOrEqual(report.ok, Self.datagrams - lost,
+                XCTAssertGreaterThanOrEqual(report.ok, FragmentedLoad.datagrams - lost,
                                             "ipv6 \(ipv6): errors \(report.errors) timeouts \(report.timeouts) \(counters)")
                 XCTAssertEqual(report.damagedReplies, 0, "ipv6 \(ipv6)")
                 XCTAssertEqual(report.backends.keys.sorted(), ["b1"], "ipv6 \(ipv6)")
                 XCTAssertEqual((counters[reason] ?? 0) - (before[reason] ?? 0), 1,
                                "ipv6 \(ipv6): one error, for the first datagram's first fragment: \(counters)")
                 XCTAssertGreaterThanOrEqual((counters["np_fragment_tracked"] ?? 0) - (before["np_fragment_tracked"] ?? 0),
-                                            UInt64(4 * (Self.datagrams - lost)), "ipv6 \(ipv6): \(counters)")
+                                            UInt64(4 * (FragmentedLoad.datagrams - lost)), "ipv6 \(ipv6): \(counters)")
             }
         }
     }
+}
 
+extension NodePortDSRTests {
     /// DSR mode, remote pod on node B (shared fabric: node B answers the client directly).
     /// At the client's MTU of 1500 a first fragment leaves no room for the frontend option:
     /// such flows are source-NATed (np_dsr_snat_fallback) and served through node A. With
@@ -132,13 +105,11 @@ final class NodePortFragmentTests: XCTestCase {
     /// flow from the first fragment and gives every fragment of the pod's reply the frontend
     /// as its source. Every reply arrives whole either way.
     func testFragmentedUDPDatagramsInDSRModeComeBackWhole() throws {
-        try requireKernelBPF()
-        let h = try DSRHarness(podsOnA: 0, podsOnB: 1, label: "dsrfrag")
-        dsrHarness = h
+        let h = try makeHarness(podsOnA: 0, podsOnB: 1)
         try h.apply(h.service(pods: h.lab.podsOnB))
         let count = 20
 
-        let fallback = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: Self.datagramBytes)
+        let fallback = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: FragmentedLoad.datagramBytes)
         XCTAssertEqual(fallback.ok, count, "errors: \(fallback.errors) timeouts: \(fallback.timeouts)")
         XCTAssertEqual(fallback.damagedReplies, 0)
         XCTAssertEqual(fallback.replySourceMismatches, 0)
@@ -157,7 +128,7 @@ final class NodePortFragmentTests: XCTestCase {
                                         now: NodePortDatapath.monotonicNanoseconds() + 10_000_000_000)
         try Shell.run(["ip", "netns", "exec", h.lab.clientNetns, "ip", "route", "add", "\(h.lab.externalIPv4)/32",
                        "dev", h.lab.clientDevice, "mtu", "lock", "1400"])
-        let direct = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: Self.datagramBytes)
+        let direct = try h.client.udp(target: h.udpTarget, count: count, payloadBytes: FragmentedLoad.datagramBytes)
         XCTAssertEqual(direct.ok, count, "errors: \(direct.errors) timeouts: \(direct.timeouts)")
         XCTAssertEqual(direct.damagedReplies, 0)
         XCTAssertEqual(direct.replySourceMismatches, 0, "replies from the NodePort, sent by node B")

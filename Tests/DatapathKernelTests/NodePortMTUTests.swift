@@ -93,7 +93,7 @@ extension NodePortTests {
     /// whether it may be fragmented (IP_PMTUDISC_DONT, DF clear) or not (IP_PMTUDISC_DO):
     /// BPF cannot fragment it, and a silent drop would lose every datagram of a DONT
     /// socket. The client's socket learns the path MTU either way (its stack then fragments
-    /// what it sends: NodePortFragmentTests). The error rate limit (a bucket of one here)
+    /// what it sends: NodePortFragmentTests.swift). The error rate limit (a bucket of one here)
     /// does not hold back path-MTU errors.
     func testAnOversizedUDPDatagramTeachesTheClientThePathMTUWithOrWithoutDF() throws {
         let h = try makeHarness(podsOnA: 0, podsOnB: 1, icmpErrorLimit: .init(perSecond: 1, burst: 1))
